@@ -1,0 +1,47 @@
+# visionserve: `make run` sets everything up and serves on CPU; `make test` runs the tests.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Re-install when pyproject.toml changes.
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+MODELS ?=
+# Folders searched for real weights (os.pathsep list); ../shared/weights is where the
+# team's test weights live beside the project. Missing folders are ignored.
+WEIGHTS_DIR ?= weights:../shared/weights
+export VISIONSERVE_WEIGHTS_DIR := $(WEIGHTS_DIR)
+export YOLO_OFFLINE := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help setup export-onnx verify test test-unit test-integration clean
+
+help:  ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
+
+setup: $(STAMP)  ## create .venv and install the project with all extras
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip >/dev/null
+	$(PIP) install -e '.[all]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+export-onnx: setup  ## export models to model_repository/<m>/1/model.onnx (MODELS=a,b to pick)
+	$(PY) -m export --models '$(MODELS)'
+
+verify: export-onnx  ## verify exported models (checker, parity, batch invariance, config match)
+	$(PY) -m export.verify --models '$(MODELS)'
+
+test: setup export-onnx  ## run the whole test suite (unit, integration, gpu-if-available)
+	$(PY) -m pytest -ra tests
+
+test-unit: setup  ## only the fast pure tests
+	$(PY) -m pytest -ra tests/unit
+
+clean:  ## remove build artifacts (keeps .venv)
+	rm -rf build model_repository/*/1/*.onnx model_repository/*/1/export.json
+
+-include mk/*.mk

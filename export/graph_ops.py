@@ -1,0 +1,107 @@
+"""Torch building blocks that end up INSIDE exported graphs (pre- and post-processing).
+
+Everything here is batched and fixed-size so it exports to ONNX (opset 17) and builds in
+TensorRT: no data-dependent shapes, no Python loops over images or boxes.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ImagePreprocess(nn.Module):
+    """uint8 NHWC RGB -> float32 NCHW, (x - mean) / std per channel (0..255 scale).
+
+    `bgr=True` flips channels for networks trained on BGR (OpenCV-read) images.
+    """
+
+    def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), bgr: bool = False):
+        super().__init__()
+        order = [2, 1, 0] if bgr else [0, 1, 2]
+        self.register_buffer("mean", torch.tensor([mean[i] for i in range(3)]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("inv_std", 1.0 / torch.tensor([std[i] for i in range(3)]).view(1, 3, 1, 1), persistent=False)
+        self.bgr = bgr
+        self.order = order
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float()
+        if self.bgr:
+            x = x.flip(1)
+        # mean/std are given in the network's channel order
+        return (x - self.mean) * self.inv_std
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of every box pair: a [B,N,4], b [B,M,4] (x1,y1,x2,y2) -> [B,N,M]."""
+    area_a = (a[..., 2] - a[..., 0]).clamp_min(0) * (a[..., 3] - a[..., 1]).clamp_min(0)
+    area_b = (b[..., 2] - b[..., 0]).clamp_min(0) * (b[..., 3] - b[..., 1]).clamp_min(0)
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    wh = (rb - lt).clamp_min(0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area_a[..., :, None] + area_b[..., None, :] - inter).clamp_min(1e-9)
+
+
+def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B,N,...], idx [B,K] -> x[b, idx[b]] as [B,K,...] (exports as GatherElements)."""
+    tail = x.shape[2:]
+    index = idx.reshape(idx.shape[0], idx.shape[1], *([1] * len(tail))).expand(idx.shape[0], idx.shape[1], *tail)
+    return torch.gather(x, 1, index)
+
+
+def select_top_k(scores: torch.Tensor, k: int, *tensors: torch.Tensor):
+    """Per-image top-k by score: scores [B,N] and row-aligned tensors [B,N,...]."""
+    top, idx = scores.topk(k, dim=1)
+    return (top, idx, *(gather_rows(t, idx) for t in tensors))
+
+
+def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, *, candidates: int, max_out: int,
+             iou_threshold: float, score_threshold: float, classes: torch.Tensor | None = None,
+             extras: tuple[torch.Tensor, ...] = ()):
+    """Batched, fixed-size NMS ("Fast NMS", Bolya et al., YOLACT).
+
+    Takes each image's top `candidates` boxes by score, drops a box when any higher-scoring
+    candidate overlaps it above `iou_threshold` (one matrix op instead of a sequential
+    loop; it can drop a little more than greedy NMS when chains of overlaps occur), then
+    keeps the best `max_out`. With `classes`, boxes of different classes never suppress
+    each other. Returns boxes [B,K,4], scores [B,K], classes, extras (row-aligned) and
+    the per-image count [B,1] (int32); rows beyond the count are zeros.
+    """
+    n = scores.shape[1]
+    c = min(candidates, n)
+    top, idx = scores.topk(c, dim=1)
+    cand_boxes = gather_rows(boxes, idx)
+    cand_extras = tuple(gather_rows(e, idx) for e in extras)
+    cand_classes = gather_rows(classes, idx) if classes is not None else None
+    iou = box_iou(cand_boxes, cand_boxes)
+    if cand_classes is not None:
+        iou = iou * (cand_classes[:, :, None] == cand_classes[:, None, :]).to(iou.dtype)
+    ar = torch.arange(c, device=scores.device)
+    higher = (ar[:, None] < ar[None, :]).to(iou.dtype)  # [i, j] = candidate i scores above j
+    max_iou = (iou * higher).amax(dim=1)
+    keep = (max_iou <= iou_threshold) & (top > score_threshold)
+    kept_scores = torch.where(keep, top, torch.zeros_like(top))
+    k = min(max_out, c)
+    out_scores, order = kept_scores.topk(k, dim=1)
+    valid = out_scores > 0
+    count = valid.sum(dim=1, keepdim=True).to(torch.int32)
+    mask = valid.to(boxes.dtype)
+
+    def pick(t):
+        m = mask.reshape(mask.shape[0], mask.shape[1], *([1] * (t.dim() - 2)))
+        return gather_rows(t, order) * m.to(t.dtype)
+
+    out_boxes = pick(cand_boxes)
+    out_classes = pick(cand_classes) if cand_classes is not None else None
+    out_extras = tuple(pick(e) for e in cand_extras)
+    if k < max_out:  # fewer candidates than output rows: pad
+        pad = max_out - k
+        out_scores = nn.functional.pad(out_scores, (0, pad))
+        out_boxes = nn.functional.pad(out_boxes, (0, 0, 0, pad))
+        out_classes = nn.functional.pad(out_classes, (0, pad)) if out_classes is not None else None
+        out_extras = tuple(nn.functional.pad(e, (0, 0) * (e.dim() - 2) + (0, pad)) for e in out_extras)
+    return out_boxes, out_scores, out_classes, out_extras, count

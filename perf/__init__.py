@@ -1,0 +1,1 @@
+"""perf_analyzer under memory caps, our own load generators, tuning sweeps and reports."""

@@ -1,0 +1,1 @@
+"""Model repository contract, derived profiles (CPU, ONNX-GPU) and the embedded tritonserver."""

@@ -1,0 +1,136 @@
+"""The model repository contract: read `config.pbtxt` files with Triton's own schema.
+
+Everything else (export shapes, profiles, gateway checks, TRT profiles) derives tensor
+names, dtypes, dims, batch limits and baked parameters from here instead of restating them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+
+# Triton TYPE_* -> numpy dtype (TYPE_STRING is object/bytes).
+_NP_DTYPES = {
+    mc.TYPE_UINT8: np.uint8, mc.TYPE_INT8: np.int8, mc.TYPE_INT32: np.int32,
+    mc.TYPE_INT64: np.int64, mc.TYPE_FP16: np.float16, mc.TYPE_FP32: np.float32,
+    mc.TYPE_BOOL: np.bool_, mc.TYPE_STRING: np.object_,
+}
+
+
+class ContractError(ValueError):
+    """A config.pbtxt is missing, unparsable or inconsistent."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: np.dtype          # numpy dtype (object for TYPE_STRING)
+    triton_dtype: str        # "UINT8", "FP32", "STRING", ... (Triton client spelling)
+    dims: tuple[int, ...]    # per-item dims, without the batch dimension
+
+    @property
+    def nbytes_per_item(self) -> int:
+        """Bytes of one batch item (strings counted as 0: variable length)."""
+        if self.dtype == np.object_:
+            return 0
+        return int(np.prod(self.dims, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    name: str
+    path: Path
+    config: mc.ModelConfig
+
+    @property
+    def max_batch_size(self) -> int:
+        return int(self.config.max_batch_size)
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(_spec(t) for t in self.config.input)
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(_spec(t) for t in self.config.output)
+
+    @property
+    def kind(self) -> str:
+        """"ensemble", "python" (BLS / tokenizer) or "network" (an exported graph)."""
+        if self.config.platform == "ensemble":
+            return "ensemble"
+        if self.config.backend == "python":
+            return "python"
+        return "network"
+
+    def input(self, name: str) -> TensorSpec:
+        return _by_name(self.inputs, name, self.name)
+
+    def output(self, name: str) -> TensorSpec:
+        return _by_name(self.outputs, name, self.name)
+
+    def parameter(self, key: str, default: str | None = None) -> str:
+        if key in self.config.parameters:
+            return self.config.parameters[key].string_value
+        if default is None:
+            raise ContractError(f"{self.path}: parameter {key!r} is missing")
+        return default
+
+    def float_parameter(self, key: str, default: float | None = None) -> float:
+        return float(self.parameter(key, None if default is None else str(default)))
+
+    @property
+    def preferred_batch_sizes(self) -> tuple[int, ...]:
+        return tuple(self.config.dynamic_batching.preferred_batch_size)
+
+    def version_dir(self, version: int = 1) -> Path:
+        return self.path.parent / str(version)
+
+
+def _spec(t) -> TensorSpec:
+    dt = _NP_DTYPES.get(t.data_type)
+    if dt is None:
+        raise ContractError(f"tensor {t.name}: unsupported data type {t.data_type}")
+    tname = mc.DataType.Name(t.data_type).removeprefix("TYPE_")
+    if tname == "STRING":
+        tname = "BYTES"
+    return TensorSpec(t.name, np.dtype(dt), tname, tuple(int(d) for d in t.dims))
+
+
+def _by_name(specs, name, model):
+    for s in specs:
+        if s.name == name:
+            return s
+    raise ContractError(f"model {model!r} has no tensor {name!r}")
+
+
+def parse_config(text: str, path: Path | str = "<text>") -> mc.ModelConfig:
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ContractError(f"{path}: {exc}") from exc
+
+
+def load(name: str, repository: Path = MODEL_REPOSITORY) -> ModelContract:
+    path = Path(repository) / name / "config.pbtxt"
+    if not path.is_file():
+        raise ContractError(f"no config for model {name!r} at {path}")
+    cfg = parse_config(path.read_text(), path)
+    if cfg.name != name:
+        raise ContractError(f"{path}: name {cfg.name!r} does not match its folder {name!r}")
+    return ModelContract(name, path, cfg)
+
+
+def load_all(repository: Path = MODEL_REPOSITORY) -> dict[str, ModelContract]:
+    repo = Path(repository)
+    return {p.parent.name: load(p.parent.name, repo) for p in sorted(repo.glob("*/config.pbtxt"))}
+
+
+def to_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
