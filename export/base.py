@@ -5,8 +5,10 @@ A family module (export/scrfd.py, export/yolo.py, ...) exposes:
     MODELS: tuple[str, ...]                      Triton model names it exports
     resolve_weights(model, search) -> WeightsSource
     export(job: ExportJob) -> None               writes job.out_path (ONNX)
-    reference(job) -> Callable | None            optional: uint8 NHWC batch -> {output: array},
+    reference(job) -> Callable | None            optional: {input name: batch array} -> {output: array},
                                                  an independent implementation used by verify
+    side_artifacts(contract) -> list[Path]       optional: files export() writes besides model.onnx
+                                                 (vocabularies, charsets); missing ones force a re-export
 
 Exported graphs take the config's input names/dtypes/dims with a dynamic batch axis
 named "batch", and produce exactly the config's outputs (names, dtypes, dims).

@@ -66,7 +66,8 @@ def export_one(model: str, search: WeightsSearch, repository: Path, force: bool 
     fp = fingerprint(model, weights, repository)
     out = onnx_path(model, repository)
     record = read_record(model, repository)
-    if not force and out.exists() and record and record.get("fingerprint") == fp:
+    sides_present = all(p.exists() for p in getattr(fam, "side_artifacts", lambda c: [])(contract))
+    if not force and out.exists() and sides_present and record and record.get("fingerprint") == fp:
         return Result(model, "up-to-date", out, out.stat().st_size, 0.0, record["provenance"], record["synthetic"])
 
     if weights.synthetic:

@@ -1,0 +1,207 @@
+"""Parity after build: the plan vs ONNX Runtime on the same inputs, at batch 1 and max batch.
+
+The tolerances of every model live in TABLE below and nowhere else. Each output is held
+to `atol + rtol * |reference|` elementwise, of which a fraction `max_mismatch` may miss
+(NMS / top-K outputs: a near-tie can swap two rows or move one box across the score
+threshold under FP16, which shifts the rows after it), and, for embeddings, a floor on
+the per-row cosine similarity. Integer outputs use the same rule on their values.
+
+Runners are Polygraphy's (OnnxrtRunner for the reference, TrtRunner for the plan); any
+object with `__enter__/__exit__` and `infer(feed) -> {name: array}` works, which is how
+the tests run the whole check as ONNX Runtime vs ONNX Runtime.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving.contract import TensorSpec
+
+from .errors import ParityError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float = 1e-3
+    rtol: float = 0.0
+    max_mismatch: float = 0.0          # fraction of elements allowed outside atol + rtol*|ref|
+    min_cosine: float | None = None    # per-row floor over the last axis (embeddings)
+
+
+@dataclass(frozen=True)
+class ParitySpec:
+    outputs: dict                       # output name -> Tolerance; "*" for the others
+    input_ranges: dict = field(default_factory=dict)   # input name -> (low, high) of generated values
+
+    def tolerance(self, output: str) -> Tolerance:
+        return self.outputs.get(output) or self.outputs.get("*") or DEFAULT.outputs["*"]
+
+
+_DETECTOR = {
+    "boxes": Tolerance(atol=2.0, max_mismatch=0.05),        # input pixels
+    "landmarks": Tolerance(atol=2.0, max_mismatch=0.05),
+    "scores": Tolerance(atol=0.02, max_mismatch=0.05),
+    "classes": Tolerance(atol=0.0, max_mismatch=0.05),
+    "num_detections": Tolerance(atol=1.0),                  # one box may cross the threshold
+}
+
+
+def _detector(*outputs: str) -> dict:
+    return {o: _DETECTOR[o] for o in outputs}
+
+
+_FACES = _detector("boxes", "scores", "landmarks", "num_detections")
+_OBJECTS = _detector("boxes", "scores", "classes", "num_detections")
+
+# THE table: per-model parity tolerances (and the value ranges of generated inputs).
+TABLE: dict[str, ParitySpec] = {
+    "scrfd": ParitySpec(_FACES),
+    "centerface": ParitySpec(_FACES),
+    "yolo": ParitySpec(_OBJECTS),
+    "centernet": ParitySpec(_OBJECTS),
+    "arcface": ParitySpec({"embeddings": Tolerance(atol=0.01, min_cosine=0.999)}),
+    "mobileclip_image": ParitySpec({"embeddings": Tolerance(atol=0.02, min_cosine=0.995)}),
+    "mobileclip_text": ParitySpec({"embeddings": Tolerance(atol=0.02, min_cosine=0.995)},
+                                  input_ranges={"tokens": (0, 49408)}),
+    "clip_resize": ParitySpec({"clip_images": Tolerance(atol=1.0)}),          # uint8 rounding
+    "face_align": ParitySpec({"crops": Tolerance(atol=2.0, max_mismatch=0.01)},
+                             input_ranges={"landmarks": (200.0, 440.0)}),
+    "ppocr_det": ParitySpec({"prob_map": Tolerance(atol=4.0, max_mismatch=0.01)}),   # x255
+    "ppocr_rec": ParitySpec({"char_ids": Tolerance(atol=0.0, max_mismatch=0.02),
+                             "char_scores": Tolerance(atol=0.02, max_mismatch=0.02)}),
+}
+DEFAULT = ParitySpec({"*": Tolerance(atol=1e-2, rtol=1e-2)})
+
+
+def spec_for(model: str) -> ParitySpec:
+    return TABLE.get(model, DEFAULT)
+
+
+@dataclass(frozen=True)
+class OutputParity:
+    output: str
+    batch: int
+    max_abs: float
+    mismatch: float                     # fraction of elements outside tolerance
+    min_cosine: float | None
+    passed: bool
+    why: str = ""
+
+
+def compare(output: str, batch: int, ref: np.ndarray, got: np.ndarray, tol: Tolerance) -> OutputParity:
+    """Pure comparison of one output (vectorised over the whole batch)."""
+    if ref.shape != got.shape:
+        return OutputParity(output, batch, float("inf"), 1.0, None, False,
+                            f"shape {tuple(got.shape)} != reference {tuple(ref.shape)}")
+    r, g = ref.astype(np.float64), got.astype(np.float64)
+    if not np.isfinite(g).all() and np.isfinite(r).all():
+        return OutputParity(output, batch, float("inf"), 1.0, None, False, "non-finite values in the plan's output")
+    diff = np.abs(r - g)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    bad = diff > tol.atol + tol.rtol * np.abs(r)
+    mismatch = float(bad.mean()) if bad.size else 0.0
+    cos = None
+    why = []
+    if tol.min_cosine is not None and r.ndim >= 1 and r.size:
+        num = (r * g).sum(-1)
+        den = np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1)
+        cos = float(np.min(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)))
+        if cos < tol.min_cosine:
+            why.append(f"cosine {cos:.5f} < {tol.min_cosine}")
+    if mismatch > tol.max_mismatch:
+        why.append(f"{mismatch:.2%} of values beyond atol {tol.atol:g} + rtol {tol.rtol:g} "
+                   f"(allowed {tol.max_mismatch:.2%}; max |diff| {max_abs:.4g})")
+    return OutputParity(output, batch, max_abs, mismatch, cos, not why, "; ".join(why))
+
+
+def make_inputs(specs: tuple[TensorSpec, ...], batch: int, spec: ParitySpec, seed: int = 0) -> dict:
+    """Deterministic inputs: image-like uint8 frames (smooth blobs + noise), ranged ints/floats."""
+    rng = np.random.default_rng(seed + batch)
+    feed = {}
+    for s in specs:
+        shape = (batch, *s.dims)
+        lo, hi = spec.input_ranges.get(s.name, (0, 256) if s.dtype == np.uint8 else (0.0, 1.0))
+        if s.dtype == np.uint8 and len(s.dims) == 3 and s.dims[-1] in (1, 3):
+            h, w, c = s.dims
+            coarse = rng.uniform(lo, hi, (batch, max(h // 32, 1), max(w // 32, 1), c))
+            up = np.repeat(np.repeat(coarse, -(-h // coarse.shape[1]), 1), -(-w // coarse.shape[2]), 2)[:, :h, :w]
+            feed[s.name] = np.clip(up + rng.normal(0, 12, shape), 0, 255).astype(np.uint8)
+        elif np.issubdtype(s.dtype, np.integer):
+            feed[s.name] = rng.integers(int(lo), int(hi), shape).astype(s.dtype)
+        else:
+            feed[s.name] = rng.uniform(lo, hi, shape).astype(s.dtype)
+    return feed
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    model: str
+    results: tuple[OutputParity, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    def figures(self) -> str:
+        """One line for the summary table: worst figure per batch."""
+        parts = []
+        for b in sorted({r.batch for r in self.results}):
+            rs = [r for r in self.results if r.batch == b]
+            s = f"b{b} max|d| {max(r.max_abs for r in rs):.3g}"
+            coss = [r.min_cosine for r in rs if r.min_cosine is not None]
+            if coss:
+                s += f" cos {min(coss):.5f}"
+            parts.append(s)
+        return ", ".join(parts)
+
+    def as_dict(self) -> dict:
+        return {"passed": self.passed, "figures": self.figures(),
+                "outputs": [r.__dict__ for r in self.results]}
+
+    def failure(self) -> str:
+        bad = [f"{r.output} at batch {r.batch}: {r.why}" for r in self.results if not r.passed]
+        return f"{self.model}: plan differs from ONNX Runtime: " + "; ".join(bad)
+
+
+def check(model: str, reference, candidate, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
+          batches: tuple[int, ...], seed: int = 0) -> ParityReport:
+    """Run both runners on the same inputs at each batch and compare every output."""
+    spec = spec_for(model)
+    results = []
+    with reference as ref_runner, candidate as cand_runner:
+        for b in batches:
+            feed = make_inputs(inputs, b, spec, seed)
+            ref = ref_runner.infer(feed)
+            got = cand_runner.infer(feed)
+            for name in outputs:
+                if name not in got:
+                    results.append(OutputParity(name, b, float("inf"), 1.0, None, False, "missing from the plan"))
+                    continue
+                results.append(compare(name, b, np.asarray(ref[name]), np.asarray(got[name]), spec.tolerance(name)))
+    return ParityReport(model, tuple(results))
+
+
+def require(report: ParityReport) -> ParityReport:
+    if not report.passed:
+        raise ParityError(report.failure())
+    return report
+
+
+def onnxrt_runner(onnx: Path | bytes):
+    """ONNX Runtime (CUDA provider when this onnxruntime has it, else CPU) via Polygraphy."""
+    import onnxruntime as ort
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    have = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
+    src = onnx if isinstance(onnx, bytes) else str(onnx)
+    return OnnxrtRunner(SessionFromOnnx(src, providers=providers))
+
+
+def trt_runner(plan: bytes):
+    """The plan under test, via Polygraphy's TrtRunner (imports tensorrt)."""
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    return TrtRunner(EngineFromBytes(plan))

@@ -1,0 +1,62 @@
+"""What a builder is asked to do, and what it hands back (shared by both builders)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .precision import MARK, PrecisionPlan
+from .profiles import Profile
+
+DEFAULT_WORKSPACE_MB = 8192
+DEFAULT_OPT_LEVEL = 3      # TensorRT's default builder optimisation level
+RECIPE_VERSION = 1         # bump when how plans are built changes (part of build flags)
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    model: str
+    onnx: Path                     # the MARKED copy (FP32 nodes renamed MARK + name)
+    profile: Profile
+    precision: PrecisionPlan
+    timing_cache: Path
+    workspace_mb: int = DEFAULT_WORKSPACE_MB
+    opt_level: int = DEFAULT_OPT_LEVEL
+    device: int = 0
+    log: Callable[[str], None] = print
+
+    @property
+    def fp32_pattern(self) -> str:
+        return MARK + "*"
+
+
+@dataclass(frozen=True)
+class BuildOutput:
+    plan: bytes
+    tensorrt_version: str
+    builder: str                   # "tensorrt-python" | "trtexec"
+
+
+def build_flags(profile: Profile, precision: PrecisionPlan, workspace_mb: int, opt_level: int) -> dict:
+    """Everything that shapes the plan besides TensorRT, GPU and ONNX (compared for staleness)."""
+    return {"recipe": RECIPE_VERSION, "profile": profile.as_dict(), **precision.flags(),
+            "workspace_mb": workspace_mb, "opt_level": opt_level, "timing_cache": True}
+
+
+_FRAMEWORK_HEADER_HINT = ("the plan starts with a length-prefixed JSON header (an Ultralytics .engine?): "
+                          "Triton accepts raw TensorRT plans only")
+
+
+def assert_raw_plan(data: bytes) -> None:
+    """Refuse plans with framework headers in front (Triton rejects them)."""
+    import json
+
+    if len(data) < 64:
+        raise ValueError(f"plan is only {len(data)} bytes: the builder produced no engine")
+    n = int.from_bytes(data[:4], "little")
+    if data[4:5] == b"{" and 2 <= n < len(data) - 4:
+        try:
+            json.loads(data[4:4 + n].decode())
+        except (UnicodeDecodeError, ValueError):
+            return
+        raise ValueError(_FRAMEWORK_HEADER_HINT)

@@ -1,0 +1,182 @@
+"""`python -m export.verify [--models a,b]`: one table per model, non-zero exit on any failure.
+
+Checks: ONNX checker and opset; inputs/outputs vs config.pbtxt (names, dtypes, dims, dynamic
+batch); ONNX Runtime vs the family's independent reference at batch 1 and 8; batch
+invariance (row i of a batch of 8 equals its batch-1 run); model-specific known answers.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serving import contract as contract_mod
+from serving.contract import MODEL_REPOSITORY, ModelContract
+
+from . import registry
+from .base import DEFAULT_SEED, ExportJob, WeightsSearch
+from .runner import onnx_path, read_record
+
+# Max abs diff allowed between ONNX Runtime and the reference / across batch sizes.
+# Detection outputs after NMS are compared on the valid rows only.
+TOLERANCE = {"default": 1e-4, "mobileclip_image": 2e-3, "mobileclip_text": 2e-3, "arcface": 1e-3,
+             "face_align": 1.0, "clip_resize": 1.0, "ppocr_det": 1.0}
+BATCH_TOLERANCE = {"default": 1e-4, "mobileclip_image": 1e-3, "mobileclip_text": 1e-3, "arcface": 1e-3,
+                   "face_align": 1.0, "clip_resize": 1.0, "ppocr_det": 1.0}
+ONNX_TO_NP = {1: np.float32, 2: np.uint8, 6: np.int32, 7: np.int64, 10: np.float16}
+
+
+@dataclass
+class Check:
+    model: str
+    name: str
+    ok: bool
+    detail: str
+
+
+def sample_inputs(contract: ModelContract, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Plausible inputs from the contract (a family may override with `sample_inputs`)."""
+    fam = registry.family(contract.name)
+    if hasattr(fam, "sample_inputs"):
+        return fam.sample_inputs(contract, batch, rng)
+    out = {}
+    for spec in contract.inputs:
+        shape = (batch, *spec.dims)
+        if spec.dtype == np.uint8:
+            out[spec.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        elif np.issubdtype(spec.dtype, np.integer):
+            out[spec.name] = rng.integers(0, 1000, shape).astype(spec.dtype)
+        else:
+            out[spec.name] = rng.random(shape, dtype=np.float32) * 100
+    return out
+
+
+def _valid_rows(model: str, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """For padded detection outputs keep only rows below the per-image count."""
+    count_key = next((k for k in outputs if k.startswith("num_")), None)
+    if count_key is None:
+        return outputs
+    counts = outputs[count_key].reshape(-1)
+    k = int(counts.max()) if counts.size else 0
+    return {n: (a[:, :k] if n != count_key and a.ndim >= 2 else a) for n, a in outputs.items()}
+
+
+def max_diff(a: dict, b: dict, model: str) -> float:
+    a, b = _valid_rows(model, a), _valid_rows(model, b)
+    worst = 0.0
+    for name in a:
+        x, y = np.asarray(a[name]), np.asarray(b[name])
+        if x.shape != y.shape:
+            return float("inf")
+        if x.size:
+            worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))))
+    return worst
+
+
+def check_model(model: str, repository: Path, search: WeightsSearch) -> list[Check]:
+    import onnx
+    import onnxruntime as ort
+
+    checks: list[Check] = []
+    add = lambda name, ok, detail: checks.append(Check(model, name, bool(ok), detail))  # noqa: E731
+    path = onnx_path(model, repository)
+    if not path.exists():
+        add("exported", False, f"{path} missing: run `make export-onnx MODELS={model}`")
+        return checks
+    contract = contract_mod.load(model, repository)
+    m = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(str(path))
+        add("onnx checker", True, "passed")
+    except Exception as exc:  # noqa: BLE001 - report any checker failure as a failed check
+        add("onnx checker", False, str(exc)[:200])
+    opset = max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    add("opset", opset >= 13, f"opset {opset}")
+    checks += _io_checks(model, m, contract)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in contract.outputs]
+    rng = np.random.default_rng(DEFAULT_SEED)
+    batch8 = sample_inputs(contract, 8, rng)
+    out8 = dict(zip(names, sess.run(names, batch8)))
+    singles = [dict(zip(names, sess.run(names, {k: v[i:i + 1] for k, v in batch8.items()}))) for i in range(8)]
+    stacked = {n: np.concatenate([s[n] for s in singles]) for n in names}
+    diff = max_diff(out8, stacked, model)
+    tol = BATCH_TOLERANCE.get(model, BATCH_TOLERANCE["default"])
+    add("batch invariance (8 vs 8x1)", diff <= tol, f"max abs diff {diff:.2e} (tol {tol:g})")
+
+    fam = registry.family(model)
+    ref_fn = None
+    if hasattr(fam, "reference"):
+        weights = fam.resolve_weights(model, search)
+        with tempfile.TemporaryDirectory() as tmp:
+            job = ExportJob(contract, path, weights, Path(tmp))
+            ref_fn = fam.reference(job)
+            if ref_fn is not None:
+                tol = TOLERANCE.get(model, TOLERANCE["default"])
+                for b in (1, 8):
+                    inp = {k: v[:b] for k, v in batch8.items()}
+                    ref = ref_fn(inp)
+                    got = {n: out8[n][:b] for n in names}
+                    d = max_diff(got, {n: np.asarray(ref[n]) for n in names}, model)
+                    add(f"ORT vs reference, batch {b}", d <= tol, f"max abs diff {d:.2e} (tol {tol:g})")
+    if ref_fn is None:
+        add("ORT vs reference", True, "no independent reference for this family (skipped)")
+    if hasattr(fam, "known_answers"):
+        for name, ok, detail in fam.known_answers(contract, sess):
+            add(name, ok, detail)
+    record = read_record(model, repository) or {}
+    add("provenance", "provenance" in record, record.get("provenance", "export.json missing"))
+    return checks
+
+
+def _io_checks(model: str, m, contract: ModelContract) -> list[Check]:
+    checks = []
+    graph_inputs = {i.name: i for i in m.graph.input}
+    graph_outputs = {o.name: o for o in m.graph.output}
+    for kind, specs, tensors in (("input", contract.inputs, graph_inputs), ("output", contract.outputs, graph_outputs)):
+        for spec in specs:
+            t = tensors.get(spec.name)
+            if t is None:
+                checks.append(Check(model, f"{kind} {spec.name}", False, f"missing in graph (has {sorted(tensors)})"))
+                continue
+            tt = t.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+            dtype = ONNX_TO_NP.get(tt.elem_type)
+            ok = (dtype is not None and np.dtype(dtype) == spec.dtype and len(dims) == len(spec.dims) + 1
+                  and not isinstance(dims[0], int) and tuple(dims[1:]) == spec.dims)
+            checks.append(Check(model, f"{kind} {spec.name}", ok,
+                                f"graph {np.dtype(dtype).name if dtype else tt.elem_type}{dims} vs config "
+                                f"{spec.dtype.name}[batch,{','.join(map(str, spec.dims))}]"))
+    return checks
+
+
+def main(argv=None) -> int:
+    from .__main__ import selected_models, weights_search
+
+    logging.basicConfig(level=logging.WARNING)
+    p = argparse.ArgumentParser(prog="python -m export.verify")
+    p.add_argument("--models", default="")
+    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    p.add_argument("--weights-dir", action="append", default=[])
+    p.add_argument("--weights", action="append", default=[])
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    args = p.parse_args(argv)
+    search = weights_search(args)
+    failed = 0
+    for model in selected_models(args.models):
+        checks = check_model(model, args.repository, search)
+        print(f"\n== {model}")
+        for c in checks:
+            print(f"  {'PASS' if c.ok else 'FAIL'}  {c.name:<32} {c.detail}")
+            failed += not c.ok
+    print(f"\n{'all checks passed' if not failed else f'{failed} check(s) FAILED'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

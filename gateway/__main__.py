@@ -1,0 +1,40 @@
+"""`python -m gateway --triton-grpc 127.0.0.1:8001 --host 127.0.0.1 --port 8080`
+
+Flags override VISIONSERVE_GATEWAY_* environment variables, which override defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gateway", description=__doc__.splitlines()[0])
+    p.add_argument("--triton-grpc", help="Triton gRPC host:port (default 127.0.0.1:8001)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="bind port (default 8080)")
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+
+    import uvicorn
+
+    from .app import create_app
+    from .settings import GatewaySettings
+
+    overrides = {k: v for k, v in (("triton_grpc", args.triton_grpc), ("host", args.host),
+                                   ("port", args.port)) if v is not None}
+    settings = GatewaySettings(**overrides)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            loop="uvloop", http="httptools", log_level=args.log_level,
+                            access_log=False, lifespan="on", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    server.run()
+    # uvicorn returns normally when start-up failed (e.g. a contract mismatch).
+    return 0 if server.started else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

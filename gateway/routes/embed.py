@@ -1,0 +1,39 @@
+"""POST /v1/embed/image and /v1/embed/text: MobileCLIP embeddings (unit norm, 512-d)."""
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from ..inputs import read_texts
+from ..responses import JSON
+from .common import ERRORS, IMAGE_BODY, ServiceDep, frames_for
+
+router = APIRouter(tags=["embed"])
+IMAGE_MODEL, TEXT_MODEL = "mobileclip_image", "text_embed"
+
+TEXT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "properties": {
+        "text": {"type": "string"}, "texts": {"type": "array", "items": {"type": "string"}}}},
+    "example": {"texts": ["a photo of an astronaut", "a dog"]}}}}}
+
+
+@router.post("/v1/embed/image", openapi_extra=IMAGE_BODY, responses=ERRORS,
+             summary="MobileCLIP image embeddings")
+async def embed_image(request: Request, svc: ServiceDep) -> JSON:
+    frames = await frames_for(request, svc, IMAGE_MODEL)
+    out = await svc.infer(IMAGE_MODEL, {"images": frames.pixels}, ("embeddings",))
+    return JSON({"model": IMAGE_MODEL,
+                 "results": [{"embedding": e} for e in out["embeddings"].tolist()]})
+
+
+@router.post("/v1/embed/text", openapi_extra=TEXT_BODY, responses=ERRORS,
+             summary="MobileCLIP text embeddings")
+async def embed_text(request: Request, svc: ServiceDep) -> JSON:
+    s = svc.settings
+    svc.model(TEXT_MODEL)
+    texts = await read_texts(request, max_bytes=s.max_body_bytes, max_texts=s.max_images,
+                             max_chars=s.max_text_chars)
+    batch = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
+    out = await svc.infer(TEXT_MODEL, {"text": batch}, ("embeddings",))
+    return JSON({"model": TEXT_MODEL, "results": [
+        {"text": t, "embedding": e} for t, e in zip(texts, out["embeddings"].tolist())]})

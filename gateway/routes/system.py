@@ -1,0 +1,64 @@
+"""Health, readiness, Prometheus metrics and the served-model listing."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from ..responses import JSON
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..errors import UpstreamError
+from .common import ServiceDep
+
+router = APIRouter(tags=["system"])
+
+ENDPOINTS = {"faces": "/v1/faces", "yolo": "/v1/detect", "centernet": "/v1/detect?model=centernet",
+             "mobileclip_image": "/v1/embed/image", "text_embed": "/v1/embed/text",
+             "ocr": "/v1/ocr", "analyze": "/v1/analyze"}
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> JSON:
+    return JSON({"status": "ok"})
+
+
+@router.get("/readyz", summary="Triton reachable and every served route model ready",
+            responses={503: {"description": "not ready (Retry-After)"}})
+async def readyz(svc: ServiceDep):
+    names = sorted(svc.catalog.models) if svc.catalog else []
+    try:
+        states = await svc.backend.ready(names)   # raises while Triton is unreachable
+    except UpstreamError as exc:
+        return JSON({"ready": False, **exc.body()}, status_code=503,
+                              headers={"Retry-After": str(svc.settings.retry_after_s)})
+    ready = svc.catalog is not None and all(states.values())
+    return JSON({"ready": ready, "models": states},
+                          status_code=200 if ready else 503,
+                          headers={} if ready else {"Retry-After": str(svc.settings.retry_after_s)})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(svc: ServiceDep) -> Response:
+    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models", summary="Served models: provenance, input sizes, tensors")
+async def models(svc: ServiceDep) -> JSON:
+    cat = svc.catalog
+    if cat is None:
+        svc.model("faces")  # raises the 503 that says Triton was never reached
+    out = []
+    for name, info in cat.models.items():
+        frame = info.frame
+        out.append({
+            "name": name, "endpoint": ENDPOINTS.get(name), "platform": info.platform,
+            "max_batch_size": info.max_batch_size,
+            "weights_provenance": info.weights_provenance,
+            # pipelines carry no weights of their own: the models they run do
+            "components": {c: cat.provenance.get(c) for c in cat.components(name)},
+            "input_size": {"height": frame[0], "width": frame[1]} if frame else None,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                       for t in info.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                        for t in info.outputs],
+        })
+    return JSON({"models": out, "not_served": list(cat.missing)})

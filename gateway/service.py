@@ -1,0 +1,99 @@
+"""The request-independent core every route uses: decode a batch, call Triton batched.
+
+One `Service` per app (held in app.state): the backend seam, the learned catalog, the
+bounded decode pool and the metrics.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import codec
+from .backend import Backend
+from .catalog import Catalog, ModelInfo
+from .errors import TritonUnavailable, UpstreamError
+from .metrics import Metrics
+from .settings import GatewaySettings
+
+
+@dataclass
+class Frames:
+    """A decoded, letterboxed batch and what is needed to map results back."""
+    pixels: np.ndarray     # [N, H, W, 3] uint8
+    scale: np.ndarray      # [N, 2] model px per original px (x, y)
+    size: np.ndarray       # [N, 2] original (width, height), oriented
+
+    def to_original(self, points: np.ndarray) -> np.ndarray:
+        return codec.to_original(points, self.scale, self.size)
+
+
+class Service:
+    def __init__(self, settings: GatewaySettings, backend: Backend, metrics: Metrics):
+        self.settings = settings
+        self.backend = backend
+        self.metrics = metrics
+        self.catalog: Catalog | None = None
+        self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+
+    def model(self, name: str) -> ModelInfo:
+        if self.catalog is None:   # start-up has not learned Triton's models yet
+            raise TritonUnavailable("the gateway has not reached Triton yet",
+                                    retry_after=self.settings.retry_after_s)
+        return self.catalog.get(name)
+
+    async def frames(self, images: list[bytes], frame_hw: tuple[int, int]) -> Frames:
+        """Headers first (limits judged before any pixel is decoded), then all images
+        decoded in parallel in the pool, each straight into its batch slot."""
+        s = self.settings
+        headers = [codec.read_header(d, max_pixels=s.max_image_pixels, max_side=s.max_image_side)
+                   for d in images]
+        fh, fw = frame_hw
+        boxes = [codec.plan_letterbox(*h.size, fw, fh) for h in headers]
+        pixels = np.empty((len(images), fh, fw, 3), np.uint8)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(
+            loop.run_in_executor(self.pool, self._decode_one, d, h, b, pixels[i])
+            for i, (d, h, b) in enumerate(zip(images, headers, boxes))))
+        scale = np.array([b.scale for b in boxes], np.float64)
+        size = np.array([(b.width, b.height) for b in boxes], np.float64)
+        return Frames(pixels, scale, size)
+
+    def _decode_one(self, data, header, box, out) -> None:
+        t0 = time.perf_counter()
+        codec.decode_into(data, header, box, out, self.settings.pad_value)
+        self.metrics.decode.observe(time.perf_counter() - t0)
+        self.metrics.images.labels(header.kind).inc()
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray],
+                    outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """All rows in as few calls as max_batch_size allows (one when it fits), the
+        chunks sent concurrently, the results concatenated in order."""
+        info = self.model(model)
+        n = len(next(iter(inputs.values())))
+        step = max(1, info.max_batch_size)
+        chunks = [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, n, step)]
+        parts = await asyncio.gather(*(self._call(model, c, outputs) for c in chunks))
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in outputs}
+
+    async def _call(self, model, inputs, outputs):
+        m = self.metrics
+        m.bytes_to_triton.labels(model).inc(
+            sum(a.nbytes for a in inputs.values() if a.dtype != np.object_))
+        t0 = time.perf_counter()
+        try:
+            return await self.backend.infer(model, inputs, outputs,
+                                            timeout_s=self.settings.triton_timeout_s)
+        except UpstreamError as exc:
+            m.triton_errors.labels(model, exc.code).inc()
+            raise
+        finally:
+            m.triton.labels(model).observe(time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,145 @@
+"""OCR pipeline as a Triton python-backend BLS model (see ../config.pbtxt).
+
+Per batch the dynamic batcher hands us: ONE ppocr_det call for all images, DB
+postprocess per image, crops of ALL lines of ALL images, ONE ppocr_rec call for them
+(chunked at ppocr_rec's max_batch_size, read from its config.pbtxt beside this model),
+CTC collapse for the whole batch, outputs padded to K lines per image.
+
+The work between the networks lives in serving/ocr_postprocess.py (numpy + OpenCV), so
+the Python environment Triton's python backend runs needs the visionserve package
+(`pip install visionserve` or `pip install -e .`) and opencv-python-headless.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+try:
+    import cv2
+    from serving import ocr_postprocess as ocr
+    from serving.contract import parse_config
+except ImportError as exc:  # say what to install instead of a bare traceback in the server log
+    raise ImportError(
+        f"the ocr model needs the visionserve package and OpenCV in Triton's python environment "
+        f"(pip install -e <visionserve> opencv-python-headless): {exc}") from exc
+
+DET_MODEL, REC_MODEL = "ppocr_det", "ppocr_rec"
+CHARSET_FILE = "charset.txt"
+
+
+class BlsError(RuntimeError):
+    """A downstream model (ppocr_det / ppocr_rec) answered with an error."""
+
+
+def _sibling_config(model_dir: Path, name: str):
+    path = model_dir.parent / name / "config.pbtxt"
+    if not path.is_file():
+        raise pb_utils.TritonModelException(
+            f"ocr: no config for {name} at {path}; the ocr pipeline needs {name} in the same repository")
+    return parse_config(path.read_text(), path)
+
+
+def _settings(config: dict, rec_cfg, k: int) -> "ocr.OcrSettings":
+    """Defaults from OcrSettings; optional overrides from this model's config parameters."""
+    params = {key: v.get("string_value", "") for key, v in config.get("parameters", {}).items()}
+    over = {}
+    for f in fields(ocr.OcrSettings):
+        if f.name in params:
+            cast = type(getattr(ocr.OcrSettings(), f.name))
+            try:
+                over[f.name] = cast(params[f.name])
+            except ValueError as exc:
+                raise pb_utils.TritonModelException(
+                    f"ocr: parameter {f.name}={params[f.name]!r} is not a {cast.__name__}") from exc
+    crop_h, crop_w, _ = (int(d) for d in rec_cfg.input[0].dims)
+    return ocr.OcrSettings(**{**over, "max_lines": k, "rec_height": crop_h, "rec_width": crop_w})
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cv2.setNumThreads(1)   # several python-backend processes share the CPU
+        config = json.loads(args["model_config"])
+        model_dir = Path(args["model_repository"])
+        det_cfg = _sibling_config(model_dir, DET_MODEL)
+        rec_cfg = _sibling_config(model_dir, REC_MODEL)
+        self.det_in, self.det_out = det_cfg.input[0].name, det_cfg.output[0].name
+        self.rec_in = rec_cfg.input[0].name
+        self.det_max_batch = max(int(det_cfg.max_batch_size), 1)
+        self.rec_max_batch = max(int(rec_cfg.max_batch_size), 1)
+        outputs = {o["name"]: o for o in config["output"]}
+        k = int(outputs["texts"]["dims"][0])
+        self.settings = _settings(config, rec_cfg, k)
+        charset = model_dir / args["model_version"] / CHARSET_FILE
+        if not charset.is_file():
+            raise pb_utils.TritonModelException(
+                f"ocr: {charset} is missing; it is written by `make export-onnx MODELS=ppocr_rec`")
+        self.charset = ocr.load_charset(charset)
+        self.input_name = config["input"][0]["name"]
+        # Downstream models may live on the GPU; we post-process on the CPU.
+        self.preferred = (pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+                          if hasattr(pb_utils, "PreferredMemory") else None)
+
+    def _infer(self, model: str, name: str, array: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        kwargs = {"preferred_memory": self.preferred} if self.preferred is not None else {}
+        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs,
+                                            inputs=[pb_utils.Tensor(name, array)], **kwargs)
+        response = request.exec()
+        if response.has_error():
+            raise BlsError(f"{model}: {response.error().message()}")
+        result = []
+        for out in outputs:
+            t = pb_utils.get_output_tensor_by_name(response, out)
+            if t is None:
+                raise BlsError(f"{model} returned no output {out!r}")
+            if not t.is_cpu():
+                raise BlsError(f"{model} returned {out!r} in GPU memory; this Triton lacks preferred_memory")
+            result.append(t.as_numpy())
+        return result
+
+    def _detect(self, images: np.ndarray) -> np.ndarray:
+        return self._infer(DET_MODEL, self.det_in, images, [self.det_out])[0]
+
+    def _recognize(self, crops: np.ndarray):
+        ids, scores = self._infer(REC_MODEL, self.rec_in, crops, ["char_ids", "char_scores"])
+        return ids, scores
+
+    def execute(self, requests):
+        arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        try:
+            result = self._run(np.concatenate(arrays))
+        except (BlsError, ocr.OcrError, ocr.OcrInputError) as exc:
+            if len(arrays) == 1:
+                return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"ocr: {exc}"))]
+            # The batch failed as a whole (one det call); run each request alone so only
+            # the request that fails gets the error. Rare path, so a loop is fine here.
+            return [self._respond_alone(a) for a in arrays]
+        responses, start = [], 0
+        for a in arrays:
+            sl = slice(start, start + len(a))
+            start += len(a)
+            responses.append(self._response(result, sl))
+        return responses
+
+    def _run(self, images: np.ndarray) -> "ocr.OcrResult":
+        return ocr.run_ocr(images, self._detect, self._recognize, self.charset,
+                           det_max_batch=self.det_max_batch, rec_max_batch=self.rec_max_batch,
+                           s=self.settings)
+
+    def _respond_alone(self, images: np.ndarray):
+        try:
+            return self._response(self._run(images), slice(None))
+        except (BlsError, ocr.OcrError, ocr.OcrInputError) as exc:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"ocr: {exc}"))
+
+    @staticmethod
+    def _response(result: "ocr.OcrResult", sl: slice):
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("texts", result.texts[sl]),
+            pb_utils.Tensor("polygons", result.polygons[sl]),
+            pb_utils.Tensor("scores", result.scores[sl]),
+            pb_utils.Tensor("num_lines", result.num_lines[sl]),
+        ])

@@ -1,0 +1,307 @@
+"""Serving profiles: derived model repositories built from the committed production one.
+
+`model_repository/` (committed) is the production GPU profile: TensorRT plans, CUDA
+graphs, warmup at the batch sizes the batcher forms. Every other profile is produced by
+ONE transform here, never hand-copied:
+
+  cpu       the embedded default (the tritonserver from the nvidia-pytriton wheel has
+            only the python backend): every network model becomes a python-backend
+            model running serving/python_models/onnx_model.py over its model.onnx with
+            ONNX Runtime on CPU, KIND_CPU, no CUDA graphs, warmup at batch 1.
+  onnx-gpu  a GPU Triton without prebuilt plans: platform onnxruntime_onnx, KIND_GPU,
+            TensorRT EP in FP16 with an engine cache (CUDA EP runs what TensorRT cannot).
+
+Both keep names, inputs, outputs, max_batch_size, dynamic batching (queue policy
+included), ensembles and BLS python models. Each model's weight provenance (from
+`<m>/1/export.json`) is injected as the config parameter "weights_provenance".
+
+    repo = derive("cpu", dest=Path("build/repositories/cpu"))
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from . import contract
+from .contract import MODEL_REPOSITORY, REPO_ROOT
+
+PROFILES = ("cpu", "onnx-gpu")
+ONNX_RUNNER = Path(__file__).resolve().parent / "python_models" / "onnx_model.py"
+DERIVED_ROOT = REPO_ROOT / "build" / "repositories"
+
+# Data-dependent pipelines (BLS) call these models; their configs cannot say so, an
+# ensemble's can. Used to drop a pipeline whose steps are missing (skip_missing=True).
+BLS_DEPENDENCIES = {
+    "faces": ("scrfd", "face_align", "arcface"),
+    "ocr": ("ppocr_det", "ppocr_rec"),
+}
+
+# CPU: GPU-tuned queue deadlines (200 ms) would REJECT ordinary load on a CPU that is
+# 20-100x slower; deadlines are raised to at least this. max_queue_size, the bound that
+# keeps latency from growing without limit, is kept as committed.
+CPU_MIN_QUEUE_TIMEOUT_US = 10_000_000
+CPU_INTRA_OP_THREADS = "1"
+
+# onnx-gpu: TensorRT EP options (Triton's onnxruntime backend parameter names).
+TRT_WORKSPACE_BYTES = str(2 << 30)
+DEFAULT_ENGINE_CACHE = "/tmp/visionserve-trt-cache"
+
+
+class ProfileError(ValueError):
+    """A profile cannot be derived as asked (unknown profile, missing artifacts)."""
+
+
+@dataclass(frozen=True)
+class Derived:
+    profile: str
+    path: Path
+    models: tuple[str, ...]
+    skipped: dict[str, str] = field(default_factory=dict)   # model -> why it was left out
+
+
+# -- the pure transform ------------------------------------------------------------------
+def transform(config: mc.ModelConfig, profile: str, provenance: str | None = None,
+              engine_cache: str = DEFAULT_ENGINE_CACHE) -> mc.ModelConfig:
+    """The derived config of one model (a new message; `config` is untouched)."""
+    if profile not in PROFILES:
+        raise ProfileError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    out = mc.ModelConfig()
+    out.CopyFrom(config)
+    kind = _kind(config)
+    if kind == "network":
+        if profile == "cpu":
+            _to_cpu(out)
+        else:
+            _to_onnx_gpu(out, engine_cache)
+    if profile == "cpu" and kind != "ensemble" and out.HasField("dynamic_batching"):
+        _raise_queue_timeouts(out.dynamic_batching)
+    if provenance:
+        out.parameters["weights_provenance"].string_value = provenance
+    return out
+
+
+def _kind(config: mc.ModelConfig) -> str:
+    if config.platform == "ensemble":
+        return "ensemble"
+    if config.backend == "python":
+        return "python"
+    return "network"
+
+
+def _to_cpu(cfg: mc.ModelConfig) -> None:
+    cfg.platform = ""
+    cfg.backend = "python"
+    del cfg.instance_group[:]
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    # CUDA graphs and GPU accelerators mean nothing to ONNX Runtime on CPU.
+    cfg.ClearField("optimization")
+    # Warmup exists so a GPU model is ready only when engines/graphs are built and fast.
+    # On CPU there is nothing to build; one batch-1 pass still catches a broken graph at
+    # load time (fail fast) without spending seconds per model at batch 8-32 on 2 cores.
+    for w in cfg.model_warmup:
+        w.batch_size = 1
+        w.name = "zeros_batch_1"
+    if len(cfg.model_warmup) > 1:
+        del cfg.model_warmup[1:]
+    cfg.parameters["intra_op_threads"].string_value = CPU_INTRA_OP_THREADS
+
+
+def _raise_queue_timeouts(db: mc.ModelDynamicBatching) -> None:
+    if db.HasField("default_queue_policy"):
+        qp = db.default_queue_policy
+        if 0 < qp.default_timeout_microseconds < CPU_MIN_QUEUE_TIMEOUT_US:
+            qp.default_timeout_microseconds = CPU_MIN_QUEUE_TIMEOUT_US
+
+
+def _to_onnx_gpu(cfg: mc.ModelConfig, engine_cache: str) -> None:
+    cfg.backend = ""
+    cfg.platform = "onnxruntime_onnx"
+    for g in cfg.instance_group:
+        g.kind = mc.ModelInstanceGroup.KIND_GPU
+    # CUDA graphs are a TensorRT-backend setting; the TRT EP builds its own engines.
+    cfg.optimization.ClearField("cuda")
+    ea = cfg.optimization.execution_accelerators
+    del ea.gpu_execution_accelerator[:]
+    trt = ea.gpu_execution_accelerator.add(name="tensorrt")
+    # One engine profile covering every batch the dynamic batcher can form, so a new
+    # batch size never triggers an engine rebuild under load.
+    opt_batch = max(cfg.dynamic_batching.preferred_batch_size or [cfg.max_batch_size])
+    params = {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": TRT_WORKSPACE_BYTES,
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": f"{engine_cache}/{cfg.name}",
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": f"{engine_cache}/{cfg.name}",
+        "trt_profile_min_shapes": _shapes(cfg, 1),
+        "trt_profile_opt_shapes": _shapes(cfg, opt_batch),
+        "trt_profile_max_shapes": _shapes(cfg, cfg.max_batch_size),
+    }
+    for k, v in params.items():
+        trt.parameters[k] = v
+    # Anything TensorRT cannot take falls back to the CUDA EP, which ORT adds by itself
+    # for KIND_GPU; the committed warmup (batch 8-32) builds the engine before "ready".
+
+
+def _shapes(cfg: mc.ModelConfig, batch: int) -> str:
+    return ",".join(f"{t.name}:" + "x".join(str(d) for d in (batch, *t.dims)) for t in cfg.input)
+
+
+# -- building a repository folder -----------------------------------------------------------
+def derive(profile: str, dest: Path | None = None, source: Path = MODEL_REPOSITORY,
+           models: list[str] | None = None, skip_missing: bool = False,
+           engine_cache: str = DEFAULT_ENGINE_CACHE, copy: bool | None = None) -> Derived:
+    """Build `dest` (default build/repositories/<profile>) from `source`.
+
+    Artifacts are symlinked for "cpu" (served in place) and copied (hard-linked where
+    possible) for "onnx-gpu", whose folder is meant to be shipped to a GPU host or
+    mounted into a container where links to this checkout would dangle; `copy` overrides.
+
+    `models`: only these (plus what their ensembles/pipelines call). A missing artifact
+    raises ProfileError naming it and the command that builds it, unless `skip_missing`:
+    then the model and every pipeline that needs it are left out and listed in `skipped`.
+    """
+    if profile not in PROFILES:
+        raise ProfileError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    source = Path(source)
+    dest = Path(dest) if dest else DERIVED_ROOT / profile
+    contracts = contract.load_all(source)
+    wanted = _closure(models or list(contracts), contracts)
+
+    problems = {m: _missing(contracts[m]) for m in wanted}
+    problems = {m: p for m, p in problems.items() if p}
+    skipped: dict[str, str] = {m: "missing " + ", ".join(map(str, p)) for m, p in problems.items()}
+    # A pipeline is unusable when anything it calls is.
+    changed = True
+    while changed:
+        changed = False
+        for m in wanted:
+            if m in skipped:
+                continue
+            bad = [d for d in _dependencies(contracts[m]) if d in skipped or d not in contracts]
+            if bad:
+                skipped[m] = f"needs {', '.join(bad)}"
+                changed = True
+    if problems and not skip_missing:
+        lines = [f"  {p}" for ps in problems.values() for p in ps]
+        exportable = sorted(m for m in problems if contracts[m].kind == "network")
+        hint = f"\nBuild them with: make export-onnx MODELS={','.join(exportable)}" if exportable else ""
+        if any(contracts[m].kind == "python" for m in problems):
+            hint += "\n(a missing model.py is a source file of the repository: restore it from git)"
+        raise ProfileError(f"cannot derive the {profile!r} repository; missing artifacts:\n"
+                           + "\n".join(lines) + hint)
+
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    kept = [m for m in wanted if m not in skipped]
+    copy = profile != "cpu" if copy is None else copy
+    for m in kept:
+        _write_model(contracts[m], tmp / m, profile, engine_cache, copy)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return Derived(profile, dest, tuple(kept), skipped)
+
+
+def _dependencies(c: contract.ModelContract) -> tuple[str, ...]:
+    if c.kind == "ensemble":
+        return tuple(s.model_name for s in c.config.ensemble_scheduling.step)
+    return BLS_DEPENDENCIES.get(c.name, ())
+
+
+def _closure(names, contracts) -> list[str]:
+    seen: list[str] = []
+    todo = list(names)
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        if n not in contracts:
+            raise ProfileError(f"unknown model {n!r}; the repository has {', '.join(contracts)}")
+        seen.append(n)
+        todo.extend(_dependencies(contracts[n]))
+    return sorted(seen)
+
+
+def _missing(c: contract.ModelContract) -> list[Path]:
+    v = c.version_dir()
+    if c.kind == "network":
+        need = [v / "model.onnx", v / "export.json"]
+    elif c.kind == "python":
+        need = [v / "model.py"]
+    else:
+        need = []
+    return [_rel(p) for p in need if not p.is_file()]
+
+
+def _rel(p: Path) -> Path:
+    try:
+        return p.relative_to(REPO_ROOT)
+    except ValueError:
+        return p
+
+
+def provenance(c: contract.ModelContract) -> str | None:
+    record = c.version_dir() / "export.json"
+    if not record.is_file():
+        return None
+    try:
+        return str(json.loads(record.read_text())["provenance"])
+    except (ValueError, KeyError) as exc:
+        raise ProfileError(f"{record}: unreadable export record ({exc}); re-export: "
+                           f"make export-onnx MODELS={c.name}") from exc
+
+
+def _place(src: Path, dst: Path, copy: bool) -> None:
+    src = src.resolve()
+    if not copy:
+        dst.symlink_to(src)   # a 250 MB graph is not duplicated; the source stays the truth
+    elif src.is_dir():
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+def _write_model(c: contract.ModelContract, out: Path, profile: str, engine_cache: str, copy: bool) -> None:
+    version = out / "1"
+    version.mkdir(parents=True)
+    src = c.version_dir()
+    if c.kind == "network":
+        for name in ("model.onnx", "model.onnx.data", "export.json"):
+            if (src / name).exists():
+                _place(src / name, version / name, copy)
+        if profile == "cpu":
+            _place(ONNX_RUNNER, version / "model.py", copy)
+    elif c.kind == "python" and src.is_dir():
+        # model.py and its data (vocabularies, charsets): everything in the version dir.
+        for item in sorted(src.iterdir()):
+            if item.name != "__pycache__":
+                _place(item, version / item.name, copy)
+    cfg = transform(c.config, profile, provenance(c), engine_cache)
+    (out / "config.pbtxt").write_text(
+        f"# DERIVED by serving/profiles.py (profile {profile!r}) from {_rel(c.path)}; do not edit.\n"
+        + contract.to_text(cfg))
+
+
+def summary(config: mc.ModelConfig) -> dict:
+    """What a profile must not change: names, I/O, batching (used by tests and checks)."""
+    d = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    keep = ("name", "max_batch_size", "input", "output", "ensemble_scheduling")
+    s = {k: d.get(k) for k in keep}
+    db = d.get("dynamic_batching")
+    if db is not None:
+        db = dict(db)
+        db.get("default_queue_policy", {}).pop("default_timeout_microseconds", None)
+    s["dynamic_batching"] = db
+    return s

@@ -1,0 +1,132 @@
+"""`make serve` / `make run`: derive a profile's repository, start Triton (and the gateway).
+
+    python -m serving serve [--profile cpu] [--http-port 8000 --grpc-port 8001 --metrics-port 8002]
+    python -m serving run   [... --gateway-port 8080]
+    python -m serving derive --profile onnx-gpu [--dest DIR]
+
+Ctrl-C (SIGINT) or SIGTERM stops everything cleanly: the gateway first, then Triton.
+`main()` is the only place that exits.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from . import profiles
+from .contract import REPO_ROOT
+from .tritonserver import TritonServer, TritonServerError
+
+log = logging.getLogger("serving")
+
+
+class UsageError(RuntimeError):
+    """Something the user can fix (missing module, artifacts, ports): printed, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("serve", "run", "derive"):
+        s = sub.add_parser(name)
+        s.add_argument("--profile", default="cpu", choices=profiles.PROFILES)
+        s.add_argument("--source", type=Path, default=profiles.MODEL_REPOSITORY, help="committed repository")
+        s.add_argument("--dest", type=Path, default=None, help="derived repository (default build/repositories/<profile>)")
+        s.add_argument("--engine-cache", default=profiles.DEFAULT_ENGINE_CACHE,
+                       help="onnx-gpu: TensorRT EP engine cache folder (as the GPU server sees it)")
+        s.add_argument("--skip-missing", action="store_true",
+                       help="leave out models whose artifacts are missing (and pipelines needing them)")
+        if name == "derive":
+            continue
+        s.add_argument("--host", default="127.0.0.1", help="address Triton binds (default loopback only)")
+        s.add_argument("--http-port", type=int, default=8000)
+        s.add_argument("--grpc-port", type=int, default=8001)
+        s.add_argument("--metrics-port", type=int, default=8002)
+        s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all models to load")
+        s.add_argument("--log", type=Path, default=REPO_ROOT / "build" / "logs" / "triton.log")
+        if name == "run":
+            s.add_argument("--gateway-host", default="127.0.0.1")
+            s.add_argument("--gateway-port", type=int, default=8080)
+    return p
+
+
+def _derive(args) -> profiles.Derived:
+    derived = profiles.derive(args.profile, dest=args.dest, source=args.source,
+                              skip_missing=getattr(args, "skip_missing", False), engine_cache=args.engine_cache)
+    log.info("derived the %s repository at %s (%d models)", args.profile, derived.path, len(derived.models))
+    for model, why in derived.skipped.items():
+        log.warning("left out %s: %s", model, why)
+    return derived
+
+
+def _gateway_command(args, server: TritonServer) -> list[str]:
+    if importlib.util.find_spec("gateway") is None or importlib.util.find_spec("gateway.__main__") is None:
+        raise UsageError("the gateway module is not available (`python -m gateway` needs gateway/__main__.py); "
+                         "use `make serve` to run Triton alone")
+    return [sys.executable, "-m", "gateway", "--triton-grpc", server.grpc_url,
+            "--host", args.gateway_host, "--port", str(args.gateway_port)]
+
+
+def _serve(args, with_gateway: bool) -> int:
+    if args.profile != "cpu":
+        raise UsageError(f"the embedded tritonserver runs only the 'cpu' profile (it has the python backend "
+                         f"alone); serve {args.profile!r} with a GPU Triton: `python -m serving derive "
+                         f"--profile {args.profile}` then tritonserver --model-repository <that folder>")
+    derived = _derive(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server = TritonServer(derived.path, args.http_port, args.grpc_port, args.metrics_port,
+                          log_path=args.log, host=args.host)
+    gateway = None
+    log.info("starting tritonserver (log: %s)", args.log)
+    try:
+        server.start(args.timeout, progress=log.info)
+        print(f"Triton ready ({args.profile}): gRPC {server.grpc_url}  HTTP http://{server.http_url}  "
+              f"metrics {server.metrics_url}\n  models: {', '.join(derived.models)}\n"
+              f"  restricted APIs ({', '.join(('model-repository', 'shared-memory'))}) need the header "
+              f"admin-key (set VISIONSERVE_TRITON_ADMIN_KEY to choose it)", flush=True)
+        if with_gateway:
+            gateway = subprocess.Popen(_gateway_command(args, server), cwd=REPO_ROOT)
+            print(f"Gateway: http://{args.gateway_host}:{args.gateway_port}  (Ctrl-C stops both)", flush=True)
+        else:
+            print("Ctrl-C stops it.", flush=True)
+        while not stop.wait(1.0):
+            if not server.is_ready() and server.process and server.process.poll() is not None:
+                raise TritonServerError(f"tritonserver exited; see {args.log}:\n{server.log_tail()}")
+            if gateway is not None and gateway.poll() is not None:
+                raise UsageError(f"the gateway exited with code {gateway.returncode}")
+        print("stopping...", flush=True)
+        return 0
+    finally:
+        if gateway is not None and gateway.poll() is None:
+            gateway.send_signal(signal.SIGINT)
+            try:
+                gateway.wait(15)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+                gateway.wait(5)
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "derive":
+            d = _derive(args)
+            print(d.path)
+            return 0
+        return _serve(args, with_gateway=args.command == "run")
+    except (profiles.ProfileError, UsageError, TritonServerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Run the real `tritonserver` shipped inside the `nvidia-pytriton` wheel as a subprocess.
+
+The wheel carries Triton 2.51 (binary, its shared libraries, the python backend and one
+python-backend stub per Python version) but no onnxruntime/tensorrt backend: network
+models run through ONNX Runtime inside python-backend models (see serving/profiles.py).
+
+    with TritonServer(repo, log_path=Path("build/triton.log")) as server:
+        server.start(timeout_s=300)
+        client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
+
+Hardened by default: models are loaded once at start (`--model-control-mode none`), the
+model-repository and shared-memory APIs need the header `admin-key: <key>` on HTTP and
+gRPC, and every endpoint binds 127.0.0.1 (tritonserver's own default is 0.0.0.0).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .contract import REPO_ROOT
+
+BACKENDS_DIR = REPO_ROOT / "build" / "triton-backends"
+RESTRICTED_APIS = ("model-repository", "shared-memory")
+ADMIN_HEADER = "admin-key"
+
+
+class TritonServerError(RuntimeError):
+    """tritonserver is missing, failed to start, or did not become ready in time."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Paths inside the installed nvidia-pytriton wheel."""
+
+    binary: Path
+    libs: Path
+    python_backend: Path
+    stub: Path
+
+    @classmethod
+    def locate(cls, site_packages: Path | None = None) -> "TritonInstall":
+        sp = Path(site_packages or sysconfig.get_paths()["purelib"])
+        root = sp / "pytriton" / "tritonserver"
+        py = f"{sys.version_info.major}.{sys.version_info.minor}"
+        inst = cls(binary=root / "bin" / "tritonserver",
+                   libs=sp / "nvidia_pytriton.libs",
+                   python_backend=root / "backends" / "python",
+                   stub=root / "python_backend_stubs" / py / "triton_python_backend_stub")
+        missing = [p for p in (inst.binary, inst.libs, inst.python_backend, inst.stub) if not p.exists()]
+        if missing:
+            raise TritonServerError(
+                "the embedded tritonserver is not installed (missing: "
+                + ", ".join(map(str, missing))
+                + "). Install it with `make setup` or `pip install 'nvidia-pytriton==0.7.0'`"
+                + f" (it ships python-backend stubs for Python 3.8-3.13; this is {py}).")
+        return inst
+
+    def backend_dir(self, dest: Path = BACKENDS_DIR) -> Path:
+        """A writable backend folder: python backend + the stub for this Python."""
+        py_dir = Path(dest) / "python"
+        stamp = py_dir / ".source"
+        source = f"{self.python_backend}|{self.stub}|{self.stub.stat().st_mtime_ns}"
+        if stamp.is_file() and stamp.read_text() == source:
+            return Path(dest)
+        # Several servers (tests, benches) may start at once: build aside, then rename.
+        tmp = Path(dest) / f".python.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(self.python_backend, tmp, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(self.stub, tmp / "triton_python_backend_stub")
+        (tmp / ".source").write_text(source)
+        if py_dir.exists():   # stale (another wheel): move it away, running servers keep their files
+            try:
+                py_dir.rename(Path(dest) / f".python.old-{os.getpid()}")
+            except OSError:
+                pass
+        try:
+            tmp.rename(py_dir)
+        except OSError:       # someone else just placed it
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Path(dest)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class TritonServer:
+    """One tritonserver subprocess serving `repository`; a context manager that stops it."""
+
+    def __init__(self, repository: Path, http_port: int = 8000, grpc_port: int = 8001,
+                 metrics_port: int = 8002, log_path: Path | None = None, host: str = "127.0.0.1",
+                 admin_key: str | None = None, backends_dir: Path = BACKENDS_DIR,
+                 extra_args: tuple[str, ...] = (), log_verbose: int = 0):
+        self.repository = Path(repository).resolve()
+        self.host = host
+        self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
+        self.log_path = Path(log_path) if log_path else REPO_ROOT / "build" / "logs" / f"triton-{grpc_port}.log"
+        # A fresh random key unless given: nobody can reach the restricted APIs by accident.
+        self.admin_key = admin_key or os.environ.get("VISIONSERVE_TRITON_ADMIN_KEY") or secrets.token_hex(16)
+        self.backends_dir = Path(backends_dir)
+        self.extra_args = tuple(extra_args)
+        self.log_verbose = log_verbose
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+
+    # -- addresses -----------------------------------------------------------------
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {ADMIN_HEADER: self.admin_key}
+
+    # -- lifecycle -----------------------------------------------------------------
+    def command(self, install: TritonInstall) -> list[str]:
+        restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={self.admin_key}"
+        return [
+            str(install.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={self.backends_dir}",
+            "--model-control-mode=none",
+            "--strict-readiness=true",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",
+            "--exit-timeout-secs=10",
+            f"--log-verbose={self.log_verbose}",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout_s: float = 300.0, progress=None) -> "TritonServer":
+        """Start and wait until the server and all its models are ready."""
+        if self.process is not None:
+            raise TritonServerError("already started")
+        if not self.repository.is_dir():
+            raise TritonServerError(f"model repository {self.repository} does not exist")
+        install = TritonInstall.locate()
+        install.backend_dir(self.backends_dir)
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH")]))
+        # The python-backend stub runs `python` from PATH: it must be this venv's.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        # Python models import serving.* (the ONNX runner); make the project importable.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "wb")
+        self.process = subprocess.Popen(self.command(install), stdout=self._log_file,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            self.wait_ready(timeout_s, progress)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout_s: float, progress=None) -> None:
+        deadline = time.monotonic() + timeout_s
+        last_report = 0.0
+        while True:
+            code = self.process.poll() if self.process else None
+            if code is not None:
+                raise TritonServerError(f"tritonserver exited with code {code} while starting; "
+                                        f"last log lines:\n{self.log_tail()}")
+            if self._get(f"http://{self.http_url}/v2/health/ready") == 200:
+                return
+            now = time.monotonic()
+            if now > deadline:
+                raise TritonServerError(
+                    f"tritonserver not ready after {timeout_s:.0f}s; models not ready: "
+                    f"{', '.join(self.loading_models()) or '?'}; log {self.log_path}:\n{self.log_tail()}")
+            if progress and now - last_report > 10:
+                last_report = now
+                loading = self.loading_models()
+                if loading:
+                    progress(f"waiting for Triton: still loading {', '.join(loading)}")
+            time.sleep(0.5)
+
+    def loading_models(self) -> list[str]:
+        """Names of models in the repository that are not READY (needs the admin key)."""
+        try:
+            req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}",
+                                         headers=self.admin_headers, method="POST")
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                index = json.loads(resp.read())
+        except (OSError, ValueError):
+            return sorted(p.parent.name for p in self.repository.glob("*/config.pbtxt"))
+        return sorted(m["name"] for m in index if m.get("state") != "READY")
+
+    def is_ready(self) -> bool:
+        return self.process is not None and self.process.poll() is None and \
+            self._get(f"http://{self.http_url}/v2/health/ready") == 200
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGINT (Triton drains and unloads), then SIGKILL after `timeout_s`."""
+        proc, self.process = self.process, None
+        code = None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    # Python-backend stubs live in the server's session: kill the group.
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+            code = proc.returncode
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return code
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    @staticmethod
+    def _get(url: str) -> int | None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return None
+
+    def __enter__(self) -> "TritonServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

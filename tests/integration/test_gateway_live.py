@@ -1,0 +1,235 @@
+"""The gateway as a real process against the real embedded Triton (the `served` fixture):
+every endpoint on real images, a concurrent burst, and Triton killed and restarted
+under it (503 + Retry-After, /readyz false, recovery without restarting the gateway)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.contract import REPO_ROOT
+from serving.tritonserver import TritonServer, free_port
+
+httpx = pytest.importorskip("httpx")
+pytestmark = pytest.mark.integration
+TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+# SCRFD-2.5G on the astronaut, in original 512x512 pixels (../shared/weights/README.md)
+ASTRONAUT_FACE = np.array([181, 55, 271, 178], np.float32)
+
+
+def jpeg(img: np.ndarray, quality=92) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class Gateway:
+    """`python -m gateway` as a subprocess on a free port, stopped with SIGINT."""
+
+    def __init__(self, grpc_url: str, log_path, **env):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        e = dict(os.environ, PYTHONPATH=str(REPO_ROOT),
+                 **{f"VISIONSERVE_GATEWAY_{k.upper()}": str(v) for k, v in env.items()})
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--triton-grpc", grpc_url, "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning"],
+            cwd=REPO_ROOT, env=e, stdout=self.log, stderr=subprocess.STDOUT)
+        self.client = httpx.Client(base_url=self.url, timeout=TIMEOUT)
+
+    def wait_ready(self, timeout_s=120.0):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}: "
+                                   + open(self.log.name, errors="replace").read()[-3000:])
+            try:
+                if self.client.get("/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"gateway not ready after {timeout_s}s")
+
+    def stop(self):
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(served, tmp_path_factory):
+    gw = Gateway(served.server.grpc_url, tmp_path_factory.mktemp("gw") / "gateway.log")
+    try:
+        yield gw.wait_ready()
+    finally:
+        gw.stop()
+
+
+def provenance(served, model) -> str:
+    p = served.derived.path / model / "1" / "export.json"
+    return json.loads(p.read_text())["provenance"] if p.is_file() else "unknown"
+
+
+def post(gw, path, data, ctype="image/jpeg", **params):
+    return gw.client.post(path, content=data, headers={"content-type": ctype}, params=params)
+
+
+def test_models_lists_what_triton_serves(served, gateway):
+    body = gateway.client.get("/v1/models").json()
+    names = {m["name"] for m in body["models"]}
+    for m in ("faces", "yolo", "centernet", "mobileclip_image", "text_embed", "ocr", "analyze"):
+        assert (m in names) == (m in served.contracts), (m, body["not_served"])
+    for m in body["models"]:
+        if m["name"] in ("yolo", "centernet", "mobileclip_image"):
+            assert m["weights_provenance"], m
+        if m["input_size"]:
+            c = served.contracts[m["name"]].inputs[0]
+            assert [m["input_size"]["height"], m["input_size"]["width"]] == list(c.dims[:2])
+
+
+def test_detect_on_the_astronaut(served, gateway, astronaut):
+    served.need("yolo")
+    r = post(gateway, "/v1/detect", jpeg(astronaut), score_threshold=0.0)
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    assert (res["width"], res["height"]) == (512, 512)
+    boxes = np.array([o["box"] for o in res["objects"]]).reshape(-1, 4)
+    assert ((boxes >= 0) & (boxes <= 512)).all()
+    if "synthetic" not in provenance(served, "yolo"):
+        assert "person" in {o["label"] for o in res["objects"]}
+
+
+def test_faces_on_the_astronaut_in_original_pixels(served, gateway, astronaut):
+    served.need("faces")
+    r = post(gateway, "/v1/faces", jpeg(astronaut))
+    assert r.status_code == 200, r.text
+    found = r.json()["results"][0]["faces"]
+    prov = provenance(served, "scrfd")
+    if "synthetic" in prov or "2.5g" not in prov.lower():
+        pytest.skip(f"scrfd is not the real SCRFD-2.5G (provenance: {prov})")
+    assert len(found) == 1
+    np.testing.assert_allclose(found[0]["box"], ASTRONAUT_FACE, atol=12)
+    assert abs(np.linalg.norm(found[0]["embedding"]) - 1) < 1e-3
+
+
+def test_embeddings_image_and_text(served, gateway, astronaut):
+    served.need("mobileclip_image", "text_embed")
+    r = gateway.client.post("/v1/embed/image", files=[
+        ("images", ("a.jpg", jpeg(astronaut), "image/jpeg")),
+        ("images", ("b.jpg", jpeg(astronaut[::-1].copy()), "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    embs = np.array([x["embedding"] for x in r.json()["results"]])
+    assert embs.shape == (2, 512)
+    np.testing.assert_allclose(np.linalg.norm(embs, axis=1), 1.0, atol=1e-3)
+    r = gateway.client.post("/v1/embed/text", json={"texts": ["an astronaut", "an astronaut"]})
+    assert r.status_code == 200, r.text
+    t = np.array([x["embedding"] for x in r.json()["results"]])
+    np.testing.assert_allclose(t[0], t[1], atol=1e-5)
+    assert r.json()["results"][0]["text"] == "an astronaut"
+
+
+def text_image(lines, w=900, h=500):
+    import cv2
+
+    img = np.full((h, w, 3), 255, np.uint8)
+    for i, text in enumerate(lines):
+        cv2.putText(img, text, (40, 140 + 200 * i), cv2.FONT_HERSHEY_SIMPLEX, 3.0, (0, 0, 0), 7,
+                    cv2.LINE_AA)
+    return img
+
+
+def test_ocr_reads_rendered_text_back(served, gateway):
+    served.need("ocr")
+    lines = ["SERVING 2026", "HELLO WORLD"]
+    r = post(gateway, "/v1/ocr", jpeg(text_image(lines)), score_threshold=0.0)
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    got = " ".join(x["text"] for x in res["lines"]).upper().replace(" ", "")
+    if "synthetic" in provenance(served, "ppocr_rec"):
+        pytest.skip("ppocr_rec has synthetic weights: cannot read text back")
+    for line in lines:
+        assert line.replace(" ", "") in got, res["lines"]
+    polys = np.array([x["polygon"] for x in res["lines"]])
+    # original 900x500 pixels: the lines sit in the left part of their own rows
+    assert ((polys[..., 0] >= 0) & (polys[..., 0] <= 900)).all()
+    assert ((polys[..., 1] >= 0) & (polys[..., 1] <= 500)).all()
+
+
+def test_analyze_everything_in_one_call(served, gateway, astronaut):
+    served.need("analyze")
+    r = post(gateway, "/v1/analyze", jpeg(astronaut))
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    assert {"objects", "faces", "lines", "embedding"} <= set(res)
+    assert len(res["embedding"]) == 512
+
+
+def test_concurrent_burst_has_no_error(served, gateway, astronaut):
+    served.need("yolo")
+    data = jpeg(astronaut)
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda _: post(gateway, "/v1/detect", data).status_code, range(48)))
+    assert codes == [200] * 48
+    metrics = gateway.client.get("/metrics").text
+    assert 'visionserve_gateway_requests_total{route="/v1/detect",status="200"}' in metrics
+
+
+def test_bad_input_against_the_real_stack(served, gateway, astronaut):
+    served.need("yolo")
+    data = jpeg(astronaut)
+    r = post(gateway, "/v1/detect", data[: len(data) // 2])
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_image"
+    r = post(gateway, "/v1/detect", b"not an image", "text/plain")
+    assert r.status_code == 415
+
+
+def test_triton_killed_and_restarted(served, tmp_path, astronaut):
+    """A private Triton (one model, so it restarts fast) killed under a live gateway."""
+    served.need("yolo")
+    repo = tmp_path / "repo"
+    shutil.copytree(served.derived.path / "yolo", repo / "yolo", symlinks=True)
+    ports = free_port(), free_port(), free_port()
+    server = TritonServer(repo, *ports, log_path=tmp_path / "triton.log")
+    server.start(300)
+    gw = Gateway(server.grpc_url, tmp_path / "gateway.log", retry_after_s=2, triton_timeout_s=30)
+    data = jpeg(astronaut)
+    try:
+        gw.wait_ready()
+        assert post(gw, "/v1/detect", data).status_code == 200
+        os.killpg(server.process.pid, signal.SIGKILL)     # a crash, not a clean stop
+        server.stop(5)
+        r = post(gw, "/v1/detect", data)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "triton_unavailable"
+        assert r.headers["retry-after"] == "2"
+        assert gw.client.get("/readyz").status_code == 503
+        assert gw.client.get("/healthz").status_code == 200
+        server = TritonServer(repo, *ports, log_path=tmp_path / "triton2.log")
+        server.start(300)
+        deadline, code = time.monotonic() + 30, None
+        while time.monotonic() < deadline and code != 200:
+            code = post(gw, "/v1/detect", data).status_code
+            time.sleep(0.2)
+        assert code == 200, "the gateway did not recover within 30 s of Triton's return"
+        assert gw.client.get("/readyz").status_code == 200
+    finally:
+        gw.stop()
+        server.stop()

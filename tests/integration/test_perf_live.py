@@ -1,0 +1,75 @@
+"""perf/ against the real embedded Triton: perf_analyzer under a cap, a tiny bench_models sweep."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from perf import analyzer, bench_models
+from perf import estimate as est
+from perf.units import human_bytes
+
+MODEL = "clip_resize"          # the cheapest served network model: a resize graph
+CAP = 1 << 30
+
+
+def _perf_analyzer_ready() -> None:
+    """Install libb64-0d the way `make perf-setup` does when we can; else skip saying what is missing."""
+    problems = analyzer.missing()
+    if any("libb64" in p for p in problems) and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "libb64-0d"],
+                       capture_output=True, timeout=300)
+        problems = analyzer.missing()
+    if problems:
+        pytest.skip("perf_analyzer cannot run: " + "; ".join(problems))
+
+
+@pytest.mark.integration
+def test_perf_analyzer_runs_under_a_cap_and_is_parsed(served, tmp_path):
+    served.need(MODEL)
+    _perf_analyzer_ready()
+    load = est.TensorLoad.from_contract(served.contracts[MODEL])
+    # Stability 1000%: CI shares 2 noisy cores; this checks it runs capped and parses, not the numbers.
+    opts = analyzer.Options(model=MODEL, url=served.server.grpc_url, batch=2, concurrency=(1, 2, 1),
+                            measurement_request_count=20, max_trials=6, stability_percentage=1000,
+                            metrics_url=served.server.metrics_url)
+    run = analyzer.run(opts, load, CAP, tmp_path, timeout_s=300)
+    assert run.capped.returncode == 0 and run.capped.cap.bytes == CAP
+    assert human_bytes(CAP) in run.capped.cap.describe()
+    assert 0 < run.capped.peak_rss_bytes < CAP
+    assert run.estimate.total <= CAP
+    assert [r.concurrency for r in run.records] == [1, 2]
+    for r in run.records:
+        assert r.target == MODEL and r.batch == 2 and r.throughput > 0
+        assert 0 < r.p50_ms <= r.p95_ms <= r.p99_ms
+        assert r.avg_batch >= 2.0                  # batch-2 requests: at least 2 items per execution
+        assert r.compute_infer_us > 0 and r.extra["cap"].startswith("memory cap 1.0 GiB")
+    assert (tmp_path / "perf_analyzer.csv").is_file()
+
+
+@pytest.mark.integration
+def test_perf_analyzer_refuses_before_starting(served, tmp_path):
+    served.need(MODEL)
+    load = est.TensorLoad.from_contract(served.contracts[MODEL])
+    opts = analyzer.Options(model=MODEL, url=served.server.grpc_url, batch=32, concurrency=(1, 512, 1))
+    with pytest.raises(est.OverCapError, match="Flags that would fit"):
+        analyzer.run(opts, load, 256 << 20, tmp_path)
+    assert not (tmp_path / "perf_analyzer.csv").exists()
+
+
+@pytest.mark.integration
+def test_bench_models_tiny_sweep_writes_a_report(served, tmp_path):
+    served.need(MODEL)
+    sweep = bench_models.Sweep(url=served.server.grpc_url, metrics_url=served.server.metrics_url,
+                               batches=(1, 2), concurrencies=(1, 4), requests=16, seconds=20, warmup=1,
+                               progress=False)
+    out, records = bench_models.run([MODEL], sweep, name="test-tiny", reports_root=tmp_path)
+    assert [(r.batch, r.concurrency) for r in records] == [(1, 1), (1, 4), (2, 1), (2, 4)]
+    for r in records:
+        assert r.errors == 0 and r.requests == 16 and r.throughput > 0
+        assert r.extra["triton"]["requests"] == 16          # Triton saw exactly our requests
+        assert r.avg_batch >= r.batch
+    for name in ("results.json", "results.csv", "summary.md", "throughput.png", "latency.png", "avg_batch.png"):
+        assert (out / name).stat().st_size > 0

@@ -1,0 +1,78 @@
+"""Profiles derive from the committed configs (min 1, opt = largest preferred, max = max_batch_size)."""
+from __future__ import annotations
+
+import pytest
+
+from export.engines.build import engine_models
+from export.engines.errors import ProfileError
+from export.engines.profiles import check_onnx_inputs, derive_profile, trtexec_shapes
+from serving import contract
+from serving.contract import ModelContract, parse_config
+
+
+def test_every_tensorrt_model_gets_a_profile_from_its_config():
+    models = engine_models()
+    assert "arcface" in models and "faces" not in models and "analyze" not in models
+    for name in models:
+        c = contract.load(name)
+        p = derive_profile(c)
+        pref = c.preferred_batch_sizes
+        assert (p.min_batch, p.max_batch) == (1, c.max_batch_size)
+        assert p.opt_batch == (max(pref) if pref else c.max_batch_size)
+        assert [s.name for s in p.inputs] == [t.name for t in c.inputs]
+        for s, t in zip(p.inputs, c.inputs):
+            assert s.min == (1, *t.dims) and s.opt == (p.opt_batch, *t.dims) and s.max == (c.max_batch_size, *t.dims)
+        assert p.serves_config
+
+
+def test_arcface_profile_numbers():
+    p = derive_profile(contract.load("arcface"))
+    assert (p.min_batch, p.opt_batch, p.max_batch) == (1, 32, 64)
+    assert p.inputs[0].opt == (32, 112, 112, 3)
+
+
+def test_max_batch_override_clamps_opt_and_flags_config_mismatch():
+    c = contract.load("arcface")                        # preferred 16, 32; max 64
+    p = derive_profile(c, max_batch=20)
+    assert (p.opt_batch, p.max_batch) == (16, 20) and not p.serves_config
+    assert derive_profile(c, max_batch=8).opt_batch == 8   # no preferred size fits: opt = max
+    assert derive_profile(c, max_batch=128).serves_config
+    with pytest.raises(ProfileError, match="MAX_BATCH"):
+        derive_profile(c, max_batch=0)
+
+
+def _contract(text, tmp_path):
+    cfg = parse_config(text)
+    return ModelContract(cfg.name, tmp_path / "config.pbtxt", cfg)
+
+
+def test_variable_dims_and_no_batching_are_user_errors(tmp_path):
+    var = _contract('name: "v" platform: "tensorrt_plan" max_batch_size: 4 '
+                    'input [ { name: "x" data_type: TYPE_FP32 dims: [ -1, 3 ] } ]', tmp_path)
+    with pytest.raises(ProfileError, match="variable dims"):
+        derive_profile(var)
+    nob = _contract('name: "n" platform: "tensorrt_plan" max_batch_size: 0 '
+                    'input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]', tmp_path)
+    with pytest.raises(ProfileError, match="max_batch_size"):
+        derive_profile(nob)
+
+
+def test_onnx_inputs_are_held_to_the_config():
+    p = derive_profile(contract.load("face_align"))
+    ok = {"images": ("batch", 640, 640, 3), "landmarks": ("batch", 64, 5, 2)}
+    check_onnx_inputs(p, ok)
+    with pytest.raises(ProfileError, match="missing"):
+        check_onnx_inputs(p, {"images": ok["images"]})
+    with pytest.raises(ProfileError, match="fixed batch of 1"):
+        check_onnx_inputs(p, {**ok, "images": (1, 640, 640, 3)})
+    with pytest.raises(ProfileError, match="disagree"):
+        check_onnx_inputs(p, {**ok, "landmarks": ("batch", 68, 5, 2)})
+    with pytest.raises(ProfileError, match="rank"):
+        check_onnx_inputs(p, {**ok, "images": ("batch", 640, 640)})
+
+
+def test_trtexec_shape_specs():
+    p = derive_profile(contract.load("face_align"))
+    assert trtexec_shapes(p, "min") == "images:1x640x640x3,landmarks:1x64x5x2"
+    assert trtexec_shapes(p, "opt") == "images:8x640x640x3,landmarks:8x64x5x2"
+    assert trtexec_shapes(p, "max") == "images:16x640x640x3,landmarks:16x64x5x2"
