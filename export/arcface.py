@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import OPSET, ExportError, ExportJob, WeightsSearch, WeightsSource
+from .onnx_graph import set_io_dims, torch_to_onnx
 
 MODELS = ("arcface",)
 LAYERS_R50 = (3, 4, 14, 3)
@@ -142,7 +143,10 @@ def load_torch_backbone(weights: WeightsSource):
         raise ExportError(f"arcface: {weights.path} holds a {type(state).__name__}, expected a state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        raise ExportError(f"arcface: {weights.path} is not an iresnet50 state dict: {exc}") from exc
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise ExportError(f"arcface: {weights.path} is not an iresnet50 state dict "
@@ -170,6 +174,7 @@ def export(job: ExportJob) -> None:
 
 
 def _export_torch(job: ExportJob) -> None:
+    import onnx
     import torch
 
     from .graph_ops import ImagePreprocess, l2_normalize
@@ -191,10 +196,10 @@ def _export_torch(job: ExportJob) -> None:
     name_in, name_out = job.contract.inputs[0].name, job.contract.outputs[0].name
     dummy = torch.zeros(2, h, w, 3, dtype=torch.uint8)
     job.progress(f"torch.onnx.export (opset {OPSET})")
-    with torch.no_grad():
-        torch.onnx.export(model, (dummy,), str(job.out_path), input_names=[name_in], output_names=[name_out],
-                          dynamic_axes={name_in: {0: "batch"}, name_out: {0: "batch"}},
-                          opset_version=OPSET, dynamo=False)
+    torch_to_onnx(model, (dummy,), job.out_path, [name_in], [name_out])
+    m = onnx.load(str(job.out_path))
+    set_io_dims(m, job.contract)
+    onnx.save(m, str(job.out_path))
 
 
 def wrap_onnx(job: ExportJob) -> None:
@@ -214,6 +219,13 @@ def wrap_onnx(job: ExportJob) -> None:
         raise ExportError(f"arcface: {job.weights.path.name} must have one image input and one output, "
                           f"has {len(real_inputs)} and {len(user.graph.output)}")
     u_in, u_out = real_inputs[0], user.graph.output[0]
+    if len(user.graph.input) > 1:  # old exports list weights as inputs too: not part of the contract
+        keep = onnx.ValueInfoProto()
+        keep.CopyFrom(u_in)
+        del user.graph.input[:]
+        user.graph.input.append(keep)
+        user.ir_version = max(user.ir_version, 4)
+        u_in = user.graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in u_in.type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[1:] != [3, h, w]:
         raise ExportError(f"arcface: {job.weights.path.name} input {u_in.name} has dims {dims}, "
@@ -225,6 +237,7 @@ def wrap_onnx(job: ExportJob) -> None:
         vi.type.tensor_type.shape.dim[0].dim_param = "batch"
     del user.graph.value_info[:]
 
+    user = _to_project_opset(user, job)
     opsets = [o for o in user.opset_import]
     name_in, name_out = job.contract.inputs[0].name, job.contract.outputs[0].name
     f32 = TensorProto.FLOAT
@@ -256,9 +269,30 @@ def wrap_onnx(job: ExportJob) -> None:
          helper.make_tensor("vs_post_eps", f32, [], [1e-24])]))
     merged = compose.merge_models(pre, user, io_map=[("vs_pre_out", u_in.name)])
     merged = compose.merge_models(merged, post, io_map=[(u_out.name, "vs_post_in")])
+    unique = {o.domain: o.version for o in merged.opset_import}   # merge_models repeats them
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(d, v) for d, v in unique.items())
+    set_io_dims(merged, job.contract)
     onnx.checker.check_model(merged)
     onnx.save(merged, str(job.out_path))
     _prove_batch_invariance(job.out_path, name_in, (h, w), job.weights.path.name)
+
+
+def _to_project_opset(user, job: ExportJob):
+    """insightface files are opset 11; bring them to export.base.OPSET like every other graph
+    (TensorRT and verify expect it). A file the converter cannot handle keeps its own opset."""
+    from onnx import version_converter
+
+    current = max((o.version for o in user.opset_import if o.domain in ("", "ai.onnx")), default=OPSET)
+    if current == OPSET:
+        return user
+    try:
+        converted = version_converter.convert_version(user, OPSET)
+    except Exception as exc:  # the converter raises bare RuntimeErrors for unsupported ops
+        job.progress(f"keeping opset {current}: conversion to {OPSET} failed ({str(exc)[:120]})")
+        return user
+    job.progress(f"converted opset {current} -> {OPSET}")
+    return converted
 
 
 def _prove_batch_invariance(path: Path, name_in: str, hw: tuple[int, int], what: str) -> None:
@@ -282,16 +316,18 @@ def _prove_batch_invariance(path: Path, name_in: str, hw: tuple[int, int], what:
 # ---------------------------------------------------------------- independent reference
 
 def reference(job: ExportJob):
-    """Per-image reference: the torch IResNet (or the user's original ONNX) plus numpy pre/post."""
+    """Per-image reference: the torch IResNet (or the user's original ONNX) plus numpy pre/post.
+
+    ref({"faces": uint8 [B,H,W,3]}) -> {"embeddings": [B,512]}."""
     h, w = _check_contract(job)
     if job.weights.path is not None and job.weights.path.suffix.lower() == ".onnx":
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(job.weights.path), providers=["CPUExecutionProvider"])
-        in_name = sess.get_inputs()[0].name
+        user_in = sess.get_inputs()[0].name
 
         def run_one(x: np.ndarray) -> np.ndarray:
-            return sess.run(None, {in_name: x})[0][0]
+            return sess.run(None, {user_in: x})[0][0]
     else:
         import torch
 
@@ -301,11 +337,11 @@ def reference(job: ExportJob):
             with torch.no_grad():
                 return net(torch.from_numpy(x)).numpy()[0]
 
-    out_name = job.contract.outputs[0].name
+    in_name, out_name = job.contract.inputs[0].name, job.contract.outputs[0].name
 
-    def ref(faces: np.ndarray) -> dict[str, np.ndarray]:
+    def ref(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         embs = []
-        for img in faces:  # per image on purpose: an independent check of batch handling
+        for img in inputs[in_name]:  # per image on purpose: an independent check of batch handling
             x = ((img.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1)[None]
             e = run_one(np.ascontiguousarray(x)).astype(np.float32)
             embs.append(e / max(float(np.linalg.norm(e)), 1e-12))

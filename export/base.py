@@ -70,8 +70,10 @@ class WeightsSource:
             md["weights_seed"] = str(self.seed)
         if self.synthetic:
             md["weights_provenance"] = f"synthetic, seed {self.seed}"
-        else:
-            md["weights_provenance"] = f"{self.description} ({md.get('weights_source', '')}, sha256 {md.get('weights_sha256', '')[:16]})"
+        elif self.path is not None:
+            md["weights_provenance"] = f"{self.description} ({md['weights_source']}, sha256 {md['weights_sha256'][:16]})"
+        else:  # nothing learned (resize, alignment): the description says it all
+            md["weights_provenance"] = self.description
         return md
 
 

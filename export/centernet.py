@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from .base import ExportError, ExportJob, WeightsSearch, WeightsSource
-from .scrfd import KNOWN_ASTRONAUT_BOX, astronaut_640, join, load_onnx, numpy_fast_nms, set_io_dims, torch_to_onnx
+from .onnx_graph import join, load_onnx, set_io_dims, torch_to_onnx
+from .scrfd import KNOWN_ASTRONAUT_BOX, astronaut_640, numpy_fast_nms
 
 MODELS = ("centernet", "centerface")
 DOWN = 4                                   # output stride of both networks

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import OPSET, ExportError, ExportJob, WeightsSearch, WeightsSource
+from .onnx_graph import set_io_dims, torch_to_onnx
 
 MODELS = ("face_align",)
 
@@ -72,7 +73,8 @@ def build_module(in_h: int, in_w: int, size: int):
             self.register_buffer("base", torch.stack([u, v, torch.ones_like(u)], -1).reshape(-1, 3),
                                  persistent=False)
 
-        def forward(self, images, landmarks):
+        def sampling_grid(self, landmarks):
+            """landmarks [B,K,5,2] (image pixels) -> GridSample grid [B, K*S, S, 2]."""
             b, k = landmarks.shape[0], landmarks.shape[1]
             src_mean = landmarks.mean(2)                              # [B,K,2]
             sc = landmarks - src_mean[:, :, None, :]                  # [B,K,5,2]
@@ -95,8 +97,12 @@ def build_module(in_h: int, in_w: int, size: int):
             row_y = row_y + shift * (1.0 / in_h - 1.0)
             theta_t = torch.stack([row_x, row_y], -1)                 # [B,K,3,2]: affine_grid's theta^T
             grid = torch.matmul(self.base, theta_t)                   # [B,K,S*S,2]
-            grid = grid.reshape(b, k * size, size, 2)                 # faces stacked along height
-            x = images.permute(0, 3, 1, 2).float()
+            return grid.reshape(b, k * size, size, 2)                 # faces stacked along height
+
+        def forward(self, images, landmarks):
+            b, k = landmarks.shape[0], landmarks.shape[1]
+            grid = self.sampling_grid(landmarks)
+            x = images.permute(0, 3, 1, 2).float()   # no normalisation: crops stay uint8 pixels
             out = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             out = out.reshape(b, 3, k, size, size).permute(0, 2, 3, 4, 1)
             return out.round().clamp(0, 255).to(torch.uint8)
@@ -105,6 +111,7 @@ def build_module(in_h: int, in_w: int, size: int):
 
 
 def export(job: ExportJob) -> None:
+    import onnx
     import torch
 
     if OPSET < 16:
@@ -115,11 +122,10 @@ def export(job: ExportJob) -> None:
     images = torch.zeros(2, g["in_h"], g["in_w"], 3, dtype=torch.uint8)
     landmarks = torch.from_numpy(np.broadcast_to(template(g["size"]), (2, g["faces"], 5, 2)).copy())
     job.progress(f"torch.onnx.export (opset {OPSET}), {g['faces']} faces x {g['size']}px per frame")
-    with torch.no_grad():
-        torch.onnx.export(module, (images, landmarks), str(job.out_path),
-                          input_names=[img.name, lmk.name], output_names=[out.name],
-                          dynamic_axes={img.name: {0: "batch"}, lmk.name: {0: "batch"}, out.name: {0: "batch"}},
-                          opset_version=OPSET, dynamo=False)
+    torch_to_onnx(module, (images, landmarks), job.out_path, [img.name, lmk.name], [out.name])
+    m = onnx.load(str(job.out_path))
+    set_io_dims(m, job.contract)
+    onnx.save(m, str(job.out_path))
 
 
 def similarity_matrix(landmarks: np.ndarray, size: int) -> np.ndarray | None:
@@ -141,23 +147,71 @@ def similarity_matrix(landmarks: np.ndarray, size: int) -> np.ndarray | None:
 def reference(job: ExportJob):
     """Per face, numpy/OpenCV: skimage SimilarityTransform + cv2.warpAffine (insightface norm_crop).
 
-    Called as ref(images, landmarks). Degenerate slots (no similarity exists) come back as zeros;
-    the graph returns finite don't-care pixels there.
+    ref({"images": ..., "landmarks": ...}) -> {"crops": ...}. The warp runs on float pixels and
+    rounds once, like the graph (cv2's uint8 path rounds its bilinear weights to 1/32 and adds
+    up to ~1 level of error on edges). A degenerate slot (no similarity: all-zero landmarks)
+    samples the landmarks' centroid everywhere, the graph's defined don't-care value.
     """
     import cv2
 
     g = geometry(job)
-    out_name = job.contract.outputs[0].name
+    (img_name, lmk_name), out_name = (t.name for t in job.contract.inputs), job.contract.outputs[0].name
     size = g["size"]
+    warp = dict(dsize=(size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
-    def ref(images: np.ndarray, landmarks: np.ndarray) -> dict[str, np.ndarray]:
+    def ref(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images, landmarks = inputs[img_name], inputs[lmk_name]
         crops = np.zeros((*landmarks.shape[:2], size, size, 3), np.uint8)
         for i, (img, lmks) in enumerate(zip(images, landmarks)):
-            for j, lmk in enumerate(lmks):
-                m = None if not np.any(lmk) else similarity_matrix(lmk.astype(np.float64), size)
-                if m is not None:
-                    crops[i, j] = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR,
-                                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            pixels = img.astype(np.float32)
+            for j, lmk in enumerate(lmks.astype(np.float64)):
+                m = similarity_matrix(lmk, size) if np.ptp(lmk, axis=0).max() > 1e-3 else None
+                if m is None:
+                    centre = np.array([[0.0, 0.0, lmk[:, 0].mean()], [0.0, 0.0, lmk[:, 1].mean()]])
+                    out = cv2.warpAffine(pixels, centre, flags=warp["flags"] | cv2.WARP_INVERSE_MAP,
+                                         **{k: v for k, v in warp.items() if k != "flags"})
+                else:
+                    out = cv2.warpAffine(pixels, m, **warp)
+                crops[i, j] = np.clip(np.rint(out), 0, 255).astype(np.uint8)
         return {out_name: crops}
 
     return ref
+
+
+def random_landmarks(rng: np.random.Generator, n: int, frame: tuple[int, int], size: int,
+                     empty: float = 0.25, inside: bool = True) -> np.ndarray:
+    """[n,5,2] plausible faces: the template under random similarities (scale 0.5-3, +-30 deg),
+    with a share of all-zero (empty) slots. `inside` keeps every crop's footprint inside the
+    frame (at the frame edge OpenCV's 1/32-pixel coordinate rounding meets a jump to the zero
+    padding and differs by up to ~8 levels; tests check the edge separately)."""
+    tmpl = template(size) - size / 2.0
+    scale = rng.uniform(0.5, 3.0, n)
+    angle = np.deg2rad(rng.uniform(-30, 30, n))
+    cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
+    rot = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)          # [n,2,2]
+    wh = np.array([frame[1], frame[0]], dtype=np.float64)
+    margin = (size * 0.75 * scale)[:, None, None] if inside else np.zeros((n, 1, 1))  # > half-diagonal
+    centre = margin + rng.uniform(0, 1, (n, 1, 2)) * np.clip(wh - 2 * margin, 0, None)
+    pts = np.einsum("nij,pj->npi", rot, tmpl) + centre
+    pts[rng.random(n) < empty] = 0.0
+    return pts.astype(np.float32)
+
+
+def smooth_images(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
+    """Photo-like test frames: low-frequency colour noise plus mild grain (uint8)."""
+    import cv2
+
+    low = rng.integers(0, 256, (n, 24, 24, 3), dtype=np.uint8)
+    frames = np.stack([cv2.resize(x, (w, h), interpolation=cv2.INTER_CUBIC) for x in low]).astype(np.int16)
+    frames += rng.integers(-8, 9, frames.shape, dtype=np.int16)
+    return np.clip(frames, 0, 255).astype(np.uint8)
+
+
+def sample_inputs(contract, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """For verify: photo-like frames and plausible landmarks (uniform noise makes any two
+    bilinear samplers disagree by whole levels; random points are not faces)."""
+    img, lmk = contract.inputs
+    h, w = img.dims[:2]
+    k, size = lmk.dims[0], contract.outputs[0].dims[1]
+    landmarks = random_landmarks(rng, batch * k, (h, w), size).reshape(batch, k, 5, 2)
+    return {img.name: smooth_images(rng, batch, h, w), lmk.name: landmarks}

@@ -80,8 +80,10 @@ def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, *, candidates: int, max_
     iou = box_iou(cand_boxes, cand_boxes)
     if cand_classes is not None:
         iou = iou * (cand_classes[:, :, None] == cand_classes[:, None, :]).to(iou.dtype)
-    ar = torch.arange(c, device=scores.device)
-    higher = (ar[:, None] < ar[None, :]).to(iou.dtype)  # [i, j] = candidate i scores above j
+    # [b, i, j] = 1 where candidate i ranks above j. Built from a cumsum of the data rather
+    # than torch.arange so the exporter does not fold it into a c x c constant (4 MB at c=1000).
+    rank = torch.ones_like(top).cumsum(dim=1)
+    higher = (rank[:, :, None] < rank[:, None, :]).to(iou.dtype)
     max_iou = (iou * higher).amax(dim=1)
     keep = (max_iou <= iou_threshold) & (top > score_threshold)
     kept_scores = torch.where(keep, top, torch.zeros_like(top))

@@ -363,3 +363,10 @@ def reference(job: ExportJob):
 
 def _single(inputs, name: str) -> np.ndarray:
     return np.asarray(inputs[name] if isinstance(inputs, dict) else inputs)
+
+
+def side_artifacts(contract) -> list[Path]:
+    """The text encoder's export also writes the tokenizer vocabulary for clip_tokenizer."""
+    if contract.name != "mobileclip_text":
+        return []
+    return [contract.path.parent.parent / "clip_tokenizer" / "1" / VOCAB_FILE]

@@ -19,12 +19,13 @@ from serving import contract as contract_mod
 from serving.contract import MODEL_REPOSITORY, ModelContract
 
 from . import registry
-from .base import DEFAULT_SEED, ExportJob, WeightsSearch
+from .base import DEFAULT_SEED, ExportJob, WeightsSearch, WeightsSource
 from .runner import onnx_path, read_record
 
 # Max abs diff allowed between ONNX Runtime and the reference / across batch sizes.
-# Detection outputs after NMS are compared on the valid rows only.
-TOLERANCE = {"default": 1e-4, "mobileclip_image": 2e-3, "mobileclip_text": 2e-3, "arcface": 1e-3,
+# Detection outputs are compared on their valid rows, matched by box position; box
+# corners are pixels, so detectors get pixel-scale tolerances.
+TOLERANCE = {"default": 1e-4, "yolo": 0.05, "scrfd": 1e-3, "centerface": 1e-3, "mobileclip_image": 2e-3, "mobileclip_text": 2e-3, "arcface": 1e-3,
              "face_align": 1.0, "clip_resize": 1.0, "ppocr_det": 1.0}
 BATCH_TOLERANCE = {"default": 1e-4, "mobileclip_image": 1e-3, "mobileclip_text": 1e-3, "arcface": 1e-3,
                    "face_align": 1.0, "clip_resize": 1.0, "ppocr_det": 1.0}
@@ -56,18 +57,31 @@ def sample_inputs(contract: ModelContract, batch: int, rng: np.random.Generator)
     return out
 
 
-def _valid_rows(model: str, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """For padded detection outputs keep only rows below the per-image count."""
+def _canonical(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Padded detection outputs -> the valid rows of each image in a position-based order.
+
+    Two candidates with near-equal scores may swap places between runtimes, so rows are
+    ordered by box position (rounded to 0.1 px) rather than by score before comparing."""
     count_key = next((k for k in outputs if k.startswith("num_")), None)
+    box_key = next((k for k in outputs if k.endswith("boxes")), None)
     if count_key is None:
         return outputs
     counts = outputs[count_key].reshape(-1)
     k = int(counts.max()) if counts.size else 0
-    return {n: (a[:, :k] if n != count_key and a.ndim >= 2 else a) for n, a in outputs.items()}
+    rows = {n: a[:, :k] for n, a in outputs.items() if n != count_key and a.ndim >= 2}
+    if box_key is not None and k:
+        key = np.round(rows[box_key].astype(np.float64), 1)          # [B,k,4]
+        valid = np.arange(k)[None, :] < counts[:, None]
+        x = np.where(valid, key[..., 0], np.inf)
+        y = np.where(valid, key[..., 1], np.inf)
+        order = np.lexsort((y, x), axis=-1)                            # per image, by x1 then y1
+        rows = {n: np.take_along_axis(a, order.reshape(*order.shape, *([1] * (a.ndim - 2))), axis=1)
+                for n, a in rows.items()}
+    return {**rows, count_key: outputs[count_key]}
 
 
 def max_diff(a: dict, b: dict, model: str) -> float:
-    a, b = _valid_rows(model, a), _valid_rows(model, b)
+    a, b = _canonical(a), _canonical(b)
     worst = 0.0
     for name in a:
         x, y = np.asarray(a[name]), np.asarray(b[name])
@@ -76,6 +90,18 @@ def max_diff(a: dict, b: dict, model: str) -> float:
         if x.size:
             worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))))
     return worst
+
+
+def recorded_weights(record: dict | None) -> WeightsSource | None:
+    """The weights the file was actually exported from (export.json), so the reference
+    is built from the same source whatever the current search path finds."""
+    w = (record or {}).get("weights") or {}
+    if w.get("weights_kind") == "synthetic" and "weights_seed" in w:
+        return WeightsSource("synthetic", w.get("weights_description", ""), seed=int(w["weights_seed"]))
+    src = w.get("weights_source")
+    if src and Path(src).is_file():
+        return WeightsSource(w.get("weights_kind", "file"), w.get("weights_description", ""), path=Path(src))
+    return None
 
 
 def check_model(model: str, repository: Path, search: WeightsSearch) -> list[Check]:
@@ -112,7 +138,7 @@ def check_model(model: str, repository: Path, search: WeightsSearch) -> list[Che
     fam = registry.family(model)
     ref_fn = None
     if hasattr(fam, "reference"):
-        weights = fam.resolve_weights(model, search)
+        weights = recorded_weights(read_record(model, repository)) or fam.resolve_weights(model, search)
         with tempfile.TemporaryDirectory() as tmp:
             job = ExportJob(contract, path, weights, Path(tmp))
             ref_fn = fam.reference(job)

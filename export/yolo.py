@@ -14,16 +14,19 @@ import os
 import numpy as np
 
 from .base import OPSET, ExportError, ExportJob, WeightsSearch, WeightsSource
+from .onnx_graph import set_io_dims, torch_to_onnx
 
 MODELS = ("yolo",)
 ARCH = "yolo11s.yaml"
 # Fast NMS compares the top candidates pairwise ([B,C,C] IoU). ultralytics' predictor looks
 # at up to 30000 boxes with a sequential loop; 1000 covers every realistic image above the
-# 0.25 score threshold and keeps the matrix at 4 MB per image. Contract may override it.
+# config's score threshold and keeps the matrix at 4 MB per image. The config may set
+# "nms_candidates" to change it.
 DEFAULT_CANDIDATES = 1000
 # Synthetic weights: share of anchors whose best class clears the score threshold on the
 # calibration images; enough boxes to exercise NMS and top-K without flooding them.
-_SYNTHETIC_POSITIVE_RATE = 0.01
+_SYNTHETIC_POSITIVE_RATE = 0.005
+_SYNTHETIC_LOGIT_STD = 0.5
 
 
 def resolve_weights(model: str, search: WeightsSearch) -> WeightsSource:
@@ -68,21 +71,15 @@ def load_yolo(weights: WeightsSource):
 def _calibrate_synthetic(det, seed: int) -> None:
     """Fresh ultralytics init is degenerate at eval: BatchNorm's default statistics shrink
     activations to zero over ~100 layers, so every anchor gets the same box and a score of
-    1e-4. Re-estimate BN statistics on seeded noise images (one train-mode pass), then set
-    each level's class bias so ~1% of anchors clear the threshold: outputs then differ per
-    image and per anchor, and NMS/top-K get real work.
+    1e-4. Re-estimate BN statistics on two photos (one train-mode pass), then scale each
+    level's class conv to a moderate logit spread and set its bias so ~0.5% of anchors clear
+    the threshold: outputs then differ per image and per anchor, and NMS/top-K get real work.
+    Deterministic: the photos ship with ultralytics and the init is seeded.
     """
     import torch
     from torch import nn
 
-    g = torch.Generator().manual_seed(seed)
-    # 1/f ("pink") noise: natural images' spectrum, so BN statistics and the class-bias
-    # calibration carry over to real photos (uniform noise or single-scale blobs do not).
-    octaves = (2, 5, 10, 20, 40, 80, 160, 320, 640)
-    calib = 0.5 + sum(3.0 / s ** 0.5 * nn.functional.interpolate(torch.rand(4, 3, s, s, generator=g) - 0.5,
-                                                              size=(640, 640), mode="bilinear",
-                                                              align_corners=False) for s in octaves)
-    calib = calib.clamp(0.0, 1.0)
+    calib = _calibration_images()
     for m in det.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.reset_running_stats()
@@ -93,18 +90,59 @@ def _calibrate_synthetic(det, seed: int) -> None:
     det.eval()
     head = det.model[-1]
     cls_convs = [seq[-1] for seq in head.one2many["cls_head"]]
-    for conv in cls_convs:
-        conv.bias.data.zero_()
-    with torch.no_grad():
-        scores = det(calib)[0][:, 4:]                     # sigmoid of raw logits, [B,nc,N]
-    best = torch.logit(scores.amax(1).clamp(1e-6, 1 - 1e-6))
-    start = 0
     target = float(torch.logit(torch.tensor(0.25)))
-    for conv, stride in zip(cls_convs, head.stride.tolist()):
-        n = (640 // int(stride)) ** 2
-        level = best[:, start:start + n].flatten()
-        conv.bias.data.fill_(target - float(torch.quantile(level, 1 - _SYNTHETIC_POSITIVE_RATE)))
-        start += n
+    with torch.no_grad():
+        for conv in cls_convs:
+            conv.bias.zero_()
+        logits = torch.logit(det(calib)[0][:, 4:].clamp(1e-6, 1 - 1e-6))    # [B,nc,N]
+        start = 0
+        for conv, stride in zip(cls_convs, head.stride.tolist()):
+            n = (calib.shape[-1] // int(stride)) ** 2
+            level = logits[:, :, start:start + n]
+            # a small logit spread keeps scores off sigmoid's flat ends (no float ties in top-K)
+            scale = _SYNTHETIC_LOGIT_STD / float(level.std())
+            conv.weight.mul_(scale)
+            best = level.amax(1).flatten() * scale
+            conv.bias.fill_(target - float(torch.quantile(best, 1 - _SYNTHETIC_POSITIVE_RATE)))
+            start += n
+
+
+def _calibration_images():
+    """The two photos shipped inside the ultralytics wheel (bus, zidane) and their mirror
+    images, 640x640 RGB in [0,1]. Noise images do not work: natural photos push activations
+    several times higher, and a bias set on noise floods the output with boxes."""
+    import cv2
+    import torch
+    from ultralytics.utils import ASSETS
+
+    imgs = []
+    for name in ("bus.jpg", "zidane.jpg"):
+        bgr = cv2.imread(str(ASSETS / name))
+        if bgr is None:
+            raise ExportError(f"yolo: the ultralytics wheel lacks {ASSETS / name} (needed for synthetic weights)")
+        rgb = cv2.resize(bgr[..., ::-1], (640, 640), interpolation=cv2.INTER_AREA)
+        imgs += [rgb, rgb[:, ::-1]]
+    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def sample_inputs(contract, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """For verify: the wheel's two photos under random zoom, shift and brightness. Uniform
+    noise is no image: it floods a synthetic detector with near-equal scores whose order
+    is then decided by float rounding."""
+    import cv2
+
+    spec = contract.inputs[0]
+    h, w = spec.dims[:2]
+    photos = (_calibration_images().permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    out = np.empty((batch, h, w, 3), np.uint8)
+    for i in range(batch):
+        img = photos[rng.integers(len(photos))]
+        zoom = rng.uniform(0.8, 1.0)
+        ch, cw = int(img.shape[0] * zoom), int(img.shape[1] * zoom)
+        y0, x0 = rng.integers(0, img.shape[0] - ch + 1), rng.integers(0, img.shape[1] - cw + 1)
+        crop = cv2.resize(img[y0:y0 + ch, x0:x0 + cw], (w, h), interpolation=cv2.INTER_LINEAR)
+        out[i] = np.clip(crop * rng.uniform(0.7, 1.2), 0, 255).astype(np.uint8)
+    return {spec.name: out}
 
 
 def geometry(job: ExportJob) -> dict:
@@ -168,24 +206,33 @@ def export(job: ExportJob) -> None:
     job.progress(f"torch.onnx.export (opset {OPSET}), K={g['k']}, score>{g['score_threshold']}, "
                  f"iou<={g['iou_threshold']}")
     # torch emits outputs in forward's order; the contract may list them in any order
-    with torch.no_grad():
-        torch.onnx.export(module, (dummy,), str(job.out_path), input_names=[name_in], output_names=expected,
-                          dynamic_axes={n: {0: "batch"} for n in [name_in, *expected]},
-                          opset_version=OPSET, dynamo=False)
+    torch_to_onnx(module, (dummy,), job.out_path, [name_in], expected)
+    _stamp_contract_dims(job)
+
+
+def _stamp_contract_dims(job: ExportJob) -> None:
+    import onnx
+
+    m = onnx.load(str(job.out_path))
+    set_io_dims(m, job.contract)
+    onnx.save(m, str(job.out_path))
 
 
 def reference(job: ExportJob):
-    """The same module run in torch, one image at a time (export fidelity + batch handling)."""
+    """The same module run in torch, one image at a time (export fidelity + batch handling).
+
+    ref({"images": uint8 [B,H,W,3]}) -> the four outputs."""
     import torch
 
     g = geometry(job)
     module = build_module(load_yolo(job.weights).model, g)
     names = ["boxes", "scores", "classes", "num_detections"]
+    in_name = job.contract.inputs[0].name
 
-    def ref(images: np.ndarray) -> dict[str, np.ndarray]:
+    def ref(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = []
         with torch.no_grad():
-            for img in images:
+            for img in inputs[in_name]:
                 rows.append([t.numpy()[0] for t in module(torch.from_numpy(img[None]))])
         return {n: np.stack([r[i] for r in rows]) for i, n in enumerate(names)}
 

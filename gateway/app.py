@@ -82,7 +82,7 @@ async def _learn(backend: Backend, settings: GatewaySettings) -> Catalog:
 
 def _error(status: int, code: str, message: str, headers=None) -> JSON:
     return JSON({"error": {"code": code, "message": message}}, status_code=status,
-                          headers=headers)
+                headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -67,7 +67,7 @@ class Catalog:
                  steps: dict[str, tuple[str, ...]] | None = None):
         self.models = models
         self.missing = missing
-        self.provenance = provenance or {}   # every indexed model -> weights_provenance
+        self.provenance = provenance or {}   # route models and their steps -> provenance
         self.steps = steps or {}             # pipeline -> the models it calls
 
     def components(self, name: str) -> list[str]:

@@ -7,13 +7,14 @@ request, and the ratios, beside the bare JPEG decode time of the same image.
 
 Triton runs the derived CPU repository for `yolo` plus the baseline's float adapter
 (perf/baseline_naive.py). On a CPU-only Triton the model itself dominates, so the
-throughput ratio is model-bound there; the CPU and bytes figures are the gateway's own.
+throughput ratio is model-bound there; `--stub-model` replaces yolo (in the scratch
+repository only) by an instant stub with its interface, which measures the two front
+ends alone, as a GPU model would let them run.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import re
@@ -174,12 +175,14 @@ def _stop(proc: subprocess.Popen | None) -> None:
             proc.wait(5)
 
 
-def run(seconds: float, levels: list[int]) -> dict:
+def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
     if not (REPO_ROOT / "model_repository" / "yolo" / "1" / "model.onnx").is_file():
         raise BenchError("yolo is not exported: make export-onnx MODELS=yolo")
     WORK.mkdir(parents=True, exist_ok=True)
     derived = profiles.derive("cpu", dest=WORK / "repo", models=["yolo"])
     _no_queue_deadline(derived.path / "yolo" / "config.pbtxt")
+    if stub:
+        baseline_naive.write_stub(derived.path, "yolo")
     adapter = baseline_naive.write_adapter(derived.path, "yolo")
     ports = free_port(), free_port(), free_port()
     server = TritonServer(derived.path, *ports, log_path=WORK / "triton.log")
@@ -187,7 +190,8 @@ def run(seconds: float, levels: list[int]) -> dict:
     gw = bl = None
     data = test_image()
     try:
-        print(f"starting Triton ({derived.path}) ...", flush=True)
+        print(f"starting Triton ({derived.path}; yolo: "
+              f"{'instant stub' if stub else 'the real ONNX model'}) ...", flush=True)
         server.start(600)
         gw = _start([sys.executable, "-m", "gateway", "--triton-grpc", server.grpc_url,
                      "--port", str(gw_port), "--log-level", "warning"], WORK / "gateway.log")
@@ -264,10 +268,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m perf.bench_gateway", description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=10.0, help="measurement window per point")
     p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "perf" / "reports" / "bench_gateway.json")
+    p.add_argument("--stub-model", action="store_true",
+                   help="serve yolo's interface from an instant stub (zeros): measures the "
+                   "front ends alone, as with a GPU model, where a CPU model would dominate")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON report (default perf/reports/bench_gateway[_stub].json)")
     args = p.parse_args(argv)
+    args.out = args.out or REPO_ROOT / "perf" / "reports" / (
+        "bench_gateway_stub.json" if args.stub_model else "bench_gateway.json")
     try:
-        result = run(args.seconds, [int(c) for c in args.concurrency.split(",")])
+        result = run(args.seconds, [int(c) for c in args.concurrency.split(",")], args.stub_model)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -97,7 +97,7 @@ def _serve(args, with_gateway: bool) -> int:
         else:
             print("Ctrl-C stops it.", flush=True)
         while not stop.wait(1.0):
-            if not server.is_ready() and server.process and server.process.poll() is not None:
+            if server.process is None or server.process.poll() is not None:
                 raise TritonServerError(f"tritonserver exited; see {args.log}:\n{server.log_tail()}")
             if gateway is not None and gateway.poll() is not None:
                 raise UsageError(f"the gateway exited with code {gateway.returncode}")
@@ -105,7 +105,7 @@ def _serve(args, with_gateway: bool) -> int:
         return 0
     finally:
         if gateway is not None and gateway.poll() is None:
-            gateway.send_signal(signal.SIGINT)
+            gateway.send_signal(signal.SIGTERM)   # uvicorn: graceful shutdown, no traceback
             try:
                 gateway.wait(15)
             except subprocess.TimeoutExpired:

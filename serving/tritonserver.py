@@ -92,6 +92,17 @@ class TritonInstall:
         return Path(dest)
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL tritonserver if the Python process that started it dies (a killed
+    test run must not leave a server holding ports and gigabytes)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -169,8 +180,10 @@ class TritonServer:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "wb")
+        # Own session: a terminal's Ctrl-C reaches us, and we stop Triton in order.
         self.process = subprocess.Popen(self.command(install), stdout=self._log_file,
-                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
         try:
             self.wait_ready(timeout_s, progress)
         except BaseException:
@@ -180,7 +193,7 @@ class TritonServer:
 
     def wait_ready(self, timeout_s: float, progress=None) -> None:
         deadline = time.monotonic() + timeout_s
-        last_report = 0.0
+        last_report = time.monotonic()
         while True:
             code = self.process.poll() if self.process else None
             if code is not None:

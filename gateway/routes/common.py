@@ -9,7 +9,8 @@ from ..inputs import read_images
 from ..service import Frames, Service
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    # async: a plain `def` dependency would cost a thread-pool hop per request
     return request.app.state.service
 
 

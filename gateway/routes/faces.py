@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request
 
 from .. import postprocess
 from ..responses import JSON
-from .common import ERRORS, IMAGE_BODY, MaxResults, ServiceDep, frames_for
+from .common import ERRORS, IMAGE_BODY, ServiceDep, frames_for
 
 router = APIRouter(tags=["faces"])
 MODEL = "faces"

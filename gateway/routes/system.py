@@ -29,11 +29,10 @@ async def readyz(svc: ServiceDep):
         states = await svc.backend.ready(names)   # raises while Triton is unreachable
     except UpstreamError as exc:
         return JSON({"ready": False, **exc.body()}, status_code=503,
-                              headers={"Retry-After": str(svc.settings.retry_after_s)})
+                    headers={"Retry-After": str(svc.settings.retry_after_s)})
     ready = svc.catalog is not None and all(states.values())
-    return JSON({"ready": ready, "models": states},
-                          status_code=200 if ready else 503,
-                          headers={} if ready else {"Retry-After": str(svc.settings.retry_after_s)})
+    return JSON({"ready": ready, "models": states}, status_code=200 if ready else 503,
+                headers={} if ready else {"Retry-After": str(svc.settings.retry_after_s)})
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

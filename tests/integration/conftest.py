@@ -63,11 +63,15 @@ class Served:
 
 
 def _add_queue_probe(repo: Path, contracts) -> str | None:
-    """A scratch model: the smallest served network model, one at a time, queue of 1."""
-    nets = [c for name, c in contracts.items() if contract.load(name).kind == "network"]
+    """A scratch model: a served network model, one request at a time, queue of 1.
+
+    A slow-per-image model (a detector, ~0.1 s on CPU) so a burst outruns it even on a
+    fast machine; any network model otherwise."""
+    nets = [name for name in contracts if contract.load(name).kind == "network"]
     if not nets:
         return None
-    src = min(nets, key=lambda c: (c.version_dir() / "model.onnx").stat().st_size)
+    preferred = [m for m in ("yolo", "scrfd", "centerface", "ppocr_det") if m in nets]
+    src = contracts[(preferred or nets)[0]]
     dst = repo / QUEUE_PROBE
     shutil.copytree(src.path.parent, dst, symlinks=True)
     cfg = contract.parse_config((dst / "config.pbtxt").read_text())

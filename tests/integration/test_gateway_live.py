@@ -233,3 +233,16 @@ def test_triton_killed_and_restarted(served, tmp_path, astronaut):
     finally:
         gw.stop()
         server.stop()
+
+
+def test_deadline_is_a_504(served, tmp_path, astronaut):
+    """A deadline far below the model's time on this CPU: the real gRPC deadline fires."""
+    served.need("yolo")
+    gw = Gateway(served.server.grpc_url, tmp_path / "gateway.log", triton_timeout_s=0.02)
+    try:
+        gw.wait_ready()
+        r = post(gw, "/v1/detect", jpeg(astronaut))
+        assert r.status_code == 504, r.text
+        assert r.json()["error"]["code"] == "triton_timeout"
+    finally:
+        gw.stop()

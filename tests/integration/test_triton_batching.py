@@ -1,6 +1,8 @@
 """Dynamic batching under concurrent load, and requests Triton must refuse (not hang on)."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
@@ -30,9 +32,15 @@ def test_concurrent_requests_are_batched(served, model):
     n0, e0 = _counts(served, model)
     results = _burst(served, model, x, CONCURRENCY)
     assert all(not isinstance(r, Exception) for r in results), results
-    n1, e1 = _counts(served, model)
+    # Triton records the statistics just after sending a response: poll briefly.
+    deadline = time.monotonic() + 10
+    while True:
+        n1, e1 = _counts(served, model)
+        if n1 - n0 >= CONCURRENCY or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     count, execs = n1 - n0, e1 - e0
-    assert count == CONCURRENCY
+    assert count == CONCURRENCY, f"{model}: metrics show {count} inferences for {CONCURRENCY} requests"
     assert 0 < execs and count / execs > 1.0, f"{model}: {count} inferences in {execs} executions"
 
 

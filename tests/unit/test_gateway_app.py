@@ -292,3 +292,22 @@ def test_openapi_documents_bodies_and_errors():
     op = spec["paths"]["/v1/detect"]["post"]
     assert {"image/jpeg", "multipart/form-data", "application/json"} <= set(op["requestBody"]["content"])
     assert {"413", "415", "503", "504"} <= set(op["responses"])
+
+
+def test_mangled_images_are_never_a_500():
+    """Bit flips, cut-offs and spliced headers: 200 (decodable) or a 4xx, never 500."""
+    rng = np.random.default_rng(7)
+    small = jpeg_bytes(320, 240)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(buf, "PNG")
+    samples = []
+    for src in (small, buf.getvalue()):
+        for _ in range(30):
+            b = bytearray(src)
+            for i in rng.integers(2, len(b), 8):
+                b[i] = int(rng.integers(0, 256))
+            samples.append(bytes(b))
+            samples.append(src[: int(rng.integers(3, len(src)))])
+    with client() as c:
+        codes = {post(c, "/v1/detect", s).status_code for s in samples}
+    assert codes <= {200, 400, 413, 415}, codes

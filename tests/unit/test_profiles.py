@@ -187,3 +187,17 @@ def test_server_command_is_hardened_and_loopback_only(tmp_path):
 def test_missing_install_says_how_to_get_it(tmp_path):
     with pytest.raises(TritonServerError, match="nvidia-pytriton"):
         TritonInstall.locate(tmp_path)
+
+
+# -- the CLI behind `make serve` / `make derive` ------------------------------------------------
+def test_cli_derive_and_refusals(source, tmp_path, capsys):
+    from serving.run import main
+
+    assert main(["derive", "--profile", "onnx-gpu", "--source", str(source), "--dest", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "g" / "yolo" / "config.pbtxt").is_file()
+    # the embedded server has only the python backend: say where onnx-gpu runs instead
+    assert main(["serve", "--profile", "onnx-gpu", "--source", str(source)]) == 2
+    assert "GPU Triton" in capsys.readouterr().err
+    (source / "arcface" / "1" / "model.onnx").unlink()
+    assert main(["derive", "--source", str(source), "--dest", str(tmp_path / "c")]) == 2
+    assert "make export-onnx MODELS=arcface" in capsys.readouterr().err

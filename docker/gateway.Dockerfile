@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1.7
+# The JPEG gateway: slim, multi-stage, non-root; no compiler and no torch in the final stage.
+#
+#   docker build -f docker/gateway.Dockerfile -t visionserve-gateway .
+#   docker run --rm -p 8080:8080 -e VISIONSERVE_GATEWAY_TRITON_GRPC=triton:8001 visionserve-gateway
+#
+# Settings are VISIONSERVE_GATEWAY_* environment variables (gateway/settings.py). The image
+# carries model_repository/*/config.pbtxt: the contract the gateway checks Triton against.
+ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml ./
+COPY docker/requirements.py docker/
+# Base dependencies only (no export extra: no torch); all are manylinux wheels.
+RUN python docker/requirements.py > /tmp/requirements.txt \
+    && python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+
+FROM ${PYTHON_IMAGE}
+ENV PATH=/opt/venv/bin:${PATH} PYTHONPATH=/app PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    VISIONSERVE_GATEWAY_HOST=0.0.0.0 VISIONSERVE_GATEWAY_PORT=8080
+RUN groupadd --system --gid 10001 visionserve \
+    && useradd --system --uid 10001 --gid visionserve --home-dir /nonexistent --no-create-home \
+       --shell /usr/sbin/nologin visionserve
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY serving/ serving/
+COPY gateway/ gateway/
+COPY model_repository/ model_repository/
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+ENTRYPOINT ["python", "-m", "gateway"]

@@ -1,0 +1,68 @@
+"""ONNX plumbing shared by the family exporters: torch -> ONNX with a dynamic batch axis,
+joining pre -> third-party core -> post graphs, stamping the contract's dims on a graph."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from .base import OPSET, ExportError
+
+
+
+def torch_to_onnx(module, args: tuple, path: Path, input_names, output_names) -> None:
+    """Export a torch module with a dynamic leading "batch" axis on every input and output."""
+    import torch
+
+    module.eval()
+    axes = {n: {0: "batch"} for n in (*input_names, *output_names)}
+    # TracerWarnings flag Python ints taken from static shapes (candidate counts): intended here.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, args, str(path), input_names=list(input_names), output_names=list(output_names),
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+
+
+def join(pre, core, post, pre_io: list[tuple[str, str]], post_io: list[tuple[str, str]], prefix: str = "core/"):
+    """pre -> core -> post as one ModelProto. Internal names get "pre/", `prefix`, "post/" so the
+    parts cannot collide; pre's inputs and post's outputs keep their (contract) names. io maps
+    use each part's own names."""
+    import onnx
+    from onnx import compose, version_converter
+
+    if core.opset_import[0].version != OPSET:
+        try:
+            core = version_converter.convert_version(core, OPSET)
+        except Exception as exc:  # the converter raises bare RuntimeErrors
+            raise ExportError(f"cannot convert the core graph to opset {OPSET}: {exc}") from exc
+    core = compose.add_prefix(core, prefix)
+    pre = compose.add_prefix(pre, "pre/", rename_inputs=False)
+    post = compose.add_prefix(post, "post/", rename_outputs=False)
+    ir = max(m.ir_version for m in (pre, core, post))
+    for m in (pre, core, post):
+        m.ir_version = ir
+    front = compose.merge_models(pre, core, io_map=[("pre/" + a, prefix + b) for a, b in pre_io])
+    whole = compose.merge_models(front, post, io_map=[(prefix + a, "post/" + b) for a, b in post_io])
+    onnx.checker.check_model(whole)
+    return whole
+
+
+def set_io_dims(model, contract) -> None:
+    """Stamp the contract's dims (with a leading "batch") on the graph's inputs and outputs, so
+    exported shapes read exactly like config.pbtxt instead of exporter-invented symbols."""
+    specs = {t.name: t for t in (*contract.inputs, *contract.outputs)}
+    for vi in (*model.graph.input, *model.graph.output):
+        spec = specs.get(vi.name)
+        if spec is None:
+            raise ExportError(f"{contract.name}: graph tensor {vi.name!r} is not in the contract")
+        shape = vi.type.tensor_type.shape
+        del shape.dim[:]
+        shape.dim.add().dim_param = "batch"
+        for d in spec.dims:
+            shape.dim.add().dim_value = d
+
+
+def load_onnx(path: Path):
+    import onnx
+
+    return onnx.load(str(path))

@@ -1,0 +1,186 @@
+"""yolo: YOLO11s graph vs ultralytics (DetectionModel forward and its predictor), batching, contract."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import MODEL_REPOSITORY
+
+MODEL = "yolo"
+torch = pytest.importorskip("torch", reason="yolo export needs torch (the export extra)")
+pytest.importorskip("ultralytics", reason="yolo export needs ultralytics (the export extra)")
+ort = pytest.importorskip("onnxruntime", reason="parity checks need onnxruntime")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+NAMES = ("boxes", "scores", "classes", "num_detections")
+# ORT vs torch after NMS: box corners in pixels, sigmoid scores (float32 through ~250 layers;
+# measured ~9e-3 px and ~5e-5 on the raw head output).
+BOX_TOL, SCORE_TOL = 0.05, 2e-4
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """(onnx path, job): reuse model_repository's file when the runner says it is up to date,
+    else export once into a temporary repository."""
+    from export import registry, runner
+    from export.base import ExportJob, WeightsSearch
+    from serving import contract
+
+    search = WeightsSearch()
+    weights = registry.family(MODEL).resolve_weights(MODEL, search)
+    path = runner.onnx_path(MODEL, MODEL_REPOSITORY)
+    record = runner.read_record(MODEL, MODEL_REPOSITORY)
+    if not (path.exists() and record and record.get("fingerprint") == runner.fingerprint(MODEL, weights, MODEL_REPOSITORY)):
+        repo = tmp_path_factory.mktemp("repo")
+        (repo / MODEL).mkdir()
+        shutil.copy(MODEL_REPOSITORY / MODEL / "config.pbtxt", repo / MODEL / "config.pbtxt")
+        path = runner.export_one(MODEL, search, repo).path
+    job = ExportJob(contract.load(MODEL, MODEL_REPOSITORY), path, weights, Path(tmp_path_factory.mktemp("work")))
+    return path, job
+
+
+@pytest.fixture(scope="session")
+def session(exported):
+    return ort.InferenceSession(str(exported[0]), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="session")
+def images(exported):
+    from export import yolo
+
+    return yolo.sample_inputs(exported[1].contract, 8, np.random.default_rng(0))["images"]
+
+
+@pytest.fixture(scope="session")
+def batch8(session, images):
+    return run(session, images)
+
+
+def run(session, images) -> dict[str, np.ndarray]:
+    return dict(zip(NAMES, session.run(list(NAMES), {"images": images})))
+
+
+def assert_same_detections(a: dict, b: dict, box_tol=BOX_TOL, score_tol=SCORE_TOL):
+    """Row order among near-equal scores is decided by float rounding, so match rows: every
+    valid detection of `a` has one in `b` with the same class and close box and score."""
+    np.testing.assert_array_equal(a["num_detections"], b["num_detections"])
+    for i, n in enumerate(a["num_detections"][:, 0]):
+        if n == 0:
+            continue
+        box_d = np.abs(a["boxes"][i, :n, None] - b["boxes"][i, None, :n]).max(-1)
+        ok = ((box_d <= box_tol) & (a["classes"][i, :n, None] == b["classes"][i, None, :n])
+              & (np.abs(a["scores"][i, :n, None] - b["scores"][i, None, :n]) <= score_tol))
+        assert ok.any(1).all(), f"image {i}: rows {np.where(~ok.any(1))[0]} unmatched"
+
+
+def test_onnx_matches_contract(exported):
+    import onnx
+
+    m = onnx.load(str(exported[0]))
+    c = exported[1].contract
+    assert [i.name for i in m.graph.input] == [s.name for s in c.inputs]
+    assert sorted(o.name for o in m.graph.output) == sorted(s.name for s in c.outputs)
+    io = {vi.name: vi for vi in (*m.graph.input, *m.graph.output)}
+    for spec in (*c.inputs, *c.outputs):
+        t = io[spec.name].type.tensor_type
+        assert onnx.helper.tensor_dtype_to_np_dtype(t.elem_type) == spec.dtype, spec.name
+        assert [d.dim_param or d.dim_value for d in t.shape.dim] == ["batch", *spec.dims], spec.name
+
+
+def test_outputs_follow_the_contract_parameters(exported, batch8):
+    c = exported[1].contract
+    out = batch8
+    k = c.output("boxes").dims[0]
+    assert out["num_detections"].max() > 0, "the sample images must produce detections"
+    for i, n in enumerate(out["num_detections"][:, 0]):
+        assert (out["scores"][i, :n] > c.float_parameter("score_threshold")).all()
+        assert (np.diff(out["scores"][i, :n]) <= 0).all()                    # sorted by score
+        assert not out["scores"][i, n:].any() and not out["boxes"][i, n:].any()  # zero padding
+        assert 0 <= n <= k
+    assert out["classes"].min() >= 0 and out["classes"].max() < 80
+    assert out["boxes"].min() >= 0 and out["boxes"].max() <= 640
+
+
+def test_pre_nms_tensor_matches_ultralytics_forward(exported, images, tmp_path):
+    """The graph's [B,84,8400] head output (exposed as an extra output) vs ultralytics'
+    DetectionModel forward on x/255: the peer's own numbers, before our decode/NMS."""
+    import onnx
+    from onnx import helper
+
+    from export import yolo
+
+    m = onnx.load(str(exported[0]))
+    head = [n.input[0] for n in m.graph.node if n.op_type == "Transpose"
+            and [list(a.ints) for a in n.attribute if a.name == "perm"] == [[0, 2, 1]]]
+    assert len(head) == 1, f"expected one [B,84,N] -> [B,N,84] transpose, found {head}"
+    m.graph.output.append(helper.make_tensor_value_info(head[0], onnx.TensorProto.FLOAT, None))
+    onnx.save(m, str(tmp_path / "raw.onnx"))
+    images = images[:2]
+    raw = ort.InferenceSession(str(tmp_path / "raw.onnx"), providers=["CPUExecutionProvider"]).run(
+        [head[0]], {"images": images})[0]
+    det = yolo.load_yolo(exported[1].weights).model
+    with torch.no_grad():
+        want = det(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)[0].numpy()
+    assert raw.shape == want.shape == (2, 84, 8400)
+    assert np.abs(raw[:, :4] - want[:, :4]).max() <= BOX_TOL
+    assert np.abs(raw[:, 4:] - want[:, 4:]).max() <= SCORE_TOL
+
+
+def test_ort_vs_torch_batch_1_and_8(exported, session, images, batch8):
+    from export import yolo
+
+    ref = yolo.reference(exported[1])({"images": images})   # torch, one image at a time
+    assert_same_detections(run(session, images[:1]), {n: v[:1] for n, v in ref.items()})
+    assert_same_detections(batch8, ref)
+
+
+def test_batch_invariance(session, images, batch8):
+    batched = batch8
+    for i in range(len(images)):
+        single = run(session, images[i:i + 1])
+        assert_same_detections({n: v[i:i + 1] for n, v in batched.items()}, single, 1e-4, 1e-6)
+
+
+def test_matches_ultralytics_predictor(exported, session):
+    """ultralytics' predictor (greedy class-aware NMS) on the same weights and settings, on
+    its own bus.jpg and zidane.jpg. Fast NMS only ever suppresses more than greedy NMS, so
+    every detection of ours must be one of ultralytics' (same class, IoU > 0.99, score within
+    1e-3), and we may miss a few of theirs (at most 20%, or 1 of a handful)."""
+    from export import yolo
+    from export.graph_ops import box_iou
+
+    photos = (yolo._calibration_images()[::2].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    ours = run(session, photos)
+    theirs = yolo.ultralytics_predict(exported[1], photos)
+    assert ours["num_detections"][0, 0] >= 5, "bus.jpg must give the synthetic model detections"
+    for i, peer in enumerate(theirs):
+        n = int(ours["num_detections"][i, 0])
+        assert len(peer) - max(1, int(np.ceil(0.2 * len(peer)))) <= n <= len(peer), (n, len(peer))
+        if n == 0:
+            continue
+        iou = box_iou(torch.from_numpy(ours["boxes"][i:i + 1, :n]), torch.from_numpy(peer[None, :, :4]))[0].numpy()
+        same = (ours["classes"][i, :n, None] == peer[None, :, 5]) & \
+               (np.abs(ours["scores"][i, :n, None] - peer[None, :, 4]) <= 1e-3)
+        assert ((iou > 0.99) & same).any(1).all(), f"photo {i}: a detection ultralytics does not have"
+
+
+def test_user_checkpoint_is_found_and_loaded_offline(exported, tmp_path):
+    """A user's yolo11s.pt in a weights dir wins over synthetic and loads without network.
+    ultralytics saves checkpoints in fp16, so it equals the half-rounded model exactly."""
+    import copy
+
+    from export import yolo
+    from export.base import WeightsSearch
+
+    source = yolo.load_yolo(exported[1].weights)
+    source.save(str(tmp_path / "yolo11s.pt"))
+    weights = yolo.resolve_weights(MODEL, WeightsSearch(dirs=(tmp_path,)))
+    assert not weights.synthetic and weights.path == tmp_path / "yolo11s.pt"
+    loaded = yolo.load_yolo(weights).model
+    want = copy.deepcopy(source.model).half().float().eval()
+    x = torch.rand(1, 3, 640, 640, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], want(x)[0])
