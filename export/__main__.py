@@ -46,8 +46,8 @@ def weights_search(args) -> WeightsSearch:
         model, sep, path = item.partition("=")
         if not sep:
             raise ExportError(f"--weights expects MODEL=PATH, got {item!r}")
-        explicit[model] = Path(path)
-    return WeightsSearch(explicit, tuple(Path(d) for d in dirs if Path(d).is_dir()), args.seed)
+        explicit[model] = Path(path).resolve()
+    return WeightsSearch(explicit, tuple(Path(d).resolve() for d in dirs if Path(d).is_dir()), args.seed)
 
 
 def main(argv=None) -> int:

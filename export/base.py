@@ -57,8 +57,8 @@ class WeightsSource:
 
     def fingerprint(self) -> str:
         if self.path is not None:
-            st = os.stat(self.path)
-            return f"{self.path}:{st.st_size}:{int(st.st_mtime)}"
+            st = os.stat(self.path)   # name, not path: the same file reached another way is the same input
+            return f"{self.path.name}:{st.st_size}:{int(st.st_mtime)}"
         return f"synthetic-seed-{self.seed}"
 
     def metadata(self) -> dict[str, str]:

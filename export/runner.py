@@ -19,7 +19,7 @@ log = logging.getLogger("export")
 
 EXPORT_RECORD = "export.json"   # sidecar beside model.onnx: fingerprint + provenance
 ONNX_NAME = "model.onnx"
-_SHARED_SOURCES = ("base.py", "graph_ops.py", "onnx_graph.py", "patch_batch.py", "runner.py")
+_SHARED_SOURCES = ("base.py", "graph_ops.py", "onnx_graph.py", "patch_batch.py", "batch_proof.py", "runner.py")
 
 
 @dataclass(frozen=True)

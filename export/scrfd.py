@@ -11,11 +11,10 @@ seeded SCRFD-style network with the same head layout stands in (loudly: see the 
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-from .base import OPSET, ExportError, ExportJob, WeightsSearch, WeightsSource
+from .base import ExportError, ExportJob, WeightsSearch, WeightsSource
 from .onnx_graph import join, load_onnx, set_io_dims, torch_to_onnx  # noqa: F401 (re-exported)
 
 MODELS = ("scrfd",)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -147,6 +148,36 @@ _ALLOC_FAILURE_MARKERS = ("std::bad_alloc", "Cannot allocate memory", "Resource 
                           "out of memory")
 
 
+# Linux charges a forked child with its parent's peak RSS (copied at fork, kept across
+# exec), so a child forked from a big process (pytest with torch loaded) reports the
+# parent's gigabytes. A small launcher, exec'd first, forks the real command from its own
+# small address space and records that grandchild's ru_maxrss (as GNU time does).
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as exc:
+        sys.stderr.write(f"cannot run {sys.argv[2]}: {exc}\\n")
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def _child_maxrss(path: Path, usage) -> int:
+    try:
+        return int(path.read_text()) * 1024
+    except (OSError, ValueError):   # launcher killed (timeout, cap): fall back to its own figure
+        return int(usage.ru_maxrss) * 1024
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def run_capped(cmd: list[str], cap_bytes: int, *, env: dict | None = None, stdout_path: Path,
                stderr_path: Path, timeout_s: float, cwd: Path | None = None) -> CappedRun:
     """Run `cmd` to completion under the cap; stdout/stderr go to files (no pipe deadlocks)."""
@@ -155,8 +186,10 @@ def run_capped(cmd: list[str], cap_bytes: int, *, env: dict | None = None, stdou
     timed_out = False
     try:
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd,
-                                    preexec_fn=cap.preexec, start_new_session=True)
+            rss_path = Path(stdout_path).with_suffix(".maxrss")
+            rss_path.unlink(missing_ok=True)
+            proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(rss_path), *cmd], stdout=out, stderr=err,
+                                    env=env, cwd=cwd, preexec_fn=cap.preexec, start_new_session=True)
             deadline = t0 + timeout_s
             while True:
                 pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -173,7 +206,7 @@ def run_capped(cmd: list[str], cap_bytes: int, *, env: dict | None = None, stdou
             Path(stdout_path).read_text(errors="replace")[-2000:]
         killed = cap.oom_killed() or (proc.returncode != 0 and any(m in tail for m in _ALLOC_FAILURE_MARKERS))
         return CappedRun(returncode=proc.returncode, wall_s=time.monotonic() - t0,
-                         peak_rss_bytes=int(usage.ru_maxrss) * 1024, cap=cap.info,
+                         peak_rss_bytes=_child_maxrss(rss_path, usage), cap=cap.info,
                          killed_at_cap=killed, timed_out=timed_out)
     finally:
         cap.close()

@@ -1,13 +1,12 @@
 """arcface: IResNet-50 export vs the torch network, the w600k_r50.onnx wrapping path, weights loading."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import MODEL_REPOSITORY
+from tests.conftest import exported_model
 
 MODEL = "arcface"
 torch = pytest.importorskip("torch", reason="arcface export needs torch (the export extra)")
@@ -18,23 +17,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """(onnx path, job): reuse model_repository's file when the runner says it is up to date,
-    else export once into a temporary repository."""
-    from export import registry, runner
-    from export.base import ExportJob, WeightsSearch
-    from serving import contract
-
-    search = WeightsSearch()
-    weights = registry.family(MODEL).resolve_weights(MODEL, search)
-    path = runner.onnx_path(MODEL, MODEL_REPOSITORY)
-    record = runner.read_record(MODEL, MODEL_REPOSITORY)
-    if not (path.exists() and record and record.get("fingerprint") == runner.fingerprint(MODEL, weights, MODEL_REPOSITORY)):
-        repo = tmp_path_factory.mktemp("repo")
-        (repo / MODEL).mkdir()
-        shutil.copy(MODEL_REPOSITORY / MODEL / "config.pbtxt", repo / MODEL / "config.pbtxt")
-        path = runner.export_one(MODEL, search, repo).path
-    job = ExportJob(contract.load(MODEL, MODEL_REPOSITORY), path, weights, Path(tmp_path_factory.mktemp("work")))
-    return path, job
+    return exported_model(MODEL, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """export/centernet.py: CenterNet ctdet and CenterFace share one batched peak/top-K decode."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
