@@ -118,4 +118,4 @@ VOLUME ["/app/build"]
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10m --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4)"]
-ENTRYPOINT ["python", "-m", "serving", "serve", "--host", "0.0.0.0"]
+ENTRYPOINT ["python", "-m", "serving", "serve", "--host", "0.0.0.0", "--log", "-"]

@@ -41,6 +41,24 @@ class Sweep:
     progress: bool = True
 
 
+def sample_frame(h: int, w: int) -> np.ndarray:
+    """A realistic frame, so every branch of a pipeline runs (a face for arcface, a line of
+    text for the recogniser): skimage's astronaut photo with a rendered caption band.
+    Random noise would send the face and OCR pipelines down their empty-result paths."""
+    import cv2
+
+    try:
+        from skimage import data
+        img = cv2.resize(data.astronaut(), (w, h), interpolation=cv2.INTER_AREA)
+    except ImportError:   # the test extra is absent: a flat grey frame still carries the text
+        img = np.full((h, w, 3), 128, np.uint8)
+    band = max(24, h // 10)
+    img[h - band:] = 255
+    cv2.putText(img, "VISIONSERVE 2026", (w // 20, h - band // 4), cv2.FONT_HERSHEY_SIMPLEX,
+                band / 40, (0, 0, 0), max(1, band // 16), cv2.LINE_AA)
+    return img
+
+
 def make_inputs(config: dict, batch: int, seed: int = 0):
     """tritonclient InferInputs for `batch` items from the server's model config (JSON form)."""
     from tritonclient.grpc import InferInput
@@ -57,6 +75,9 @@ def make_inputs(config: dict, batch: int, seed: int = 0):
         if dtype == "TYPE_STRING":
             arr = np.full(shape, SAMPLE_TEXT, dtype=object)
             triton = "BYTES"
+        elif dtype == "TYPE_UINT8" and len(dims) == 3 and dims[2] == 3:
+            arr = np.broadcast_to(sample_frame(dims[0], dims[1]), shape).copy()
+            triton = "UINT8"
         elif dtype in _NP:
             np_t = _NP[dtype]
             arr = (rng.integers(0, 255, size=shape, dtype=np.uint8).astype(np_t) if np_t != np.bool_

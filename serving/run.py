@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--grpc-port", type=int, default=8001)
         s.add_argument("--metrics-port", type=int, default=8002)
         s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all models to load")
-        s.add_argument("--log", type=Path, default=REPO_ROOT / "build" / "logs" / "triton.log")
+        s.add_argument("--log", default=str(REPO_ROOT / "build" / "logs" / "triton.log"),
+                       help="Triton's log file, or - for standard output (containers)")
         if name == "run":
             s.add_argument("--gateway-host", default="127.0.0.1")
             s.add_argument("--gateway-port", type=int, default=8080)

@@ -119,7 +119,10 @@ class TritonServer:
         self.repository = Path(repository).resolve()
         self.host = host
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
-        self.log_path = Path(log_path) if log_path else REPO_ROOT / "build" / "logs" / f"triton-{grpc_port}.log"
+        # "-" streams Triton's log to our stdout (containers: `kubectl logs`); else a file.
+        self.log_to_stdout = str(log_path) == "-"
+        self.log_path = (Path(log_path) if log_path and not self.log_to_stdout
+                         else REPO_ROOT / "build" / "logs" / f"triton-{grpc_port}.log")
         # A fresh random key unless given: nobody can reach the restricted APIs by accident.
         self.admin_key = admin_key or os.environ.get("VISIONSERVE_TRITON_ADMIN_KEY") or secrets.token_hex(16)
         self.backends_dir = Path(backends_dir)
@@ -178,10 +181,11 @@ class TritonServer:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         # Python models import serving.* (the ONNX runner); make the project importable.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "wb")
+        if not self.log_to_stdout:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.log_path, "wb")
         # Own session: a terminal's Ctrl-C reaches us, and we stop Triton in order.
-        self.process = subprocess.Popen(self.command(install), stdout=self._log_file,
+        self.process = subprocess.Popen(self.command(install), stdout=self._log_file,  # None: inherit
                                         stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                         preexec_fn=_die_with_parent)
         try:
@@ -248,6 +252,8 @@ class TritonServer:
         return code
 
     def log_tail(self, lines: int = 30) -> str:
+        if self.log_to_stdout:
+            return "(Triton's log went to standard output, above)"
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
