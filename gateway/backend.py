@@ -1,8 +1,9 @@
 """The Triton seam: what the gateway needs from an inference server, and the real one.
 
 `Backend` is the seam the app factory takes; tests pass a fake with the same methods.
-`TritonBackend` wraps ONE `tritonclient.grpc.aio` client (one HTTP/2 channel shared by
-all requests) and is the only place where gRPC errors become gateway errors.
+`TritonBackend` holds ONE grpc.aio channel (one HTTP/2 connection shared by all requests,
+inference and control plane alike) and is the only place where gRPC errors become
+gateway errors.
 """
 from __future__ import annotations
 
@@ -59,17 +60,27 @@ def translate(exc: Exception, model: str, retry_after: int):
 
 
 class TritonBackend:
-    """The real backend: one shared async gRPC channel, binary tensors."""
+    """The real backend: one shared async gRPC channel for inference, binary tensors.
+
+    Inference bypasses tritonclient's InferInput/InferResult wrappers: they copy the
+    1.2 MB image tensor four times per call (tobytes, into the protobuf, serialise,
+    into gRPC). Here the small request header is serialised by protobuf and the raw
+    tensor bytes are appended as `raw_input_contents` fields by hand (protobuf's wire
+    format concatenates), so the pixels are copied once before gRPC takes them.
+    Control-plane calls (readiness, metadata, config) use the generated stub on the same
+    channel and return the JSON form tritonclient's `as_json=True` gives.
+    """
 
     def __init__(self, url: str, *, retry_after: int = 1):
-        from tritonclient.grpc import aio as grpcaio
+        import grpc
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-        self._grpcaio = grpcaio
+        self._pb = service_pb2
         self._retry_after = retry_after
         self.bytes_sent = 0   # payload bytes shipped to Triton (for metrics and benchmarks)
         # Reconnect quickly after Triton restarts (gRPC's default backoff grows to 120 s),
         # and keep tritonclient's unlimited message sizes.
-        self._client = grpcaio.InferenceServerClient(url, channel_args=[
+        args = [
             ("grpc.max_send_message_length", -1),
             ("grpc.max_receive_message_length", -1),
             ("grpc.initial_reconnect_backoff_ms", 200),
@@ -77,50 +88,120 @@ class TritonBackend:
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
-        ])
+        ]
+        self._channel = grpc.aio.insecure_channel(url, options=args)
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        # request_serializer=None: the request is already wire bytes (see _request)
+        self._model_infer = self._channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
+            response_deserializer=service_pb2.ModelInferResponse.FromString)
+
+    def _request(self, model, inputs, outputs) -> bytes:
+        from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
+
+        pb = self._pb
+        req = pb.ModelInferRequest(model_name=model, outputs=[
+            pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs])
+        parts = [b""]
+        for name, arr in inputs.items():
+            if arr.dtype == np.object_:
+                dtype, raw = "BYTES", serialize_byte_tensor(arr)
+                raw = raw.item() if raw.size else b""
+            else:
+                dtype = np_to_triton_dtype(arr.dtype)
+                raw = memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+                self.bytes_sent += arr.nbytes
+            req.inputs.add(name=name, datatype=dtype, shape=arr.shape)
+            parts += (_RAW_INPUT_TAG, _varint(len(raw)), raw)
+        parts[0] = req.SerializeToString()
+        return b"".join(parts)   # the one copy of the tensor before gRPC's own
 
     async def infer(self, model, inputs, outputs, *, timeout_s=None):
-        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+        import grpc
 
-        req = []
-        for name, arr in inputs.items():
-            dtype = "BYTES" if arr.dtype == np.object_ else np_to_triton_dtype(arr.dtype)
-            t = self._grpcaio.InferInput(name, list(arr.shape), dtype)
-            t.set_data_from_numpy(arr)
-            req.append(t)
-        outs = [self._grpcaio.InferRequestedOutput(n) for n in outputs]
-        self.bytes_sent += sum(a.nbytes for a in inputs.values() if a.dtype != np.object_)
+        request = self._request(model, inputs, outputs)
         try:
-            result = await self._client.infer(model, req, outputs=outs,
-                                              client_timeout=timeout_s)
-        except InferenceServerException as exc:
-            raise translate(exc, model, self._retry_after) from exc
-        return {n: result.as_numpy(n) for n in outputs}
+            response = await self._model_infer(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise translate(_server_exception(exc), model, self._retry_after) from exc
+        return _outputs(response, outputs)
 
     async def ready(self, models):
-        from tritonclient.utils import InferenceServerException
+        import grpc
 
+        pb = self._pb
         try:
-            if not await self._client.is_server_live(client_timeout=2.0):
+            if not (await self._stub.ServerLive(pb.ServerLiveRequest(), timeout=2.0)).live:
                 raise TritonUnavailable("Triton is not live", retry_after=self._retry_after)
-            return {m: bool(await self._client.is_model_ready(m, client_timeout=2.0))
+            return {m: bool((await self._stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=2.0)).ready)
                     for m in models}
-        except InferenceServerException as exc:
-            raise translate(exc, "<server>", self._retry_after) from exc
+        except grpc.RpcError as exc:
+            raise translate(_server_exception(exc), "<server>", self._retry_after) from exc
 
     async def metadata(self, model):
-        return await self._call(self._client.get_model_metadata, model)
+        return await self._control(self._stub.ModelMetadata, self._pb.ModelMetadataRequest(name=model), model)
 
     async def config(self, model):
-        return (await self._call(self._client.get_model_config, model))["config"]
+        return (await self._control(self._stub.ModelConfig, self._pb.ModelConfigRequest(name=model), model))["config"]
 
-    async def _call(self, fn, model):
-        from tritonclient.utils import InferenceServerException
+    async def _control(self, rpc, request, model) -> dict:
+        import grpc
+        from google.protobuf import json_format
 
         try:
-            return await fn(model, as_json=True, client_timeout=5.0)
-        except InferenceServerException as exc:
-            raise translate(exc, model, self._retry_after) from exc
+            response = await rpc(request, timeout=5.0)
+        except grpc.RpcError as exc:
+            raise translate(_server_exception(exc), model, self._retry_after) from exc
+        # the same JSON form as tritonclient's as_json=True
+        return json_format.MessageToDict(response, preserving_proto_field_name=True)
 
     async def close(self):
-        await self._client.close()
+        await self._channel.close()
+
+
+# ModelInferRequest.raw_input_contents is field 7, length-delimited: tag (7 << 3) | 2.
+_RAW_INPUT_TAG = b"\x3a"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _server_exception(exc):
+    """The InferenceServerException tritonclient raises for a gRPC error (same fields),
+    so `translate` sees exactly what it sees for tritonclient's own calls."""
+    from tritonclient.utils import InferenceServerException
+
+    return InferenceServerException(msg=exc.details(), status=str(exc.code()),
+                                    debug_details=exc.debug_error_string())
+
+
+def _outputs(response, names) -> dict[str, np.ndarray]:
+    """The requested outputs as numpy arrays (views of the response's raw bytes), decoded
+    as tritonclient's InferResult.as_numpy does; a missing output is None as there."""
+    from tritonclient.utils import (deserialize_bf16_tensor, deserialize_bytes_tensor,
+                                    triton_to_np_dtype)
+
+    raw = response.raw_output_contents
+    found = {}
+    for i, out in enumerate(response.outputs):
+        if out.name not in names or out.name in found:
+            continue
+        if i < len(raw):
+            if out.datatype == "BYTES":
+                arr = deserialize_bytes_tensor(raw[i])
+            elif out.datatype == "BF16":
+                arr = deserialize_bf16_tensor(raw[i])
+            else:
+                arr = np.frombuffer(raw[i], dtype=triton_to_np_dtype(out.datatype))
+        elif len(out.contents.bytes_contents):
+            arr = np.array(out.contents.bytes_contents, copy=False)
+        else:
+            arr = np.empty(0)
+        found[out.name] = arr.reshape(list(out.shape))
+    return {n: found.get(n) for n in names}

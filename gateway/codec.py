@@ -188,14 +188,38 @@ def decode(data: bytes, header: ImageHeader, min_w: int = 0, min_h: int = 0) -> 
 def decode_into(data: bytes, header: ImageHeader, box: Letterbox, out: np.ndarray,
                 pad_value: int = 0) -> None:
     """Decode and letterbox into `out` ([frame_h, frame_w, 3] uint8, written fully)."""
-    img = decode(data, header, box.new_w, box.new_h)
-    target = out[:box.new_h, :box.new_w]
-    if img.shape[:2] == (box.new_h, box.new_w):
-        target[...] = img
-    else:
-        # AREA only where the remaining downscale is large (PNGs, JPEGs under 2x do not
-        # reach here large); LINEAR is several times cheaper and exact enough below 2x.
-        interp = cv2.INTER_AREA if img.shape[1] >= 2 * box.new_w else cv2.INTER_LINEAR
-        cv2.resize(img, (box.new_w, box.new_h), dst=target, interpolation=interp)
-    out[box.new_h:, :] = pad_value
-    out[:box.new_h, box.new_w:] = pad_value
+    if not _decode_in_place(data, header, box, out):
+        img = decode(data, header, box.new_w, box.new_h)
+        target = out[:box.new_h, :box.new_w]
+        if img.shape[:2] == (box.new_h, box.new_w):
+            target[...] = img
+        else:
+            # AREA only where the remaining downscale is large (PNGs, JPEGs under 2x do
+            # not reach here large); LINEAR is several times cheaper and exact enough
+            # below 2x.
+            interp = cv2.INTER_AREA if img.shape[1] >= 2 * box.new_w else cv2.INTER_LINEAR
+            cv2.resize(img, (box.new_w, box.new_h), dst=target, interpolation=interp)
+    if box.new_h < out.shape[0]:
+        out[box.new_h:] = pad_value
+    if box.new_w < out.shape[1]:
+        out[:box.new_h, box.new_w:] = pad_value
+
+
+def _decode_in_place(data: bytes, header: ImageHeader, box: Letterbox, out: np.ndarray) -> bool:
+    """The common case without an intermediate image: an upright JPEG whose (DCT-scaled)
+    decoded size is exactly the drawn size and fills whole rows of `out` (so the target
+    rows are one contiguous block) is decoded by libjpeg-turbo straight into them.
+    False when the general path is needed (same pixels either way)."""
+    if header.kind != "jpeg" or header.orientation != 1 or box.new_w != out.shape[1] \
+            or not out.flags.c_contiguous:
+        return False
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data, min_height=box.new_h,
+                                                   min_width=box.new_w, min_factor=2)
+        if (h, w) != (box.new_h, box.new_w):
+            return False
+        simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=box.new_w,
+                               min_height=box.new_h, min_factor=2, buffer=out[:h])
+    except ValueError as exc:
+        raise InvalidImage(f"corrupt or truncated JPEG: {exc}") from exc
+    return True
