@@ -39,11 +39,14 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         real = backend
         if real is None:
             from .backend import TritonBackend
-            real = TritonBackend(settings.triton_grpc, retry_after=settings.retry_after_s)
+            real = TritonBackend(settings.triton_grpc, retry_after=settings.retry_after_s,
+                                 admin_key=settings.triton_admin_key, metrics=metrics)
         svc = Service(settings, real, metrics)
         app.state.service = svc
         try:
             svc.catalog = await _learn(real, settings)
+            if backend is None:
+                await _shared_memory(real, svc.catalog, settings)
             yield
         finally:
             svc.close()
@@ -78,6 +81,31 @@ async def _learn(backend: Backend, settings: GatewaySettings) -> Catalog:
                                    f"{settings.startup_wait_s:.0f}s: {exc.message}") from exc
             log.warning("waiting for Triton at %s: %s", settings.triton_grpc, exc.message)
             await asyncio.sleep(0.5)
+
+
+async def _shared_memory(backend, catalog: Catalog, settings: GatewaySettings) -> None:
+    """Image inputs through system shared memory when beside Triton (gateway/shm.py):
+    one slot per served frame shape registered now; more (one-frame and max-batch ones)
+    are made on demand, up to the in-flight limit per size. on: a failure stops start-up; auto: it falls back to the wire."""
+    from .shm import SharedMemoryUnavailable, decide
+
+    use, why = decide(settings.shared_memory, settings.triton_grpc, settings.triton_admin_key)
+    if not use:
+        log.info("image inputs over the gRPC wire (%s)", why)
+        return
+    from .catalog import ROUTE_MODELS
+
+    shapes = sorted({(m.frame, m.max_batch_size) for name, m in catalog.models.items()
+                     if name in ROUTE_MODELS and m.frame is not None and m.max_batch_size > 0})
+    try:
+        await backend.enable_shared_memory(settings.max_in_flight, shapes)
+    except Exception as exc:
+        if settings.shared_memory == "on":
+            raise SharedMemoryUnavailable(f"shared_memory=on but it cannot be set up: {exc}") from exc
+        log.warning("shared memory unavailable, image inputs over the gRPC wire: %s", exc)
+        return
+    log.info("image inputs through system shared memory (%s); frames %s", why,
+             ", ".join(f"{h}x{w} (max batch {b})" for (h, w), b in shapes))
 
 
 def _error(status: int, code: str, message: str, headers=None) -> JSON:

@@ -7,12 +7,18 @@ gateway errors.
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import logging
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
 from .errors import (ModelUnavailable, TritonError, TritonOverloaded, TritonTimeout,
-                     TritonUnavailable)
+                     TritonUnavailable, UpstreamError)
+
+if TYPE_CHECKING:
+    from .shm import Lease, SlotPool
+
+log = logging.getLogger("visionserve.gateway.backend")
 
 
 class Backend(Protocol):
@@ -33,10 +39,19 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
+    # Optional (TritonBackend only; the Service checks with getattr):
+    #   async def lease(frame_hw, max_batch, n) -> shm.Lease | None
+    # a [n, H, W, 3] uint8 view in a shared-memory slot registered with Triton, for the
+    # decoder to write into; infer() then sends (region, size, offset) for any input that
+    # lies in a leased slot instead of its bytes.
+
 
 # Triton's dynamic batcher answers these (gRPC UNAVAILABLE) when its queue policy
 # rejects a request; they mean "busy", not "down".
 _OVERLOAD_MARKERS = ("Exceeds maximum queue size", "Request timeout")
+# Triton forgot our regions (it restarted): re-register once, else use the wire.
+# ("Unable to find system shared memory region: 'name'", shared_memory_manager.cc)
+_LOST_REGION_MARKERS = ("Unable to find", "not registered", "unknown shared memory region")
 _DOWN_MARKERS = ("failed to connect", "Connection refused", "Socket closed",
                  "connections to all backends failing", "Broken pipe", "Connection reset")
 
@@ -69,15 +84,26 @@ class TritonBackend:
     format concatenates), so the pixels are copied once before gRPC takes them.
     Control-plane calls (readiness, metadata, config) use the generated stub on the same
     channel and return the JSON form tritonclient's `as_json=True` gives.
+
+    With `enable_shared_memory()` (gateway beside Triton, admin key known) image inputs
+    go through POSIX shared memory instead: see gateway/shm.py.
     """
 
-    def __init__(self, url: str, *, retry_after: int = 1):
+    def __init__(self, url: str, *, retry_after: int = 1, admin_key: str | None = None,
+                 metrics=None):
         import grpc
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
         self._pb = service_pb2
         self._retry_after = retry_after
         self.bytes_sent = 0   # payload bytes shipped to Triton (for metrics and benchmarks)
+        self._metrics = metrics
+        # Triton's shared-memory API is restricted behind the header `admin-key`; on gRPC
+        # Triton expects it as metadata with its protocol prefix (its own error says so:
+        # "expecting header 'triton-grpc-protocol-admin-key'")
+        self._admin = ((ADMIN_METADATA, admin_key),) if admin_key else None
+        self.shm: SlotPool | None = None
+        self.wire_fallbacks = 0   # shm calls that had to go over the wire after all
         # Reconnect quickly after Triton restarts (gRPC's default backoff grows to 120 s),
         # and keep tritonclient's unlimited message sizes.
         args = [
@@ -96,7 +122,8 @@ class TritonBackend:
             "/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
             response_deserializer=service_pb2.ModelInferResponse.FromString)
 
-    def _request(self, model, inputs, outputs) -> bytes:
+    def _request(self, model, inputs, outputs, shared=None) -> bytes:
+        """`shared`: {input name: (slot, offset)} for inputs lying in leased slots."""
         from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
 
         pb = self._pb
@@ -104,6 +131,15 @@ class TritonBackend:
             pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs])
         parts = [b""]
         for name, arr in inputs.items():
+            if shared and name in shared:
+                slot, offset = shared[name]
+                t = req.inputs.add(name=name, datatype=np_to_triton_dtype(arr.dtype),
+                                   shape=arr.shape)
+                t.parameters["shared_memory_region"].string_param = slot.name
+                t.parameters["shared_memory_byte_size"].int64_param = arr.nbytes
+                if offset:
+                    t.parameters["shared_memory_offset"].int64_param = offset
+                continue   # no raw_input_contents entry: Triton reads the region
             if arr.dtype == np.object_:
                 dtype, raw = "BYTES", serialize_byte_tensor(arr)
                 raw = raw.item() if raw.size else b""
@@ -119,12 +155,98 @@ class TritonBackend:
     async def infer(self, model, inputs, outputs, *, timeout_s=None):
         import grpc
 
-        request = self._request(model, inputs, outputs)
+        shared = self._shared(inputs)
         try:
-            response = await self._model_infer(request, timeout=timeout_s)
+            if shared:
+                response, path = await self._infer_shared(model, inputs, outputs, shared,
+                                                          timeout_s), "shm"
+                if response is None:   # Triton lost the regions twice: the wire, this once
+                    self.wire_fallbacks += 1
+                    response, path = await self._model_infer(
+                        self._request(model, inputs, outputs), timeout=timeout_s), "wire"
+            else:
+                response, path = await self._model_infer(
+                    self._request(model, inputs, outputs), timeout=timeout_s), "wire"
         except grpc.RpcError as exc:
             raise translate(_server_exception(exc), model, self._retry_after) from exc
+        if self._metrics is not None:
+            self._metrics.input_path.labels(model, path).inc()
         return _outputs(response, outputs)
+
+    async def _infer_shared(self, model, inputs, outputs, shared, timeout_s):
+        """The shm call; after a restart of Triton (regions unknown) re-register the slots
+        once and retry. None: still unknown, use the wire. The slots stay leased by the
+        caller throughout, so a retry can never read another request's pixels."""
+        import grpc
+
+        request = self._request(model, inputs, outputs, shared)
+        try:
+            return await self._model_infer(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            if not _lost_region(exc):
+                raise
+            log.warning("Triton lost the shared-memory regions (restarted?): re-registering")
+        try:
+            for slot in {id(s): s for s, _ in shared.values()}.values():
+                await self._register_slot(slot)
+            return await self._model_infer(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            if not _lost_region(exc):
+                raise
+        except UpstreamError as exc:   # refused or unreachable: the wire decides
+            log.warning("re-registering shared memory failed: %s", exc)
+        return None
+
+    def _shared(self, inputs) -> dict:
+        """{input: (slot, offset)} for uint8 inputs that are views into leased slots."""
+        if self.shm is None:
+            return {}
+        out = {}
+        for name, arr in inputs.items():
+            if arr.dtype == np.uint8 and arr.flags.c_contiguous:
+                hit = self.shm.locate(arr)
+                if hit is not None:
+                    out[name] = hit
+        return out
+
+    # -- shared memory (control plane, admin key) ---------------------------------------
+    async def enable_shared_memory(self, slots_per_shape: int,
+                                   shapes: Sequence[tuple[tuple[int, int], int]]) -> None:
+        """Create the pool and one registered one-frame slot per frame shape now, so a
+        refused registration (wrong key, no /dev/shm) fails here and not per request."""
+        from .shm import SlotPool
+
+        pool = SlotPool(slots_per_shape, self._register_slot)
+        try:
+            for frame in sorted({frame for frame, _ in shapes}):
+                await pool.prepare(frame, 1)   # the common one-image slot
+        except BaseException:
+            await pool.close(self._unregister_slot)
+            raise
+        self.shm = pool
+
+    async def lease(self, frame_hw, max_batch, n) -> Lease | None:
+        return None if self.shm is None else await self.shm.lease(frame_hw, max_batch, n)
+
+    async def _register_slot(self, slot) -> None:
+        import grpc
+
+        pb = self._pb
+        request = pb.SystemSharedMemoryRegisterRequest(
+            name=slot.name, key="/" + slot.name, offset=0, byte_size=slot.capacity)
+        try:
+            await self._stub.SystemSharedMemoryRegister(request, metadata=self._admin,
+                                                        timeout=5.0)
+        except grpc.RpcError as exc:
+            if "already in manager" in (exc.details() or ""):
+                return   # a concurrent re-registration of the same slot won the race
+            raise translate(_server_exception(exc), "<shared memory>",
+                            self._retry_after) from exc
+
+    async def _unregister_slot(self, name: str) -> None:
+        await self._stub.SystemSharedMemoryUnregister(
+            self._pb.SystemSharedMemoryUnregisterRequest(name=name), metadata=self._admin,
+            timeout=2.0)
 
     async def ready(self, models):
         import grpc
@@ -156,9 +278,13 @@ class TritonBackend:
         return json_format.MessageToDict(response, preserving_proto_field_name=True)
 
     async def close(self):
+        if self.shm is not None:
+            pool, self.shm = self.shm, None
+            await pool.close(self._unregister_slot)
         await self._channel.close()
 
 
+ADMIN_METADATA = "triton-grpc-protocol-admin-key"
 # ModelInferRequest.raw_input_contents is field 7, length-delimited: tag (7 << 3) | 2.
 _RAW_INPUT_TAG = b"\x3a"
 
@@ -170,6 +296,11 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def _lost_region(exc) -> bool:
+    msg = exc.details() or ""
+    return "shared memory region" in msg and any(m in msg for m in _LOST_REGION_MARKERS)
 
 
 def _server_exception(exc):

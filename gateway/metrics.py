@@ -28,4 +28,8 @@ class Metrics:
                                   ("route",), buckets=_BYTES, registry=r)
         self.bytes_to_triton = Counter(p + "triton_sent_bytes_total",
                                        "tensor bytes sent to Triton", ("model",), registry=r)
+        self.input_path = Counter(p + "triton_input_path_total",
+                                  "Triton calls by how the image tensor travelled: shm "
+                                  "(system shared memory) or wire (gRPC bytes)",
+                                  ("model", "path"), registry=r)
         self.images = Counter(p + "images_total", "images decoded", ("format",), registry=r)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,14 @@ class GatewaySettings(BaseSettings):
     triton_timeout_s: float = Field(10.0, gt=0, description="deadline of one gRPC call (504)")
     startup_wait_s: float = Field(60.0, ge=0, description="how long start-up waits for Triton")
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 503/429")
+
+    # Image tensors through system shared memory when beside Triton (gateway/shm.py).
+    # auto: when the Triton host is loopback AND an admin key is configured; on: required
+    # (start-up fails if the slots cannot be registered); off: always the gRPC wire.
+    shared_memory: Literal["auto", "on", "off"] = "auto"
+    # Triton restricts its shared-memory API behind the gRPC header `admin-key: <key>`
+    # (serving/tritonserver.py; VISIONSERVE_TRITON_ADMIN_KEY chooses Triton's key).
+    triton_admin_key: str | None = Field(None, repr=False)
 
     # Letterbox padding value (uint8) around the resized image.
     pad_value: int = Field(0, ge=0, le=255)

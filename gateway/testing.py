@@ -84,7 +84,7 @@ class FakeBackend:
 
     def _output(self, spec, n):
         shape = (n,) + spec.dims
-        name, k = spec.name, spec.dims[0] if spec.dims else 1
+        name = spec.name
         if spec.dtype == np.object_:
             out = np.empty(shape, np.object_)
             out[...] = b""

@@ -132,6 +132,16 @@ def _gateway_bytes(base: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def _gateway_paths(base: str) -> dict[str, float]:
+    """{"shm" | "wire": yolo calls}: how the gateway shipped the image tensors."""
+    import httpx
+
+    text = httpx.get(base + "/metrics", timeout=10).text
+    return {p: float(v) for p, v in re.findall(
+        r'^visionserve_gateway_triton_input_path_total\{model="yolo",path="(\w+)"\} (\S+)$',
+        text, re.M)}
+
+
 def _baseline_bytes(base: str) -> float:
     import httpx
 
@@ -158,9 +168,10 @@ def _no_queue_deadline(config: Path) -> None:
     config.write_text(contract.to_text(cfg))
 
 
-def _start(cmd, log: Path) -> subprocess.Popen:
+def _start(cmd, log: Path, **env_extra) -> subprocess.Popen:
     # the gateway's per-call deadline matches the baseline's 300 s client timeout
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VISIONSERVE_GATEWAY_TRITON_TIMEOUT_S="300")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VISIONSERVE_GATEWAY_TRITON_TIMEOUT_S="300",
+               **env_extra)
     return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT)
 
@@ -193,8 +204,10 @@ def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
         print(f"starting Triton ({derived.path}; yolo: "
               f"{'instant stub' if stub else 'the real ONNX model'}) ...", flush=True)
         server.start(600)
+        # the admin key lets the gateway register shared memory, as `make run` does
         gw = _start([sys.executable, "-m", "gateway", "--triton-grpc", server.grpc_url,
-                     "--port", str(gw_port), "--log-level", "warning"], WORK / "gateway.log")
+                     "--port", str(gw_port), "--log-level", "warning"], WORK / "gateway.log",
+                    VISIONSERVE_GATEWAY_TRITON_ADMIN_KEY=server.admin_key)
         bl = _start([sys.executable, "-m", "perf.baseline_naive", "--triton-http",
                      server.http_url, "--model", adapter, "--port", str(bl_port)],
                     WORK / "baseline.log")
@@ -221,6 +234,10 @@ def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
                       f"p95 {p.p95_ms:7.1f}  p99 {p.p99_ms:7.1f} ms  cpu {p.cpu_ms_per_request:6.2f} "
                       f"ms/req  {p.bytes_to_triton_per_request / 1e6:5.2f} MB->Triton  "
                       f"({p.requests} req, {p.errors} errors)", flush=True)
+        paths = _gateway_paths(gw_base)
+        path = "+".join(sorted(paths)) or "none"
+        print(f"gateway image input path: {path} (Triton calls: "
+              + ", ".join(f"{k} {v:.0f}" for k, v in sorted(paths.items())) + ")", flush=True)
     finally:
         _stop(gw)
         _stop(bl)
@@ -228,7 +245,9 @@ def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
     decode_ms = float(np.median(decodes))
     print(f"bare decode reference: median {decode_ms:.2f} ms of {len(decodes)} measurements "
           f"(min {min(decodes):.2f}, max {max(decodes):.2f})")
-    return report(points, decode_ms, len(data))
+    result = report(points, decode_ms, len(data))
+    result["gateway_input_path"] = path
+    return result
 
 
 def report(points: list[Point], decode_ms: float, jpeg_bytes: int) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -93,7 +94,9 @@ def _serve(args, with_gateway: bool) -> int:
               f"  restricted APIs ({', '.join(('model-repository', 'shared-memory'))}) need the header "
               f"admin-key (set VISIONSERVE_TRITON_ADMIN_KEY to choose it)", flush=True)
         if with_gateway:
-            gateway = subprocess.Popen(_gateway_command(args, server), cwd=REPO_ROOT)
+            # the admin key lets the gateway register shared memory (its default "auto")
+            env = dict(os.environ, VISIONSERVE_GATEWAY_TRITON_ADMIN_KEY=server.admin_key)
+            gateway = subprocess.Popen(_gateway_command(args, server), cwd=REPO_ROOT, env=env)
             print(f"Gateway: http://{args.gateway_host}:{args.gateway_port}  (Ctrl-C stops both)", flush=True)
         else:
             print("Ctrl-C stops it.", flush=True)

@@ -9,8 +9,8 @@ models run through ONNX Runtime inside python-backend models (see serving/profil
         client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
 
 Hardened by default: models are loaded once at start (`--model-control-mode none`), the
-model-repository and shared-memory APIs need the header `admin-key: <key>` on HTTP and
-gRPC, and every endpoint binds 127.0.0.1 (tritonserver's own default is 0.0.0.0).
+model-repository and shared-memory APIs need the header `admin-key: <key>` on HTTP (on
+gRPC the metadata key is `triton-grpc-protocol-admin-key`), and every endpoint binds 127.0.0.1 (tritonserver's own default is 0.0.0.0).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ async def analyze(request: Request, svc: ServiceDep,
                   text_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.5,
                   max_results: Annotated[int, Query(ge=1, le=100)] = 100) -> JSON:
     frames = await frames_for(request, svc, MODEL)
-    o = await svc.infer(MODEL, {"images": frames.pixels}, ROUTE_MODELS[MODEL][1])
+    o = await svc.infer_frames(MODEL, frames, ROUTE_MODELS[MODEL][1])
     objs = postprocess.objects(o["object_boxes"], o["object_scores"], o["object_classes"],
                                o["num_objects"], frames, object_threshold, max_results)
     found = postprocess.faces(o["face_boxes"], o["face_scores"], o["face_landmarks"],

@@ -22,7 +22,7 @@ async def frames_for(request: Request, svc: Service, model: str) -> Frames:
     s = svc.settings
     info = svc.model(model)  # 503 before reading the body when the model is not served
     images = await read_images(request, max_bytes=s.max_body_bytes, max_images=s.max_images)
-    return await svc.frames(images, info.frame)
+    return await svc.frames(images, info.frame, info.max_batch_size)
 
 
 # The body is read by hand (limits while streaming), so describe it for OpenAPI here.

@@ -21,7 +21,7 @@ async def detect(request: Request, svc: ServiceDep,
                  score_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.25,
                  max_results: MaxResults = 100) -> JSON:
     frames = await frames_for(request, svc, model)
-    out = await svc.infer(model, {"images": frames.pixels}, OUTPUTS)
+    out = await svc.infer_frames(model, frames, OUTPUTS)
     objs = postprocess.objects(out["boxes"], out["scores"], out["classes"],
                                out["num_detections"], frames, score_threshold, max_results)
     return JSON({"model": model, "results": [

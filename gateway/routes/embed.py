@@ -21,7 +21,7 @@ TEXT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
              summary="MobileCLIP image embeddings")
 async def embed_image(request: Request, svc: ServiceDep) -> JSON:
     frames = await frames_for(request, svc, IMAGE_MODEL)
-    out = await svc.infer(IMAGE_MODEL, {"images": frames.pixels}, ("embeddings",))
+    out = await svc.infer_frames(IMAGE_MODEL, frames, ("embeddings",))
     return JSON({"model": IMAGE_MODEL,
                  "results": [{"embedding": e} for e in out["embeddings"].tolist()]})
 

@@ -22,7 +22,7 @@ async def faces(request: Request, svc: ServiceDep,
                 max_results: Annotated[int, Query(ge=1, le=64)] = 64,
                 embeddings: bool = True) -> JSON:
     frames = await frames_for(request, svc, MODEL)
-    out = await svc.infer(MODEL, {"images": frames.pixels}, OUTPUTS)
+    out = await svc.infer_frames(MODEL, frames, OUTPUTS)
     found = postprocess.faces(out["boxes"], out["scores"], out["landmarks"], out["embeddings"],
                               out["num_faces"], frames, score_threshold, max_results, embeddings)
     return JSON({"model": MODEL, "results": [

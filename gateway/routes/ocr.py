@@ -21,7 +21,7 @@ async def ocr(request: Request, svc: ServiceDep,
               score_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.5,
               max_results: Annotated[int, Query(ge=1, le=64)] = 64) -> JSON:
     frames = await frames_for(request, svc, MODEL)
-    out = await svc.infer(MODEL, {"images": frames.pixels}, OUTPUTS)
+    out = await svc.infer_frames(MODEL, frames, OUTPUTS)
     lines = postprocess.text_lines(out["texts"], out["polygons"], out["scores"],
                                    out["num_lines"], frames, score_threshold, max_results)
     return JSON({"model": MODEL, "results": [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -202,14 +203,17 @@ def test_bad_input_against_the_real_stack(served, gateway, astronaut):
 
 
 def test_triton_killed_and_restarted(served, tmp_path, astronaut):
-    """A private Triton (one model, so it restarts fast) killed under a live gateway."""
+    """A private Triton (one model, so it restarts fast) killed under a live gateway that
+    sends through shared memory: the new Triton knows none of its regions."""
     served.need("yolo")
     repo = tmp_path / "repo"
     shutil.copytree(served.derived.path / "yolo", repo / "yolo", symlinks=True)
     ports = free_port(), free_port(), free_port()
     server = TritonServer(repo, *ports, log_path=tmp_path / "triton.log")
     server.start(300)
-    gw = Gateway(server.grpc_url, tmp_path / "gateway.log", retry_after_s=2, triton_timeout_s=30)
+    key = server.admin_key
+    gw = Gateway(server.grpc_url, tmp_path / "gateway.log", retry_after_s=2, triton_timeout_s=30,
+                 shared_memory="on", triton_admin_key=key)
     data = jpeg(astronaut)
     try:
         gw.wait_ready()
@@ -222,7 +226,7 @@ def test_triton_killed_and_restarted(served, tmp_path, astronaut):
         assert r.headers["retry-after"] == "2"
         assert gw.client.get("/readyz").status_code == 503
         assert gw.client.get("/healthz").status_code == 200
-        server = TritonServer(repo, *ports, log_path=tmp_path / "triton2.log")
+        server = TritonServer(repo, *ports, log_path=tmp_path / "triton2.log", admin_key=key)
         server.start(300)
         deadline, code = time.monotonic() + 30, None
         while time.monotonic() < deadline and code != 200:
@@ -230,6 +234,12 @@ def test_triton_killed_and_restarted(served, tmp_path, astronaut):
             time.sleep(0.2)
         assert code == 200, "the gateway did not recover within 30 s of Triton's return"
         assert gw.client.get("/readyz").status_code == 200
+        # the regions were registered again: shared memory, not the wire, after the restart
+        before = input_paths(gw)
+        assert post(gw, "/v1/detect", data).status_code == 200
+        after = input_paths(gw)
+        assert after[("yolo", "shm")] == before[("yolo", "shm")] + 1, after
+        assert after.get(("yolo", "wire"), 0) == before.get(("yolo", "wire"), 0), after
     finally:
         gw.stop()
         server.stop()
@@ -244,5 +254,110 @@ def test_deadline_is_a_504(served, tmp_path, astronaut):
         r = post(gw, "/v1/detect", jpeg(astronaut))
         assert r.status_code == 504, r.text
         assert r.json()["error"]["code"] == "triton_timeout"
+    finally:
+        gw.stop()
+
+
+# -- system shared memory (gateway beside Triton) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def shm_gateway(served, tmp_path_factory):
+    """shared_memory=on: start-up fails unless the slots register with Triton's key."""
+    gw = Gateway(served.server.grpc_url, tmp_path_factory.mktemp("gw_shm") / "gateway.log",
+                 shared_memory="on", triton_admin_key=served.server.admin_key)
+    try:
+        yield gw.wait_ready()
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def wire_gateway(served, tmp_path_factory):
+    gw = Gateway(served.server.grpc_url, tmp_path_factory.mktemp("gw_wire") / "gateway.log",
+                 shared_memory="off", triton_admin_key=served.server.admin_key)
+    try:
+        yield gw.wait_ready()
+    finally:
+        gw.stop()
+
+
+def input_paths(gw) -> dict[tuple[str, str], float]:
+    """{(model, "shm" | "wire"): Triton calls} from the gateway's /metrics."""
+    text = gw.client.get("/metrics").text
+    return {(m, p): float(v) for m, p, v in re.findall(
+        r'^visionserve_gateway_triton_input_path_total\{model="([^"]+)",path="([^"]+)"\} (\S+)$',
+        text, re.M)}
+
+
+@pytest.mark.parametrize("path,model", [("/v1/faces", "faces"), ("/v1/detect", "yolo")])
+def test_shared_memory_gives_the_wire_results_exactly(served, shm_gateway, wire_gateway,
+                                                      astronaut, path, model):
+    served.need(model)
+    one = jpeg(astronaut)
+    batch = [("images", (f"{i}.jpg", jpeg(img), "image/jpeg"))
+             for i, img in enumerate((astronaut, astronaut[::-1].copy(), astronaut[:, ::-1].copy()))]
+    before = input_paths(shm_gateway)
+    for kw in ({"content": one, "headers": {"content-type": "image/jpeg"}}, {"files": batch}):
+        results = []
+        for gw in (wire_gateway, shm_gateway):
+            r = gw.client.post(path, params={"score_threshold": 0.0}, **kw)
+            assert r.status_code == 200, r.text
+            results.append(r.json())
+        assert results[0] == results[1]
+        assert results[0]["results"], results[0]
+    after = input_paths(shm_gateway)
+    assert after.get((model, "shm"), 0) - before.get((model, "shm"), 0) >= 2, after
+    assert after.get((model, "wire"), 0) == before.get((model, "wire"), 0), after
+    assert not any(p == "shm" for _, p in input_paths(wire_gateway)), input_paths(wire_gateway)
+
+
+def test_shared_memory_gateway_probes_and_concurrency(served, shm_gateway, astronaut):
+    served.need("yolo")
+    c = shm_gateway.client
+    assert c.get("/healthz").status_code == 200
+    assert c.get("/readyz").status_code == 200
+    assert c.get("/v1/models").status_code == 200
+    data = [jpeg(astronaut), jpeg(astronaut[::-1].copy())]
+    want = [post(shm_gateway, "/v1/detect", d, score_threshold=0.0).json() for d in data]
+    # concurrent requests share the pool: no slot may be handed to two requests at once
+    with ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(lambda i: post(shm_gateway, "/v1/detect", data[i % 2],
+                                           score_threshold=0.0), range(36)))
+    assert [r.status_code for r in got] == [200] * 36
+    assert all(r.json() == want[i % 2] for i, r in enumerate(got))
+
+
+def test_shared_memory_survives_lost_registrations(served, shm_gateway, astronaut):
+    """What a Triton restart does to the regions (unregistered behind the gateway's
+    back): the next call re-registers and still goes through shared memory."""
+    import tritonclient.grpc as grpcclient
+
+    served.need("yolo")
+    data = jpeg(astronaut)
+    want = post(shm_gateway, "/v1/detect", data, score_threshold=0.0).json()
+    client = grpcclient.InferenceServerClient(served.server.grpc_url)
+    try:
+        from gateway.backend import ADMIN_METADATA
+
+        headers = {ADMIN_METADATA: served.server.admin_key}
+        assert client.get_system_shared_memory_status(headers=headers, as_json=True).get("regions")
+        client.unregister_system_shared_memory(headers=headers)
+        before = input_paths(shm_gateway)
+        r = post(shm_gateway, "/v1/detect", data, score_threshold=0.0)
+        assert r.status_code == 200, r.text
+        assert r.json() == want
+        after = input_paths(shm_gateway)
+        assert after[("yolo", "shm")] == before.get(("yolo", "shm"), 0) + 1, after
+        assert client.get_system_shared_memory_status(headers=headers, as_json=True).get("regions")
+    finally:
+        client.close()
+
+
+def test_shared_memory_on_with_a_wrong_key_refuses_to_start(served, tmp_path):
+    gw = Gateway(served.server.grpc_url, tmp_path / "gateway.log", shared_memory="on",
+                 triton_admin_key="not-the-key")
+    try:
+        with pytest.raises(RuntimeError, match="exited"):
+            gw.wait_ready(60)
     finally:
         gw.stop()

@@ -1,0 +1,246 @@
+"""System shared memory for image inputs when the gateway runs beside Triton.
+
+Shipping a 1.2 MB uint8 frame over the gRPC socket costs ~0.9 ms of gateway CPU per
+request (kernel TCP send, memcpy, gRPC core). With shared memory the decoder writes the
+letterboxed pixels straight into a POSIX shm slot that Triton has mapped, and the request
+carries only (region, byte size, offset): the pixels are never copied by the gateway.
+
+`decide()` is the settings decision (pure). `SlotPool` owns the slots: POSIX shm files
+under /dev/shm, mmapped here, registered with Triton once each (through a callback, so
+this module needs no gRPC). A slot is leased for one request and released when the
+Triton call is over; a slot whose call may still be read by Triton (deadline, cancel,
+broken connection) is retired instead, never handed out again, so it can never corrupt
+another request. When the pool is exhausted or /dev/shm is full, callers use the wire.
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import numpy as np
+
+log = logging.getLogger("visionserve.gateway.shm")
+SHM_DIR = "/dev/shm"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "ip6-localhost"})
+
+
+class SharedMemoryUnavailable(RuntimeError):
+    """shared_memory="on" but the slots cannot be created or registered (start-up fails)."""
+
+
+def host_of(url: str) -> str:
+    """The host part of a gRPC target: "127.0.0.1:8001", "[::1]:8001", "dns:///h:1"."""
+    url = url.split("///", 1)[-1] if "///" in url else url
+    if url.startswith("["):
+        return url[1:url.index("]")]
+    return url.rsplit(":", 1)[0] if url.count(":") == 1 else url
+
+
+def decide(mode: str, triton_url: str, admin_key: str | None) -> tuple[bool, str]:
+    """(use shared memory?, why). auto: only beside a local Triton that we may register
+    regions with (its shared-memory API is restricted behind the admin key)."""
+    if mode == "off":
+        return False, "shared_memory=off"
+    local = host_of(triton_url).lower() in LOOPBACK
+    if mode == "on":
+        if not admin_key:
+            raise SharedMemoryUnavailable(
+                "shared_memory=on needs VISIONSERVE_GATEWAY_TRITON_ADMIN_KEY (Triton restricts "
+                "its shared-memory API behind the admin-key header)")
+        return True, "shared_memory=on"
+    if not local:
+        return False, f"auto: Triton at {triton_url} is not on loopback"
+    if not admin_key:
+        return False, "auto: no Triton admin key configured (VISIONSERVE_GATEWAY_TRITON_ADMIN_KEY)"
+    return True, "auto: Triton on loopback and an admin key configured"
+
+
+@dataclass(eq=False)
+class Slot:
+    """One registered region: `capacity` bytes mapped here and in Triton."""
+    name: str                     # Triton's region name, also the /dev/shm file name
+    capacity: int
+    mm: mmap.mmap
+    base: int = 0                 # address of the mapping in this process
+    key: tuple = ()               # the pool key (frame, frames per slot)
+    registered: bool = False
+    retired: bool = False
+    busy: bool = False
+
+    def contains(self, arr: np.ndarray) -> int | None:
+        """Byte offset of a C-contiguous `arr` lying inside this slot, else None."""
+        addr = arr.__array_interface__["data"][0]
+        if self.base <= addr and addr + arr.nbytes <= self.base + self.capacity:
+            return addr - self.base
+        return None
+
+
+@dataclass(eq=False)
+class Lease:
+    """A slot held by one request; `array` is the numpy view the decoder writes into."""
+    pool: "SlotPool"
+    slot: Slot
+    array: np.ndarray
+    _done: bool = field(default=False, repr=False)
+
+    def release(self, *, retire: bool = False) -> None:
+        """Give the slot back (idempotent). retire=True: Triton may still read it."""
+        if not self._done:
+            self._done = True
+            self.pool._give_back(self.slot, retire)
+
+
+class SlotPool:
+    """Slots per (frame shape, frames per slot), created lazily up to `per_key` each.
+
+    Two sizes per frame shape: one frame (most requests carry one image) and the model's
+    max batch (multi-image requests). Slots are reserved with posix_fallocate, so sizing
+    every slot for the max batch would pin e.g. 16 x 1.2 MB per in-flight request.
+
+    Thread-safe (leases are released from decode threads on cancellation).
+    `register(slot)` / `unregister(name)` are coroutines given by the backend (gRPC).
+    """
+
+    def __init__(self, per_key: int, register: Callable[[Slot], Awaitable[None]],
+                 prefix: str | None = None):
+        self.per_key = per_key
+        self._register = register
+        self.prefix = prefix or f"visionserve_gw_{os.getpid()}_{secrets.token_hex(4)}"
+        self._lock = threading.Lock()
+        self._free: dict[tuple, list[Slot]] = {}
+        self._count: dict[tuple, int] = {}
+        self.slots: list[Slot] = []
+        self._serial = 0
+        self.failed = 0          # slots that could not be created (then the wire is used)
+
+    # -- leasing ---------------------------------------------------------------------
+    async def lease(self, frame_hw: tuple[int, int], max_batch: int, n: int) -> Lease | None:
+        """A [n, H, W, 3] uint8 view in a slot, or None (use the wire): n over the max
+        batch, pool exhausted, or the slot cannot be created."""
+        if n > max_batch or n < 1:
+            return None
+        key = (tuple(frame_hw), 1 if n == 1 else max_batch)
+        with self._lock:
+            free = self._free.setdefault(key, [])
+            slot = free.pop() if free else None
+            if slot is None:
+                if self._count.get(key, 0) >= self.per_key:
+                    return None
+                self._count[key] = self._count.get(key, 0) + 1
+        if slot is None:
+            try:
+                slot = await self._create(key)
+            except BaseException as exc:   # /dev/shm full, registration refused: the wire
+                with self._lock:
+                    self._count[key] -= 1
+                    self.failed += isinstance(exc, Exception)
+                if not isinstance(exc, Exception):   # cancelled: not ours to swallow
+                    raise
+                log.warning("shared-memory slot unavailable, using the wire: %s", exc)
+                return None
+        slot.busy = True
+        h, w = frame_hw
+        arr = np.frombuffer(slot.mm, np.uint8, n * h * w * 3).reshape(n, h, w, 3)
+        return Lease(self, slot, arr)
+
+    async def prepare(self, frame_hw: tuple[int, int], frames: int = 1) -> None:
+        """Create and register one slot of `frames` frames now (start-up check); raises."""
+        key = (tuple(frame_hw), frames)
+        with self._lock:
+            self._count[key] = self._count.get(key, 0) + 1
+        try:
+            slot = await self._create(key)
+        except BaseException:
+            with self._lock:
+                self._count[key] -= 1
+            raise
+        with self._lock:
+            self._free.setdefault(key, []).append(slot)
+
+    async def _create(self, key) -> Slot:
+        (h, w), batch = key
+        capacity = batch * h * w * 3
+        with self._lock:
+            self._serial += 1
+            name = f"{self.prefix}_{self._serial}"
+        path = os.path.join(SHM_DIR, name)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            # reserve the pages now: a full /dev/shm fails here (ENOSPC), not with SIGBUS
+            # on the first write of a request
+            os.posix_fallocate(fd, 0, capacity)
+            mm = mmap.mmap(fd, capacity)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        slot = Slot(name, capacity, mm, key=key)
+        slot.base = np.frombuffer(mm, np.uint8, 1).__array_interface__["data"][0]
+        try:
+            await self._register(slot)
+        except BaseException:
+            _destroy(slot)
+            raise
+        slot.registered = True
+        with self._lock:
+            self.slots.append(slot)
+        return slot
+
+    def _give_back(self, slot: Slot, retire: bool) -> None:
+        with self._lock:
+            slot.busy = False
+            if retire:
+                # kept mapped and registered (Triton may still read it) but never reused;
+                # it still counts toward per_key, so repeated faults end on the wire
+                slot.retired = True
+            elif not slot.retired:
+                self._free.setdefault(slot.key, []).append(slot)
+
+    def locate(self, arr: np.ndarray) -> tuple[Slot, int] | None:
+        """(slot, byte offset) when `arr` lies in a leased slot (chunks of a batch are
+        views at an offset), else None. Few slots are busy: a short scan."""
+        with self._lock:
+            busy = [s for s in self.slots if s.busy]
+        for slot in busy:
+            offset = slot.contains(arr)
+            if offset is not None:
+                return slot, offset
+        return None
+
+    # -- accounting / shutdown --------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"slots": len(self.slots), "busy": sum(s.busy for s in self.slots),
+                    "retired": sum(s.retired for s in self.slots),
+                    "free": sum(len(v) for v in self._free.values()), "failed": self.failed}
+
+    async def close(self, unregister: Callable[[str], Awaitable[None]] | None = None) -> None:
+        """Unregister (best effort: Triton may be gone) and unlink every slot."""
+        with self._lock:
+            slots, self.slots = self.slots, []
+            self._free.clear()
+            self._count.clear()
+        for slot in slots:
+            if unregister is not None and slot.registered:
+                try:
+                    await unregister(slot.name)
+                except Exception as exc:
+                    log.debug("unregister %s: %s", slot.name, exc)
+            _destroy(slot)
+
+
+def _destroy(slot: Slot) -> None:
+    try:
+        os.unlink(os.path.join(SHM_DIR, slot.name))
+    except FileNotFoundError:
+        pass
+    try:
+        slot.mm.close()
+    except BufferError:   # a view is still alive somewhere: the mapping dies with it
+        pass
