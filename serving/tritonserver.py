@@ -109,6 +109,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _mapped_shm_files(pgid: int) -> set[str]:
+    """/dev/shm files of Triton's python backend mapped by any process of group `pgid`."""
+    found: set[str] = set()
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.getpgid(int(proc_dir.name)) != pgid:
+                continue
+            for line in (proc_dir / "maps").read_text().splitlines():
+                path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+                if path.startswith("/dev/shm/triton_python_backend_shm_region_"):
+                    found.add(path.removesuffix(" (deleted)"))
+        except (OSError, ValueError):   # the process ended meanwhile, or is not ours to read
+            continue
+    return found
+
+
 class TritonServer:
     """One tritonserver subprocess serving `repository`; a context manager that stops it."""
 
@@ -231,6 +247,21 @@ class TritonServer:
     def is_ready(self) -> bool:
         return self.process is not None and self.process.poll() is None and \
             self._get(f"http://{self.http_url}/v2/health/ready") == 200
+
+    def kill(self) -> int | None:
+        """SIGKILL the whole server (a crash, for fault tests), then remove the python
+        backend's shared-memory files its processes had mapped: a killed server cannot
+        unlink them and they would pile up in /dev/shm. Only files mapped by THIS
+        server's processes are touched, so other servers on the machine are safe."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return self.stop()
+        regions = _mapped_shm_files(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        code = self.stop(5)
+        for path in regions:
+            Path(path).unlink(missing_ok=True)
+        return code
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGINT (Triton drains and unloads), then SIGKILL after `timeout_s`."""
