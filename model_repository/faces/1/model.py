@@ -27,14 +27,15 @@ class StepError(RuntimeError):
 
 
 def _max_batch_size(repository: Path, model: str) -> int:
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
+    from serving.contract import ContractError, load
 
-    path = repository / model / "config.pbtxt"
-    cfg = text_format.Parse(path.read_text(), mc.ModelConfig())
-    if cfg.max_batch_size < 1:
-        raise pb_utils.TritonModelException(f"faces: {path} has no max_batch_size")
-    return int(cfg.max_batch_size)
+    try:
+        limit = load(model, repository).max_batch_size
+    except ContractError as exc:
+        raise pb_utils.TritonModelException(f"faces: {exc}") from exc
+    if limit < 1:
+        raise pb_utils.TritonModelException(f"faces: {model} has no max_batch_size")
+    return limit
 
 
 def _call(model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...], limit: int) -> dict[str, np.ndarray]:
