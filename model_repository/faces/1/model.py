@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from serving.bls import StepError, call_chunked
+
 DETECTOR, ALIGNER, EMBEDDER = "scrfd", "face_align", "arcface"
 DET_OUTPUTS = ("boxes", "scores", "landmarks", "num_detections")
-
-
-class StepError(RuntimeError):
-    """A model called by the pipeline answered with an error."""
 
 
 def _max_batch_size(repository: Path, model: str) -> int:
@@ -36,22 +34,6 @@ def _max_batch_size(repository: Path, model: str) -> int:
     if limit < 1:
         raise pb_utils.TritonModelException(f"faces: {model} has no max_batch_size")
     return limit
-
-
-def _call(model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...], limit: int) -> dict[str, np.ndarray]:
-    """Run `model` over a batch, in chunks of at most `limit` rows."""
-    n = next(iter(inputs.values())).shape[0]
-    parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
-    for start in range(0, n, limit):   # chunks, not items: usually one iteration
-        req = pb_utils.InferenceRequest(
-            model_name=model, requested_output_names=list(outputs),
-            inputs=[pb_utils.Tensor(k, np.ascontiguousarray(v[start:start + limit])) for k, v in inputs.items()])
-        resp = req.exec()
-        if resp.has_error():
-            raise StepError(f"{model}: {resp.error().message()}")
-        for o in outputs:
-            parts[o].append(pb_utils.get_output_tensor_by_name(resp, o).as_numpy())
-    return {o: (p[0] if len(p) == 1 else np.concatenate(p)) for o, p in parts.items()}
 
 
 class TritonPythonModel:
@@ -77,7 +59,7 @@ class TritonPythonModel:
                 for j in range(len(requests))]
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        det = _call(DETECTOR, {"images": images}, DET_OUTPUTS, self.limits[DETECTOR])
+        det = call_chunked(DETECTOR, {"images": images}, DET_OUTPUTS, self.limits[DETECTOR])
         num = np.clip(det["num_detections"].reshape(-1), 0, self.k).astype(np.int32)
         b = images.shape[0]
         embeddings = np.zeros((b, self.k, self.dim), np.float32)
@@ -85,10 +67,10 @@ class TritonPythonModel:
         valid = np.arange(self.k)[None, :] < num[:, None]
         with_faces = np.flatnonzero(num > 0)
         if with_faces.size:
-            crops = _call(ALIGNER, {"images": images[with_faces], "landmarks": det["landmarks"][with_faces]},
+            crops = call_chunked(ALIGNER, {"images": images[with_faces], "landmarks": det["landmarks"][with_faces]},
                           ("crops",), self.limits[ALIGNER])["crops"]
             faces = crops[valid[with_faces]]            # [N, 112, 112, 3], all faces of all images
-            emb = _call(EMBEDDER, {"faces": faces}, ("embeddings",), self.limits[EMBEDDER])["embeddings"]
+            emb = call_chunked(EMBEDDER, {"faces": faces}, ("embeddings",), self.limits[EMBEDDER])["embeddings"]
             embeddings[valid] = emb                     # scatter back, row-major = same order
         return {
             "boxes": det["boxes"].astype(np.float32, copy=False),

@@ -21,6 +21,7 @@ import triton_python_backend_utils as pb_utils
 try:
     import cv2
     from serving import ocr_postprocess as ocr
+    from serving.bls import StepError, call
     from serving.contract import parse_config
 except ImportError as exc:  # say what to install instead of a bare traceback in the server log
     raise ImportError(
@@ -29,10 +30,6 @@ except ImportError as exc:  # say what to install instead of a bare traceback in
 
 DET_MODEL, REC_MODEL = "ppocr_det", "ppocr_rec"
 CHARSET_FILE = "charset.txt"
-
-
-class BlsError(RuntimeError):
-    """A downstream model (ppocr_det / ppocr_rec) answered with an error."""
 
 
 def _sibling_config(model_dir: Path, name: str):
@@ -79,39 +76,19 @@ class TritonPythonModel:
                 f"ocr: {charset} is missing; it is written by `make export-onnx MODELS=ppocr_rec`")
         self.charset = ocr.load_charset(charset)
         self.input_name = config["input"][0]["name"]
-        # Downstream models may live on the GPU; we post-process on the CPU.
-        self.preferred = (pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
-                          if hasattr(pb_utils, "PreferredMemory") else None)
-
-    def _infer(self, model: str, name: str, array: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-        kwargs = {"preferred_memory": self.preferred} if self.preferred is not None else {}
-        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs,
-                                            inputs=[pb_utils.Tensor(name, array)], **kwargs)
-        response = request.exec()
-        if response.has_error():
-            raise BlsError(f"{model}: {response.error().message()}")
-        result = []
-        for out in outputs:
-            t = pb_utils.get_output_tensor_by_name(response, out)
-            if t is None:
-                raise BlsError(f"{model} returned no output {out!r}")
-            if not t.is_cpu():
-                raise BlsError(f"{model} returned {out!r} in GPU memory; this Triton lacks preferred_memory")
-            result.append(t.as_numpy())
-        return result
 
     def _detect(self, images: np.ndarray) -> np.ndarray:
-        return self._infer(DET_MODEL, self.det_in, images, [self.det_out])[0]
+        return call(DET_MODEL, {self.det_in: images}, [self.det_out])[self.det_out]
 
     def _recognize(self, crops: np.ndarray):
-        ids, scores = self._infer(REC_MODEL, self.rec_in, crops, ["char_ids", "char_scores"])
-        return ids, scores
+        out = call(REC_MODEL, {self.rec_in: crops}, ["char_ids", "char_scores"])
+        return out["char_ids"], out["char_scores"]
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         try:
             result = self._run(np.concatenate(arrays))
-        except (BlsError, ocr.OcrError, ocr.OcrInputError) as exc:
+        except (StepError, ocr.OcrError, ocr.OcrInputError) as exc:
             if len(arrays) == 1:
                 return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"ocr: {exc}"))]
             # The batch failed as a whole (one det call); run each request alone so only
@@ -132,7 +109,7 @@ class TritonPythonModel:
     def _respond_alone(self, images: np.ndarray):
         try:
             return self._response(self._run(images), slice(None))
-        except (BlsError, ocr.OcrError, ocr.OcrInputError) as exc:
+        except (StepError, ocr.OcrError, ocr.OcrInputError) as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"ocr: {exc}"))
 
     @staticmethod
