@@ -7,9 +7,10 @@ from fastapi import APIRouter, Query, Request
 
 from .. import postprocess
 from ..responses import JSON
+from .lean import LeanRoute
 from .common import ERRORS, IMAGE_BODY, MaxResults, ServiceDep, frames_for
 
-router = APIRouter(tags=["detect"])
+router = APIRouter(tags=["detect"], route_class=LeanRoute)
 OUTPUTS = ("boxes", "scores", "classes", "num_detections")
 
 

@@ -7,9 +7,10 @@ from fastapi import APIRouter, Query, Request
 
 from .. import postprocess
 from ..responses import JSON
+from .lean import LeanRoute
 from .common import ERRORS, IMAGE_BODY, ServiceDep, frames_for
 
-router = APIRouter(tags=["faces"])
+router = APIRouter(tags=["faces"], route_class=LeanRoute)
 MODEL = "faces"
 OUTPUTS = ("boxes", "scores", "landmarks", "embeddings", "num_faces")
 

@@ -7,9 +7,10 @@ from fastapi import APIRouter, Query, Request
 
 from .. import postprocess
 from ..responses import JSON
+from .lean import LeanRoute
 from .common import ERRORS, IMAGE_BODY, ServiceDep, frames_for
 
-router = APIRouter(tags=["ocr"])
+router = APIRouter(tags=["ocr"], route_class=LeanRoute)
 MODEL = "ocr"
 OUTPUTS = ("texts", "polygons", "scores", "num_lines")
 
