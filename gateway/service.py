@@ -37,9 +37,6 @@ class Frames:
             self.pixels = self.pixels[:0]
             lease.release(retire=retire)
 
-    def to_original(self, points: np.ndarray) -> np.ndarray:
-        return codec.to_original(points, self.scale, self.size)
-
 
 class Service:
     def __init__(self, settings: GatewaySettings, backend: Backend, metrics: Metrics):
