@@ -247,6 +247,11 @@ def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
           f"(min {min(decodes):.2f}, max {max(decodes):.2f})")
     result = report(points, decode_ms, len(data))
     result["gateway_input_path"] = path
+    result["model"] = "instant stub" if stub else "yolo (real ONNX model)"
+    if not stub and not all(result["targets"].values()):
+        print("note: with the real model on a CPU Triton both systems wait for the model; "
+              "--stub-model measures the two front ends alone, as a GPU model would let "
+              "them run")
     return result
 
 
