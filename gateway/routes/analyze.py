@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query, Request
 from .. import postprocess
 from ..catalog import ROUTE_MODELS
 from ..responses import JSON
-from .lean import LeanRoute
 from .common import ERRORS, IMAGE_BODY, ServiceDep, frames_for
+from .lean import LeanRoute
 
 router = APIRouter(tags=["analyze"], route_class=LeanRoute)
 MODEL = "analyze"

@@ -5,7 +5,9 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from .. import postprocess
 from ..inputs import read_images
+from ..responses import JSON
 from ..service import Frames, Service
 
 
@@ -23,6 +25,12 @@ async def frames_for(request: Request, svc: Service, model: str) -> Frames:
     info = svc.model(model)  # 503 before reading the body when the model is not served
     images = await read_images(request, max_bytes=s.max_body_bytes, max_images=s.max_images)
     return await svc.frames(images, info.frame, info.max_batch_size)
+
+
+def per_image(model: str, frames: Frames, key: str, items: list) -> JSON:
+    """The response of a one-output image route: per image its original size and `key`."""
+    return JSON({"model": model, "results": [
+        {**size, key: it} for size, it in zip(postprocess.sizes(frames), items)]})
 
 
 # The body is read by hand (limits while streaming), so describe it for OpenAPI here.

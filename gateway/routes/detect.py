@@ -7,8 +7,8 @@ from fastapi import APIRouter, Query, Request
 
 from .. import postprocess
 from ..responses import JSON
+from .common import ERRORS, IMAGE_BODY, MaxResults, ServiceDep, frames_for, per_image
 from .lean import LeanRoute
-from .common import ERRORS, IMAGE_BODY, MaxResults, ServiceDep, frames_for
 
 router = APIRouter(tags=["detect"], route_class=LeanRoute)
 OUTPUTS = ("boxes", "scores", "classes", "num_detections")
@@ -25,5 +25,4 @@ async def detect(request: Request, svc: ServiceDep,
     out = await svc.infer_frames(model, frames, OUTPUTS)
     objs = postprocess.objects(out["boxes"], out["scores"], out["classes"],
                                out["num_detections"], frames, score_threshold, max_results)
-    return JSON({"model": model, "results": [
-        {**size, "objects": o} for size, o in zip(postprocess.sizes(frames), objs)]})
+    return per_image(model, frames, "objects", objs)

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 
 from ..inputs import read_texts
 from ..responses import JSON
-from .lean import LeanRoute
 from .common import ERRORS, IMAGE_BODY, ServiceDep, frames_for
+from .lean import LeanRoute
 
 router = APIRouter(tags=["embed"], route_class=LeanRoute)
 IMAGE_MODEL, TEXT_MODEL = "mobileclip_image", "text_embed"

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Query, Request
 
 from .. import postprocess
 from ..responses import JSON
+from .common import ERRORS, IMAGE_BODY, ServiceDep, frames_for, per_image
 from .lean import LeanRoute
-from .common import ERRORS, IMAGE_BODY, ServiceDep, frames_for
 
 router = APIRouter(tags=["faces"], route_class=LeanRoute)
 MODEL = "faces"
@@ -26,5 +26,4 @@ async def faces(request: Request, svc: ServiceDep,
     out = await svc.infer_frames(MODEL, frames, OUTPUTS)
     found = postprocess.faces(out["boxes"], out["scores"], out["landmarks"], out["embeddings"],
                               out["num_faces"], frames, score_threshold, max_results, embeddings)
-    return JSON({"model": MODEL, "results": [
-        {**size, "faces": f} for size, f in zip(postprocess.sizes(frames), found)]})
+    return per_image(MODEL, frames, "faces", found)

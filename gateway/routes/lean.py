@@ -8,7 +8,8 @@ of our Python around the decode. These endpoints need only the request, the Serv
 a few query parameters, so one pydantic model built from the endpoint's signature at
 start-up validates the query string, with FastAPI's 422 on failure.
 
-Supported endpoint parameters: `Request`, the `Service` (ServiceDep) and query
+Supported endpoint parameters: `Request`, dependencies computed from the request alone
+(`Depends(f)` with `async def f(request: Request)`, e.g. ServiceDep) and query
 parameters (`Annotated[T, Query(...)] = default` or plain `T = default`). Anything else
 is refused when the route is built, never silently ignored at request time.
 """
@@ -23,13 +24,11 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError, create_model
 from starlette.requests import Request
 
-from ..service import Service
-
 
 class LeanRoute(APIRoute):
     def get_route_handler(self):
         call = self.endpoint
-        request_arg, service_arg, query = _plan(call)
+        request_arg, depends, query = _plan(call)
         model = create_model(f"{call.__name__}_query", **query) if query else None
 
         async def handler(request: Request):
@@ -42,19 +41,21 @@ class LeanRoute(APIRoute):
                         [{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
             if request_arg:
                 kwargs[request_arg] = request
-            if service_arg:
-                kwargs[service_arg] = request.app.state.service
+            for name, dependency in depends:
+                kwargs[name] = await dependency(request)
             return await call(**kwargs)
 
         return handler
 
 
-def _plan(call) -> tuple[str | None, str | None, dict[str, tuple]]:
-    """(request parameter, service parameter, {query parameter: (annotation, default)})."""
+def _plan(call) -> tuple[str | None, list[tuple[str, Any]], dict[str, tuple]]:
+    """(request parameter, [(parameter, request-only dependency)],
+    {query parameter: (annotation, default)})."""
     if not inspect.iscoroutinefunction(call):
         raise TypeError(f"LeanRoute endpoint {call.__name__} must be async")
     hints = get_type_hints(call, include_extras=True)
-    request_arg = service_arg = None
+    request_arg = None
+    depends: list[tuple[str, Any]] = []
     query: dict[str, tuple] = {}
     for name, p in inspect.signature(call).parameters.items():
         ann = hints.get(name, p.annotation)
@@ -64,13 +65,23 @@ def _plan(call) -> tuple[str | None, str | None, dict[str, tuple]]:
                                                      params.Body))]
         if base is Request and not markers:
             request_arg = name
-        elif base is Service and all(isinstance(m, params.Depends) for m in markers):
-            service_arg = name
+        elif len(markers) == 1 and isinstance(markers[0], params.Depends) \
+                and _request_only(markers[0].dependency):
+            depends.append((name, markers[0].dependency))
         elif all(isinstance(m, params.Query) for m in markers):
             if p.default is inspect.Parameter.empty:
                 raise TypeError(f"{call.__name__}: query parameter {name!r} needs a default")
             query[name] = (ann, p.default)
         else:
             raise TypeError(f"{call.__name__}: parameter {name!r} ({ann}) is not supported "
-                            "by LeanRoute (only Request, Service and query parameters)")
-    return request_arg, service_arg, query
+                            "by LeanRoute (only Request, request-only dependencies and "
+                            "query parameters)")
+    return request_arg, depends, query
+
+
+def _request_only(dependency) -> bool:
+    """An async function of the request alone (what LeanRoute can call itself)."""
+    if not inspect.iscoroutinefunction(dependency):
+        return False
+    sig = list(inspect.signature(dependency).parameters.values())
+    return len(sig) == 1 and get_type_hints(dependency).get(sig[0].name) is Request

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Query, Request
 
 from .. import postprocess
 from ..responses import JSON
+from .common import ERRORS, IMAGE_BODY, ServiceDep, frames_for, per_image
 from .lean import LeanRoute
-from .common import ERRORS, IMAGE_BODY, ServiceDep, frames_for
 
 router = APIRouter(tags=["ocr"], route_class=LeanRoute)
 MODEL = "ocr"
@@ -25,5 +25,4 @@ async def ocr(request: Request, svc: ServiceDep,
     out = await svc.infer_frames(MODEL, frames, OUTPUTS)
     lines = postprocess.text_lines(out["texts"], out["polygons"], out["scores"],
                                    out["num_lines"], frames, score_threshold, max_results)
-    return JSON({"model": MODEL, "results": [
-        {**size, "lines": ls} for size, ls in zip(postprocess.sizes(frames), lines)]})
+    return per_image(MODEL, frames, "lines", lines)

@@ -259,25 +259,25 @@ def test_deadline_is_a_504(served, tmp_path, astronaut):
 
 # -- system shared memory (gateway beside Triton) ---------------------------------------
 
-@pytest.fixture(scope="module")
-def shm_gateway(served, tmp_path_factory):
-    """shared_memory=on: start-up fails unless the slots register with Triton's key."""
-    gw = Gateway(served.server.grpc_url, tmp_path_factory.mktemp("gw_shm") / "gateway.log",
-                 shared_memory="on", triton_admin_key=served.server.admin_key)
+def _gateway_with(served, tmp_path_factory, shared_memory: str):
+    gw = Gateway(served.server.grpc_url,
+                 tmp_path_factory.mktemp(f"gw_{shared_memory}") / "gateway.log",
+                 shared_memory=shared_memory, triton_admin_key=served.server.admin_key)
     try:
         yield gw.wait_ready()
     finally:
         gw.stop()
+
+
+@pytest.fixture(scope="module")
+def shm_gateway(served, tmp_path_factory):
+    """shared_memory=on: start-up fails unless the slots register with Triton's key."""
+    yield from _gateway_with(served, tmp_path_factory, "on")
 
 
 @pytest.fixture(scope="module")
 def wire_gateway(served, tmp_path_factory):
-    gw = Gateway(served.server.grpc_url, tmp_path_factory.mktemp("gw_wire") / "gateway.log",
-                 shared_memory="off", triton_admin_key=served.server.admin_key)
-    try:
-        yield gw.wait_ready()
-    finally:
-        gw.stop()
+    yield from _gateway_with(served, tmp_path_factory, "off")
 
 
 def input_paths(gw) -> dict[tuple[str, str], float]:

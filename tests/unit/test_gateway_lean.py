@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import pytest
-from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
@@ -82,9 +82,31 @@ def not_async(request: Request) -> JSON:
     return JSON({})
 
 
+async def needs_more(request: Request, n: int = 1) -> int:
+    return n
+
+
+async def with_wider_dependency(x: Annotated[int, Depends(needs_more)]) -> JSON:
+    return JSON({})
+
+
+async def client_host(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+async def with_request_dependency(host: Annotated[str, Depends(client_host)]) -> JSON:
+    return JSON({"host": host})
+
+
+def test_request_only_dependencies_are_called_with_the_request():
+    with TestClient(_app(with_request_dependency)) as c:
+        assert c.post("/x").json() == {"host": "testclient"}
+
+
 @pytest.mark.parametrize("endpoint,why", [(with_header, "not supported"),
                                           (no_default, "needs a default"),
-                                          (not_async, "must be async")])
+                                          (not_async, "must be async"),
+                                          (with_wider_dependency, "not supported")])
 def test_unsupported_endpoints_are_refused_when_built(endpoint, why):
     with pytest.raises(TypeError, match=why):
         _app(endpoint)
