@@ -68,37 +68,6 @@ class TritonPythonModel:
 '''
 
 
-STUB_MODEL = '''"""Bench-only stand-in with the detector's interface that answers at once (zeros):
-isolates the front ends' own costs, as if the model ran on a fast GPU."""
-import json
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        cfg = json.loads(args["model_config"])
-        self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"]), o["dims"])
-                        for o in cfg["output"]]
-
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            n = pb_utils.get_input_tensor_by_name(r, "images").as_numpy().shape[0]
-            out.append(pb_utils.InferenceResponse(
-                [pb_utils.Tensor(name, np.zeros([n, *dims], dt)) for name, dt, dims in self.outputs]))
-        return out
-'''
-
-
-def write_stub(repository: Path, target: str = "yolo") -> None:
-    """Replace `target`'s model in a SCRATCH repository by the instant stub above."""
-    model_py = Path(repository) / target / "1" / "model.py"
-    model_py.unlink(missing_ok=True)   # a symlink to the ONNX runner in the CPU profile
-    model_py.write_text(STUB_MODEL)
-
-
 def write_adapter(repository: Path, target: str = "yolo", frame: tuple[int, int] = (640, 640)) -> str:
     """Add the `<target>_fp32` adapter model to a (scratch) repository; returns its name."""
     name = f"{target}_fp32"

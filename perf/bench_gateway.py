@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import contract, profiles
+from serving import contract, profiles, standins
 from serving.contract import REPO_ROOT
 from serving.tritonserver import TritonServer, free_port
 
@@ -191,9 +191,9 @@ def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
         raise BenchError("yolo is not exported: make export-onnx MODELS=yolo")
     WORK.mkdir(parents=True, exist_ok=True)
     derived = profiles.derive("cpu", dest=WORK / "repo", models=["yolo"])
-    _no_queue_deadline(derived.path / "yolo" / "config.pbtxt")
     if stub:
-        baseline_naive.write_stub(derived.path, "yolo")
+        standins.add_fixed_time(derived.path, "yolo", batch_ms=0)   # an instant stub
+    _no_queue_deadline(derived.path / "yolo" / "config.pbtxt")
     adapter = baseline_naive.write_adapter(derived.path, "yolo")
     ports = free_port(), free_port(), free_port()
     server = TritonServer(derived.path, *ports, log_path=WORK / "triton.log")

@@ -1,0 +1,51 @@
+"""Triton python-backend model: a stand-in that takes a FIXED time per batch.
+
+It answers with the interface of the model it replaces (its own config: inputs and
+outputs come from the committed contract, see serving/standins.py) and spends
+`batch_ms + image_ms x batch` sleeping, which uses no CPU. It stands for a GPU-bound
+model: a replica's capacity is then known (instances x max_batch / time per batch) and
+does not depend on the cores of the machine that runs the test or the benchmark.
+Outputs are zeros (empty strings for BYTES), so a detector stand-in finds nothing.
+
+Config parameters (strings):
+  batch_ms   time per execution, whatever its batch size (default 0: an instant stub)
+  image_ms   additional time per batch item (default 0)
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def _param(config: dict, key: str) -> float:
+    return float(config.get("parameters", {}).get(key, {}).get("string_value", "0") or 0)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.name = config["name"]
+        self.batch_s = _param(config, "batch_ms") / 1000.0
+        self.image_s = _param(config, "image_ms") / 1000.0
+        self.first_input = config["input"][0]["name"]
+        self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"]),
+                         [int(d) for d in o["dims"]]) for o in config["output"]]
+
+    def execute(self, requests):
+        sizes = [pb_utils.get_input_tensor_by_name(r, self.first_input).as_numpy().shape[0]
+                 for r in requests]
+        time.sleep(self.batch_s + self.image_s * sum(sizes))
+        responses = []
+        for n in sizes:
+            tensors = []
+            for name, dtype, dims in self.outputs:
+                if dtype == np.object_:
+                    arr = np.full([n, *dims], b"", dtype=np.object_)
+                else:
+                    arr = np.zeros([n, *dims], dtype)
+                tensors.append(pb_utils.Tensor(name, arr))
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses

@@ -1,0 +1,73 @@
+"""Fixed-time stand-ins: a model's interface served by serving/python_models/fixed_time.py.
+
+Tests and benchmarks of balancing, failover, overload and deadlines need a model whose
+capacity is known and does not depend on this machine's cores (a GPU-bound model is
+like that: its time per batch is set by the GPU, not by the CPU). A stand-in keeps the
+committed contract of the model it replaces (name, tensors, max_batch_size, dynamic
+batching and queue policy), so the gateway's contract check passes and its routes work,
+and sleeps a fixed time per batch instead of computing.
+
+    add_fixed_time(repo, "yolo", batch_ms=20)          # into a derived/scratch repository
+    write_fixed_time_repository(dest, {"yolo": 20})    # a repository of stand-ins only
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from . import contract
+from .contract import MODEL_REPOSITORY
+
+FIXED_TIME_MODEL = Path(__file__).resolve().parent / "python_models" / "fixed_time.py"
+
+
+def fixed_time_config(source: contract.ModelContract, batch_ms: float, image_ms: float = 0.0,
+                      instances: int = 1) -> mc.ModelConfig:
+    """The stand-in's config: `source`'s interface and batching on the python backend."""
+    if source.max_batch_size < 1:
+        raise contract.ContractError(f"{source.name}: a stand-in needs a batching model")
+    cfg = mc.ModelConfig()
+    cfg.CopyFrom(source.config)
+    cfg.platform = ""
+    cfg.backend = "python"
+    cfg.ClearField("ensemble_scheduling")
+    cfg.ClearField("optimization")
+    cfg.ClearField("model_warmup")
+    del cfg.instance_group[:]
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)
+    cfg.parameters["batch_ms"].string_value = f"{batch_ms:g}"
+    cfg.parameters["image_ms"].string_value = f"{image_ms:g}"
+    cfg.parameters["weights_provenance"].string_value = (
+        f"FIXED-TIME STAND-IN ({batch_ms:g} ms per batch + {image_ms:g} ms per image, zeros out)")
+    return cfg
+
+
+def add_fixed_time(repository: Path, model: str, batch_ms: float, image_ms: float = 0.0,
+                   instances: int = 1, source: Path = MODEL_REPOSITORY) -> Path:
+    """Put a stand-in for `model` into `repository` (replacing what was there)."""
+    cfg = fixed_time_config(contract.load(model, source), batch_ms, image_ms, instances)
+    folder = Path(repository) / model
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
+    (folder / "1").mkdir(parents=True)
+    shutil.copy2(FIXED_TIME_MODEL, folder / "1" / "model.py")
+    (folder / "config.pbtxt").write_text(
+        f"# DERIVED by serving/standins.py from {model}'s contract: a fixed-time stand-in.\n"
+        + contract.to_text(cfg))
+    return folder
+
+
+def write_fixed_time_repository(dest: Path, models: dict[str, float], image_ms: float = 0.0,
+                                instances: int = 1, source: Path = MODEL_REPOSITORY) -> Path:
+    """A fresh repository holding only stand-ins: {model: batch_ms}."""
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for model, batch_ms in models.items():
+        add_fixed_time(dest, model, batch_ms, image_ms, instances, source)
+    return dest

@@ -1,0 +1,70 @@
+"""A fixed-time stand-in served by the real tritonserver: it takes its time and batches."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from serving import standins
+from serving.tritonserver import TritonInstall, TritonServer, TritonServerError, free_port
+
+BATCH_MS = 50   # under the committed 200 ms queue deadline: nothing is rejected
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    try:
+        TritonInstall.locate()
+    except TritonServerError as exc:
+        pytest.skip(str(exc))
+    root = tmp_path_factory.mktemp("standin")
+    repo = standins.write_fixed_time_repository(root / "repo", {"yolo": BATCH_MS})
+    server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=root / "triton.log")
+    server.start(120)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _infer(url: str, n: int = 1):
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(url)
+    inp = grpcclient.InferInput("images", [n, 640, 640, 3], "UINT8")
+    inp.set_data_from_numpy(np.zeros((n, 640, 640, 3), np.uint8))
+    t0 = time.perf_counter()
+    r = c.infer("yolo", [inp], client_timeout=30)
+    return time.perf_counter() - t0, r
+
+
+def test_one_request_takes_the_fixed_time_and_answers_zeros(stand_in):
+    seconds, r = _infer(stand_in.grpc_url, 2)
+    assert seconds >= BATCH_MS / 1000
+    assert r.as_numpy("boxes").shape == (2, 100, 4)
+    assert not r.as_numpy("num_detections").any()
+
+
+def test_concurrent_requests_share_one_execution(stand_in):
+    """16 concurrent requests on one instance with max_batch_size 16: a handful of
+    executions, not 16 (which would take 16 x the fixed time)."""
+    import urllib.request
+    import json
+
+    def stats():
+        with urllib.request.urlopen(f"http://{stand_in.http_url}/v2/models/yolo/stats", timeout=10) as r:
+            s = json.loads(r.read())["model_stats"][0]
+        return s["inference_count"], s["execution_count"]
+
+    before = stats()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda _: _infer(stand_in.grpc_url), range(16)))
+    wall = time.perf_counter() - t0
+    after = stats()
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == 16
+    assert executions <= 4, f"{executions} executions for 16 concurrent requests"
+    assert wall < 8 * BATCH_MS / 1000

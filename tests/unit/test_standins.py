@@ -1,0 +1,36 @@
+"""Fixed-time stand-ins keep the contract of the model they replace."""
+from tritonclient.grpc import model_config_pb2 as mc
+
+from serving import contract, profiles, standins
+
+
+def test_stand_in_keeps_the_interface_and_batching(tmp_path):
+    yolo = contract.load("yolo")
+    folder = standins.add_fixed_time(tmp_path, "yolo", batch_ms=25, image_ms=1.5, instances=2)
+    got = contract.load("yolo", tmp_path)
+    # what a client and the gateway see is the contract's
+    assert profiles.summary(got.config) == profiles.summary(yolo.config)
+    assert got.config.dynamic_batching.default_queue_policy.default_timeout_microseconds == \
+        yolo.config.dynamic_batching.default_queue_policy.default_timeout_microseconds
+    # how it runs is the stand-in's
+    assert got.config.backend == "python" and got.config.platform == ""
+    assert [(g.kind, g.count) for g in got.config.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
+    assert not got.config.HasField("optimization") and not got.config.model_warmup
+    assert got.parameter("batch_ms") == "25" and got.parameter("image_ms") == "1.5"
+    assert "STAND-IN" in got.parameter("weights_provenance")
+    assert (folder / "1" / "model.py").read_text() == standins.FIXED_TIME_MODEL.read_text()
+
+
+def test_stand_in_replaces_a_linked_model(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "yolo").symlink_to(target, target_is_directory=True)
+    standins.add_fixed_time(tmp_path / "repo", "yolo", batch_ms=0)
+    assert not (tmp_path / "repo" / "yolo").is_symlink()
+    assert list(target.iterdir()) == []    # the link's target is untouched
+
+
+def test_repository_of_stand_ins_only(tmp_path):
+    repo = standins.write_fixed_time_repository(tmp_path / "r", {"yolo": 10, "scrfd": 5})
+    assert sorted(contract.load_all(repo)) == ["scrfd", "yolo"]
