@@ -95,7 +95,7 @@ def _code_and_message(exc) -> tuple[str, str]:
 
 
 class TritonBackend:
-    """The real backend: one shared async gRPC channel for inference, binary tensors.
+    """The real backend: one async gRPC channel to one endpoint, binary tensors.
 
     Inference bypasses tritonclient's InferInput/InferResult wrappers: they copy the
     1.2 MB image tensor four times per call (tobytes, into the protobuf, serialise,
