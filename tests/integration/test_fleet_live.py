@@ -18,7 +18,8 @@ from PIL import Image
 
 from serving import contract
 from serving.replicas import Replicas, loopback_hosts
-from serving.tritonserver import TritonInstall, TritonServerError
+
+from tests.integration.conftest import require_triton
 from tests.integration.gateway_process import Gateway
 
 httpx = pytest.importorskip("httpx")
@@ -103,10 +104,7 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    try:
-        TritonInstall.locate()
-    except TritonServerError as exc:
-        pytest.skip(str(exc))
+    require_triton()
     from tests.integration.dns_stub import DnsStub
 
     root = tmp_path_factory.mktemp("fleet")
@@ -203,10 +201,7 @@ def test_rolling_restart_has_no_5xx(fleet):
 
 
 def test_gateway_starts_before_any_triton(tmp_path):
-    try:
-        TritonInstall.locate()
-    except TritonServerError as exc:
-        pytest.skip(str(exc))
+    require_triton()
     (host,) = loopback_hosts(1, first=9)
     with Replicas(tmp_path, STANDIN, [host]) as replicas:
         t0 = time.monotonic()
@@ -239,10 +234,7 @@ def test_an_expired_request_is_not_executed(tmp_path):
 
     import tritonclient.grpc as grpcclient
 
-    try:
-        TritonInstall.locate()
-    except TritonServerError as exc:
-        pytest.skip(str(exc))
+    require_triton()
     (host,) = loopback_hosts(1, first=10)
     standin = {"batch_ms": 1500, "max_batch_size": 1, "queue_timeout_us": 10_000_000}
     with Replicas(tmp_path, {MODEL: standin}, [host]) as replicas:

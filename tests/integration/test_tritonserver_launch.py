@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from serving import standins
-from serving.tritonserver import TritonInstall, TritonServer, TritonServerError, free_port
+from tests.integration.conftest import require_triton
+from serving.tritonserver import TritonServer, TritonServerError, free_port
 
 pytestmark = pytest.mark.integration
 SHM = Path("/dev/shm")
@@ -19,10 +20,7 @@ REGION = "triton_python_backend_shm_region_"
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
-    try:
-        TritonInstall.locate()
-    except TritonServerError as exc:
-        pytest.skip(str(exc))
+    require_triton()
     root = tmp_path_factory.mktemp("launch")
     repo = standins.write_fixed_time_repository(root / "repo", {"yolo": 0})
     server = TritonServer(repo, free_port(), free_port(), free_port())
@@ -94,10 +92,7 @@ def test_a_failed_start_leaves_no_stub_and_no_shm_region(tmp_path):
     import signal
     import threading
 
-    try:
-        TritonInstall.locate()
-    except TritonServerError as exc:
-        pytest.skip(str(exc))
+    require_triton()
     repo = standins.write_fixed_time_repository(tmp_path / "repo", {"yolo": 0})
     slow = standins.add_fixed_time(repo, "centernet", batch_ms=0)
     (slow / "1" / "model.py").write_text(
