@@ -67,6 +67,7 @@ class Fleet:
         self.metrics = FleetMetrics(metrics.registry)
         self._gateway_metrics = metrics
         self.endpoints: dict[str, Endpoint] = {}
+        self._leaving: set[Endpoint] = set()   # removed, channel closing once idle
         self.discovery = Discovery(self.target, settings.discovery_interval_s, self._update)
         self.budget = retry.RetryBudget(settings.retry_budget_ratio)
         self._tasks: set[asyncio.Task] = set()
@@ -103,9 +104,10 @@ class Fleet:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for ep in self.endpoints.values():
+        for ep in [*self.endpoints.values(), *self._leaving]:
             await ep.backend.close()
         self.endpoints.clear()
+        self._leaving.clear()
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -123,6 +125,7 @@ class Fleet:
         for address in [a for a in self.endpoints if a not in addresses]:
             ep = self.endpoints.pop(address)
             self._set(ep, REMOVED, "no longer in " + self.target.text)
+            self._leaving.add(ep)
             self._spawn(self._close_when_idle(ep))
         if not addresses:
             self._first_look.set()
@@ -141,6 +144,7 @@ class Fleet:
         deadline = time.monotonic() + self.settings.triton_timeout_s + 1
         while ep.outstanding and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+        self._leaving.discard(ep)
         await ep.backend.close()
 
     async def _watch(self, ep: Endpoint) -> None:
