@@ -11,7 +11,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gateway", description=__doc__.splitlines()[0])
-    p.add_argument("--triton-grpc", help="Triton gRPC host:port (default 127.0.0.1:8001)")
+    p.add_argument("--triton-grpc", help="Triton endpoint(s): host:port (default 127.0.0.1:8001), "
+                   "ipv4:a:port,b:port, dns:///name:port, dns://DNS_HOST:DNS_PORT/name:port")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="bind port (default 8080)")
     p.add_argument("--log-level", default="info")
@@ -24,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {k: v for k, v in (("triton_grpc", args.triton_grpc), ("host", args.host),
                                    ("port", args.port)) if v is not None}
-    settings = GatewaySettings(**overrides)
+    from pydantic import ValidationError
+
+    try:
+        settings = GatewaySettings(**overrides)
+    except ValidationError as exc:   # a bad setting: say which, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,

@@ -1,12 +1,13 @@
 """The app factory. Nothing is created at import time: `create_app(settings, backend)`.
 
-`backend=None` builds the real TritonBackend (one shared gRPC channel) at start-up;
-tests pass a fake with the same methods. Start-up learns Triton's model metadata and
-refuses to start when it contradicts config.pbtxt (ContractMismatch).
+Triton is reached through a `Fleet` (gateway/fleet.py): every endpoint of the
+`triton_grpc` target, discovered, health-checked and balanced. `backend` (tests) is a
+per-endpoint fake used for every endpoint address; `connect(address)` picks one per
+address. Start-up does not wait for Triton (at most `startup_wait_s` for a first look):
+/healthz answers at once, /readyz is 503 with the reason until an endpoint is ready.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -18,8 +19,8 @@ from .responses import JSON
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .backend import Backend
-from .catalog import Catalog
-from .errors import GatewayError, GatewayOverloaded, TritonUnavailable
+from .errors import GatewayError, GatewayOverloaded
+from .fleet import Fleet
 from .metrics import Metrics
 from .routes import ROUTERS
 from .service import Service
@@ -30,28 +31,24 @@ log = logging.getLogger("visionserve.gateway")
 _UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def create_app(settings: GatewaySettings | None = None, backend: Backend | None = None) -> FastAPI:
+def create_app(settings: GatewaySettings | None = None, backend: Backend | None = None,
+               *, connect=None) -> FastAPI:
     settings = settings or GatewaySettings()
     metrics = Metrics()
+    if backend is not None:
+        connect = connect or (lambda address: backend)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        real = backend
-        if real is None:
-            from .backend import TritonBackend
-            real = TritonBackend(settings.triton_grpc, retry_after=settings.retry_after_s,
-                                 admin_key=settings.triton_admin_key, metrics=metrics)
-        svc = Service(settings, real, metrics)
+        fleet = Fleet(settings, metrics, connect=connect)
+        svc = Service(settings, fleet, metrics)
         app.state.service = svc
         try:
-            svc.catalog = await _learn(real, settings)
-            if backend is None:
-                await _shared_memory(real, svc.catalog, settings)
+            await fleet.start()
             yield
         finally:
             svc.close()
-            if backend is None:
-                await real.close()
+            await fleet.close()
 
     app = FastAPI(title="visionserve gateway", version="0.1.0", lifespan=lifespan,
                   default_response_class=JSON,
@@ -64,48 +61,6 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
     app.add_middleware(_Admission, metrics=metrics, limit=settings.max_in_flight,
                        retry_after=settings.retry_after_s)
     return app
-
-
-async def _learn(backend: Backend, settings: GatewaySettings) -> Catalog:
-    """Wait (bounded) for Triton, then learn and check its models."""
-    deadline = time.monotonic() + settings.startup_wait_s
-    while True:
-        try:
-            catalog = await Catalog.learn(backend, settings.contract_repository)
-            log.info("serving models %s; not served: %s", sorted(catalog.models),
-                     list(catalog.missing) or "none")
-            return catalog
-        except TritonUnavailable as exc:
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"Triton at {settings.triton_grpc} unreachable for "
-                                   f"{settings.startup_wait_s:.0f}s: {exc.message}") from exc
-            log.warning("waiting for Triton at %s: %s", settings.triton_grpc, exc.message)
-            await asyncio.sleep(0.5)
-
-
-async def _shared_memory(backend, catalog: Catalog, settings: GatewaySettings) -> None:
-    """Image inputs through system shared memory when beside Triton (gateway/shm.py):
-    one slot per served frame shape registered now; more (one-frame and max-batch ones)
-    are made on demand, up to the in-flight limit per size. on: a failure stops start-up; auto: it falls back to the wire."""
-    from .shm import SharedMemoryUnavailable, decide
-
-    use, why = decide(settings.shared_memory, settings.triton_grpc, settings.triton_admin_key)
-    if not use:
-        log.info("image inputs over the gRPC wire (%s)", why)
-        return
-    from .catalog import ROUTE_MODELS
-
-    shapes = sorted({(m.frame, m.max_batch_size) for name, m in catalog.models.items()
-                     if name in ROUTE_MODELS and m.frame is not None and m.max_batch_size > 0})
-    try:
-        await backend.enable_shared_memory(settings.max_in_flight, shapes)
-    except Exception as exc:
-        if settings.shared_memory == "on":
-            raise SharedMemoryUnavailable(f"shared_memory=on but it cannot be set up: {exc}") from exc
-        log.warning("shared memory unavailable, image inputs over the gRPC wire: %s", exc)
-        return
-    log.info("image inputs through system shared memory (%s); frames %s", why,
-             ", ".join(f"{h}x{w} (max batch {b})" for (h, w), b in shapes))
 
 
 def _error(status: int, code: str, message: str, headers=None) -> JSON:

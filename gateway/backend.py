@@ -1,9 +1,9 @@
-"""The Triton seam: what the gateway needs from an inference server, and the real one.
+"""The Triton seam: what the gateway needs from ONE Triton endpoint, and the real one.
 
-`Backend` is the seam the app factory takes; tests pass a fake with the same methods.
-`TritonBackend` holds ONE grpc.aio channel (one HTTP/2 connection shared by all requests,
-inference and control plane alike) and is the only place where gRPC errors become
-gateway errors.
+`Backend` is the per-endpoint seam; gateway/fleet.py spreads requests over several of
+them (tests pass fakes with the same methods). `TritonBackend` holds one grpc.aio channel
+to one endpoint address (one HTTP/2 connection for inference and control plane alike).
+This module is the only place where gRPC errors become gateway errors (`translate`).
 """
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ log = logging.getLogger("visionserve.gateway.backend")
 
 class Backend(Protocol):
     async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str],
-                    *, timeout_s: float | None = None) -> dict[str, np.ndarray]:
-        """One batched call. Raises the gateway's UpstreamError subclasses."""
+                    *, timeout_s: float | None = None,
+                    queue_timeout_us: int | None = None) -> dict[str, np.ndarray]:
+        """One batched call. `timeout_s` is the gRPC deadline; `queue_timeout_us`, when
+        given, Triton's per-request `timeout` (how long it may wait in the model's queue).
+        Raises the gateway's UpstreamError subclasses."""
 
     async def ready(self, models: Sequence[str]) -> dict[str, bool]:
         """Readiness of each model (none: only liveness); raises TritonUnavailable when
@@ -46,36 +49,53 @@ class Backend(Protocol):
     # lies in a leased slot instead of its bytes.
 
 
-# Triton's dynamic batcher answers these (gRPC UNAVAILABLE) when its queue policy
-# rejects a request; they mean "busy", not "down".
+# Triton's dynamic batcher rejects with gRPC UNAVAILABLE when its queue policy refuses a
+# request (queue full, queue timeout): the code alone cannot tell "busy" from "down", so
+# the message decides (Triton 2.51: "[request id: ...] Exceeds maximum queue size",
+# "Request timeout expired").
 _OVERLOAD_MARKERS = ("Exceeds maximum queue size", "Request timeout")
 # Triton forgot our regions (it restarted): re-register once, else use the wire.
 # ("Unable to find system shared memory region: 'name'", shared_memory_manager.cc)
 _LOST_REGION_MARKERS = ("Unable to find", "not registered", "unknown shared memory region")
-_DOWN_MARKERS = ("failed to connect", "Connection refused", "Socket closed",
-                 "connections to all backends failing", "Broken pipe", "Connection reset")
 
 
 def translate(exc: Exception, model: str, retry_after: int):
-    """Map a tritonclient exception to the gateway error tree (the one place that does)."""
-    status = str(getattr(exc, "status", lambda: "")() or "")
-    msg = str(getattr(exc, "message", lambda: "")() or exc)
-    if any(m in msg for m in _OVERLOAD_MARKERS):
+    """Map a gRPC error (grpc.RpcError, or tritonclient's InferenceServerException) to
+    the gateway error tree: the one place that does. The status code decides; the message
+    only where one code means two things. What each class means for a retry (Triton did
+    or did not take the request) is gateway/retry.py's table.
+
+    Checked against Triton 2.51: a stopping server (SIGTERM) answers health calls with
+    UNAVAILABLE "Server exiting" and new inferences with NOT_FOUND "Request for unknown
+    model: '<m>' has no available versions" while it drains the ones in flight; an
+    unreachable one gives UNAVAILABLE "failed to connect to all addresses"."""
+    code, msg = _code_and_message(exc)
+    if code == "UNAVAILABLE" and any(m in msg for m in _OVERLOAD_MARKERS):
         return TritonOverloaded(f"Triton is busy ({model}): {msg}", retry_after=retry_after)
-    if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in msg:
+    if code == "DEADLINE_EXCEEDED":
         return TritonTimeout(f"Triton did not answer for {model!r} before the deadline")
-    if "NOT_FOUND" in status or "is not ready" in msg or "unknown model" in msg:
+    if code == "NOT_FOUND":
         return ModelUnavailable(f"model {model!r} is not available: {msg}",
                                 retry_after=retry_after)
     if "restricted" in msg:   # a hardened Triton refusing an admin API: not transient
         return TritonError(f"Triton refused the call: {msg}")
-    if "UNAVAILABLE" in status or any(m in msg for m in _DOWN_MARKERS):
+    if code in ("UNAVAILABLE", "CANCELLED"):   # down, draining, connection lost
         return TritonUnavailable(f"Triton is unreachable: {msg}", retry_after=retry_after)
-    return TritonError(f"Triton failed on {model!r}: {msg}")
+    return TritonError(f"Triton failed on {model!r}: {code} {msg}")
+
+
+def _code_and_message(exc) -> tuple[str, str]:
+    """("UNAVAILABLE", details) from either error type."""
+    if callable(getattr(exc, "code", None)) and callable(getattr(exc, "details", None)):
+        code = exc.code()
+        return getattr(code, "name", str(code)), exc.details() or ""
+    status = str(getattr(exc, "status", lambda: "")() or "")
+    msg = str(getattr(exc, "message", lambda: "")() or exc)
+    return status.rsplit(".", 1)[-1], msg
 
 
 class TritonBackend:
-    """The real backend: one shared async gRPC channel for inference, binary tensors.
+    """The real backend: one async gRPC channel to one endpoint, binary tensors.
 
     Inference bypasses tritonclient's InferInput/InferResult wrappers: they copy the
     1.2 MB image tensor four times per call (tobytes, into the protobuf, serialise,
@@ -90,7 +110,7 @@ class TritonBackend:
     """
 
     def __init__(self, url: str, *, retry_after: int = 1, admin_key: str | None = None,
-                 metrics=None):
+                 metrics=None, lb_policy: str | None = None):
         import grpc
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -112,9 +132,14 @@ class TritonBackend:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000),
-            ("grpc.keepalive_time_ms", 10_000),
+            # pings every 10 s while calls are active; Triton's launcher accepts pings
+            # every 5 s (serving/tritonserver.py), so no GOAWAY "too_many_pings"
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
             ("grpc.keepalive_timeout_ms", 5_000),
         ]
+        if lb_policy:   # one channel over every address of `url` (the single-channel modes)
+            args.append(("grpc.lb_policy_name", lb_policy))
+        self.url = url
         self._channel = grpc.aio.insecure_channel(url, options=args)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         # request_serializer=None: the request is already wire bytes (see _request)
@@ -122,13 +147,15 @@ class TritonBackend:
             "/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
             response_deserializer=service_pb2.ModelInferResponse.FromString)
 
-    def _request(self, model, inputs, outputs, shared=None) -> bytes:
+    def _request(self, model, inputs, outputs, shared=None, queue_timeout_us=None) -> bytes:
         """`shared`: {input name: (slot, offset)} for inputs lying in leased slots."""
         from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
 
         pb = self._pb
         req = pb.ModelInferRequest(model_name=model, outputs=[
             pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs])
+        if queue_timeout_us:   # Triton rejects it from the queue once this has passed
+            req.parameters["timeout"].int64_param = queue_timeout_us
         parts = [b""]
         for name, arr in inputs.items():
             if shared and name in shared:
@@ -152,34 +179,35 @@ class TritonBackend:
         parts[0] = req.SerializeToString()
         return b"".join(parts)   # the one copy of the tensor before gRPC's own
 
-    async def infer(self, model, inputs, outputs, *, timeout_s=None):
+    async def infer(self, model, inputs, outputs, *, timeout_s=None, queue_timeout_us=None):
         import grpc
 
         shared = self._shared(inputs)
+        qt = queue_timeout_us
         try:
             if shared:
                 response, path = await self._infer_shared(model, inputs, outputs, shared,
-                                                          timeout_s), "shm"
+                                                          timeout_s, qt), "shm"
                 if response is None:   # Triton lost the regions twice: the wire, this once
                     self.wire_fallbacks += 1
                     response, path = await self._model_infer(
-                        self._request(model, inputs, outputs), timeout=timeout_s), "wire"
+                        self._request(model, inputs, outputs, None, qt), timeout=timeout_s), "wire"
             else:
                 response, path = await self._model_infer(
-                    self._request(model, inputs, outputs), timeout=timeout_s), "wire"
+                    self._request(model, inputs, outputs, None, qt), timeout=timeout_s), "wire"
         except grpc.RpcError as exc:
-            raise translate(_server_exception(exc), model, self._retry_after) from exc
+            raise translate(exc, model, self._retry_after) from exc
         if self._metrics is not None:
             self._metrics.input_path.labels(model, path).inc()
         return _outputs(response, outputs)
 
-    async def _infer_shared(self, model, inputs, outputs, shared, timeout_s):
+    async def _infer_shared(self, model, inputs, outputs, shared, timeout_s, queue_timeout_us):
         """The shm call; after a restart of Triton (regions unknown) re-register the slots
         once and retry. None: still unknown, use the wire. The slots stay leased by the
         caller throughout, so a retry can never read another request's pixels."""
         import grpc
 
-        request = self._request(model, inputs, outputs, shared)
+        request = self._request(model, inputs, outputs, shared, queue_timeout_us)
         try:
             return await self._model_infer(request, timeout=timeout_s)
         except grpc.RpcError as exc:
@@ -240,7 +268,7 @@ class TritonBackend:
         except grpc.RpcError as exc:
             if "already in manager" in (exc.details() or ""):
                 return   # a concurrent re-registration of the same slot won the race
-            raise translate(_server_exception(exc), "<shared memory>",
+            raise translate(exc, "<shared memory>",
                             self._retry_after) from exc
 
     async def _unregister_slot(self, name: str) -> None:
@@ -258,7 +286,7 @@ class TritonBackend:
             return {m: bool((await self._stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=2.0)).ready)
                     for m in models}
         except grpc.RpcError as exc:
-            raise translate(_server_exception(exc), "<server>", self._retry_after) from exc
+            raise translate(exc, "<server>", self._retry_after) from exc
 
     async def metadata(self, model):
         return await self._control(self._stub.ModelMetadata, self._pb.ModelMetadataRequest(name=model), model)
@@ -273,7 +301,7 @@ class TritonBackend:
         try:
             response = await rpc(request, timeout=5.0)
         except grpc.RpcError as exc:
-            raise translate(_server_exception(exc), model, self._retry_after) from exc
+            raise translate(exc, model, self._retry_after) from exc
         # the same JSON form as tritonclient's as_json=True
         return json_format.MessageToDict(response, preserving_proto_field_name=True)
 
@@ -285,6 +313,7 @@ class TritonBackend:
 
 
 ADMIN_METADATA = "triton-grpc-protocol-admin-key"
+KEEPALIVE_MS = 10_000
 # ModelInferRequest.raw_input_contents is field 7, length-delimited: tag (7 << 3) | 2.
 _RAW_INPUT_TAG = b"\x3a"
 
@@ -301,15 +330,6 @@ def _varint(n: int) -> bytes:
 def _lost_region(exc) -> bool:
     msg = exc.details() or ""
     return "shared memory region" in msg and any(m in msg for m in _LOST_REGION_MARKERS)
-
-
-def _server_exception(exc):
-    """The InferenceServerException tritonclient raises for a gRPC error (same fields),
-    so `translate` sees exactly what it sees for tritonclient's own calls."""
-    from tritonclient.utils import InferenceServerException
-
-    return InferenceServerException(msg=exc.details(), status=str(exc.code()),
-                                    debug_details=exc.debug_error_string())
 
 
 def _outputs(response, names) -> dict[str, np.ndarray]:

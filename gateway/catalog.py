@@ -1,8 +1,9 @@
-"""What Triton serves, learned at start-up and held against the committed contract.
+"""What a Triton endpoint serves, learned from it and held against the committed contract.
 
 The gateway never restates a shape: frame sizes, tensor names and batch limits come
 from Triton's model metadata; `config.pbtxt` (serving.contract) is what they must
-match. A mismatch is a deployment bug: start-up fails with ContractMismatch.
+match. A mismatch is a deployment bug: that endpoint is refused (gateway/fleet.py), loudly.
+Each endpoint has its own catalog; `merge` is what the routes see.
 """
 from __future__ import annotations
 
@@ -47,6 +48,20 @@ class ModelInfo:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     parameters: dict = field(default_factory=dict)
+    # dynamic_batching.default_queue_policy: may a request set its own queue timeout, and
+    # the model's own (0: none)
+    timeout_override: bool = False
+    queue_timeout_us: int = 0
+
+    def triton_timeout_us(self, remaining_s: float) -> int | None:
+        """Triton's per-request `timeout` for a call with `remaining_s` left: the deadline,
+        capped by the model's own queue timeout (the operator's load-shedding policy stays
+        in force). None where the queue policy does not allow the override. Triton 2.51
+        enforces an override only when the model has a default timeout (checked here)."""
+        if not self.timeout_override:
+            return None
+        us = max(1, int(remaining_s * 1e6))
+        return min(us, self.queue_timeout_us) if self.queue_timeout_us else us
 
     @property
     def frame(self) -> tuple[int, int] | None:
@@ -132,9 +147,11 @@ def from_triton(metadata: dict, config: dict) -> ModelInfo:
         return tuple(out)
 
     params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    policy = config.get("dynamic_batching", {}).get("default_queue_policy", {})
     return ModelInfo(metadata["name"], metadata.get("platform", config.get("backend", "")),
                      mbs, tensors(metadata.get("inputs", [])), tensors(metadata.get("outputs", [])),
-                     params)
+                     params, bool(policy.get("allow_timeout_override", False)),
+                     int(policy.get("default_timeout_microseconds", 0)))
 
 
 def check(info: ModelInfo, want: contract.ModelContract) -> None:
@@ -155,3 +172,24 @@ def check(info: ModelInfo, want: contract.ModelContract) -> None:
     if problems:
         raise ContractMismatch(f"Triton's model {info.name!r} does not match {want.path}: "
                                + "; ".join(problems))
+
+
+def merge(catalogs: list[Catalog]) -> Catalog | None:
+    """The catalog the routes see over several endpoints: every route model some endpoint
+    serves; where endpoints differ on a model's batch limit the smallest wins (a chunk
+    must fit whichever endpoint takes it). None when there is no catalog."""
+    if not catalogs:
+        return None
+    if len(catalogs) == 1:
+        return catalogs[0]
+    models: dict[str, ModelInfo] = {}
+    provenance: dict[str, str | None] = {}
+    steps: dict[str, tuple[str, ...]] = {}
+    for cat in catalogs:
+        for name, info in cat.models.items():
+            if name not in models or info.max_batch_size < models[name].max_batch_size:
+                models[name] = info
+        provenance = {**cat.provenance, **provenance}
+        steps = {**cat.steps, **steps}
+    missing = tuple(m for m in ROUTE_MODELS if m not in models)
+    return Catalog(models, missing, provenance, steps)

@@ -41,16 +41,20 @@ class Frames:
 class Service:
     def __init__(self, settings: GatewaySettings, backend: Backend, metrics: Metrics):
         self.settings = settings
-        self.backend = backend
+        self.backend = backend   # the Fleet: every Triton endpoint
         self.metrics = metrics
-        self.catalog: Catalog | None = None
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
 
+    @property
+    def catalog(self) -> Catalog | None:
+        """The models the ready endpoints serve (None: no endpoint is ready)."""
+        return self.backend.catalog
+
     def model(self, name: str) -> ModelInfo:
-        if self.catalog is None:   # start-up has not learned Triton's models yet
-            raise TritonUnavailable("the gateway has not reached Triton yet",
-                                    retry_after=self.settings.retry_after_s)
-        return self.catalog.get(name)
+        catalog = self.catalog
+        if catalog is None:   # no endpoint is ready (yet): say why
+            raise TritonUnavailable(self.backend.reason(), retry_after=self.settings.retry_after_s)
+        return catalog.get(name)
 
     async def frames(self, images: list[bytes], frame_hw: tuple[int, int],
                      max_batch: int = 0) -> Frames:

@@ -26,6 +26,7 @@ class FakeBackend:
         self.contracts = {n: c for n, c in all_models.items() if models is None or n in models}
         self.overrides = overrides or {}          # model -> metadata dict replacing the real one
         self.calls: list[tuple[str, int]] = []    # (model, batch size) per infer call
+        self.deadlines: list[tuple] = []          # (timeout_s, queue_timeout_us) per call
         self.fail: Exception | None = None
         self.delay_s = 0.0
         self.detections = np.array([[10.0, 20.0, 110.0, 220.0]], np.float32)
@@ -52,7 +53,8 @@ class FakeBackend:
         self._check_up()
         return {m: m in self.contracts for m in models}
 
-    async def infer(self, model, inputs, outputs, *, timeout_s=None):
+    async def infer(self, model, inputs, outputs, *, timeout_s=None, queue_timeout_us=None):
+        self.deadlines.append((timeout_s, queue_timeout_us))
         self.entered.set()
         while not self.hold.is_set():
             await asyncio.sleep(0.005)

@@ -4,7 +4,9 @@
     python -m serving run   [... --gateway-port 8080]
     python -m serving derive --profile onnx-gpu [--dest DIR]
 
-Ctrl-C (SIGINT) or SIGTERM stops everything cleanly: the gateway first, then Triton.
+Ctrl-C (SIGINT) or SIGTERM stops everything cleanly: the gateway first, then Triton,
+which finishes the inferences in flight (`--exit-timeout`) while refusing new ones (a
+fleet gateway retries those on another replica). Ports already in use are refused.
 `main()` is the only place that exits.
 """
 from __future__ import annotations
@@ -49,8 +51,16 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--grpc-port", type=int, default=8001)
         s.add_argument("--metrics-port", type=int, default=8002)
         s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all models to load")
-        s.add_argument("--log", default=str(REPO_ROOT / "build" / "logs" / "triton.log"),
-                       help="Triton's log file, or - for standard output (containers)")
+        s.add_argument("--log", default=None,
+                       help="Triton's log file, or - for standard output (containers); default "
+                       "build/logs/triton-<host>-<grpc port>.log (one per instance)")
+        s.add_argument("--grpc-max-connection-age", type=float, default=60.0, metavar="S",
+                       help="close gRPC connections after S seconds so direct clients "
+                       "reconnect and spread over new replicas (default 60)")
+        s.add_argument("--grpc-max-connection-age-grace", type=float, default=30.0, metavar="S",
+                       help="time calls in flight get after that (default 30)")
+        s.add_argument("--exit-timeout", type=int, default=30, metavar="S",
+                       help="on SIGTERM/SIGINT, how long Triton finishes in-flight work (default 30)")
         if name == "run":
             s.add_argument("--gateway-host", default="127.0.0.1")
             s.add_argument("--gateway-port", type=int, default=8080)
@@ -84,9 +94,12 @@ def _serve(args, with_gateway: bool) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server = TritonServer(derived.path, args.http_port, args.grpc_port, args.metrics_port,
-                          log_path=args.log, host=args.host)
+                          log_path=args.log, host=args.host,
+                          max_connection_age_s=args.grpc_max_connection_age,
+                          max_connection_age_grace_s=args.grpc_max_connection_age_grace,
+                          exit_timeout_s=args.exit_timeout)
     gateway = None
-    log.info("starting tritonserver (log: %s)", args.log)
+    log.info("starting tritonserver (log: %s)", "stdout" if server.log_to_stdout else server.log_path)
     try:
         server.start(args.timeout, progress=log.info)
         print(f"Triton ready ({args.profile}): gRPC {server.grpc_url}  HTTP http://{server.http_url}  "
@@ -102,7 +115,7 @@ def _serve(args, with_gateway: bool) -> int:
             print("Ctrl-C stops it.", flush=True)
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:
-                raise TritonServerError(f"tritonserver exited; see {args.log}:\n{server.log_tail()}")
+                raise TritonServerError(f"tritonserver exited; see {server.log_path}:\n{server.log_tail()}")
             if gateway is not None and gateway.poll() is not None:
                 raise UsageError(f"the gateway exited with code {gateway.returncode}")
         print("stopping...", flush=True)

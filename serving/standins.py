@@ -24,8 +24,12 @@ FIXED_TIME_MODEL = Path(__file__).resolve().parent / "python_models" / "fixed_ti
 
 
 def fixed_time_config(source: contract.ModelContract, batch_ms: float, image_ms: float = 0.0,
-                      instances: int = 1) -> mc.ModelConfig:
-    """The stand-in's config: `source`'s interface and batching on the python backend."""
+                      instances: int = 1, queue_timeout_us: int | None = None,
+                      max_batch_size: int | None = None) -> mc.ModelConfig:
+    """The stand-in's config: `source`'s interface and batching on the python backend.
+    `queue_timeout_us` replaces the queue policy's default timeout (0: none) and
+    `max_batch_size` the batch limit (preferred sizes above it dropped), for tests that
+    need a queue that does not shed, or one request per execution."""
     if source.max_batch_size < 1:
         raise contract.ContractError(f"{source.name}: a stand-in needs a batching model")
     cfg = mc.ModelConfig()
@@ -37,6 +41,13 @@ def fixed_time_config(source: contract.ModelContract, batch_ms: float, image_ms:
     cfg.ClearField("model_warmup")
     del cfg.instance_group[:]
     cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)
+    if queue_timeout_us is not None:
+        cfg.dynamic_batching.default_queue_policy.default_timeout_microseconds = queue_timeout_us
+    if max_batch_size is not None:
+        cfg.max_batch_size = max_batch_size
+        keep = [b for b in cfg.dynamic_batching.preferred_batch_size if b <= max_batch_size]
+        del cfg.dynamic_batching.preferred_batch_size[:]
+        cfg.dynamic_batching.preferred_batch_size.extend(keep)
     cfg.parameters["batch_ms"].string_value = f"{batch_ms:g}"
     cfg.parameters["image_ms"].string_value = f"{image_ms:g}"
     cfg.parameters["weights_provenance"].string_value = (
@@ -45,9 +56,10 @@ def fixed_time_config(source: contract.ModelContract, batch_ms: float, image_ms:
 
 
 def add_fixed_time(repository: Path, model: str, batch_ms: float, image_ms: float = 0.0,
-                   instances: int = 1, source: Path = MODEL_REPOSITORY) -> Path:
-    """Put a stand-in for `model` into `repository` (replacing what was there)."""
-    cfg = fixed_time_config(contract.load(model, source), batch_ms, image_ms, instances)
+                   instances: int = 1, source: Path = MODEL_REPOSITORY, **config) -> Path:
+    """Put a stand-in for `model` into `repository` (replacing what was there);
+    `config`: fixed_time_config's queue_timeout_us / max_batch_size."""
+    cfg = fixed_time_config(contract.load(model, source), batch_ms, image_ms, instances, **config)
     folder = Path(repository) / model
     if folder.is_symlink() or folder.is_file():
         folder.unlink()

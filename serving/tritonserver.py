@@ -11,6 +11,20 @@ models run through ONNX Runtime inside python-backend models (see serving/profil
 Hardened by default: models are loaded once at start (`--model-control-mode none`), the
 model-repository and shared-memory APIs need the header `admin-key: <key>` on HTTP (on
 gRPC the metadata key is `triton-grpc-protocol-admin-key`), and every endpoint binds 127.0.0.1 (tritonserver's own default is 0.0.0.0).
+
+Several servers per host (tests, benchmarks, one Triton per GPU): `start()` refuses ports
+that are already taken, gives the server a unique `--id` and accepts readiness only from
+the server whose metadata carries that id, logs to a per-instance file
+(build/logs/triton-<host>-<grpc port>.log), and a server that fails to start leaves no
+python-backend stub or /dev/shm region behind.
+
+Fleet flags (gateway/fleet.py balances over replicas): gRPC connections are closed after
+`max_connection_age_s` (+ `grace_s` for calls in flight) so direct gRPC clients
+(tritonclient, perf_analyzer) reconnect and spread over new replicas too; keepalive pings
+are accepted every 5 s, also without calls, so the gateway's 10 s pings never earn a
+GOAWAY "too_many_pings". On SIGTERM/SIGINT Triton 2.51 at once answers health calls
+"Server exiting" and new inferences NOT_FOUND, finishes the ones in flight (up to
+`exit_timeout_s`), then closes: the gateway retries the refused ones elsewhere.
 """
 from __future__ import annotations
 
@@ -33,6 +47,8 @@ from .contract import REPO_ROOT
 
 BACKENDS_DIR = REPO_ROOT / "build" / "triton-backends"
 RESTRICTED_APIS = ("model-repository", "shared-memory")
+# Pings accepted this often (ms), with or without calls; the gateway pings every 10 s.
+MIN_PING_INTERVAL_MS = 5000
 ADMIN_HEADER = "admin-key"
 
 
@@ -109,6 +125,32 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Can nobody bind host:port? (The probe binds it the way tritonserver will: a
+    server listening there, on this address or on 0.0.0.0, makes it fail.)"""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _reap_group(pgid: int) -> None:
+    """SIGKILL whatever is left of process group `pgid` (python-backend stubs outlive a
+    tritonserver that failed at model load) and unlink the python backend's /dev/shm
+    regions those processes had mapped. Only this server's group is touched."""
+    regions = _mapped_shm_files(pgid)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for path in regions:
+        Path(path).unlink(missing_ok=True)
+
+
 def _mapped_shm_files(pgid: int) -> set[str]:
     """/dev/shm files of Triton's python backend mapped by any process of group `pgid`."""
     found: set[str] = set()
@@ -131,14 +173,22 @@ class TritonServer:
     def __init__(self, repository: Path, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, log_path: Path | None = None, host: str = "127.0.0.1",
                  admin_key: str | None = None, backends_dir: Path = BACKENDS_DIR,
-                 extra_args: tuple[str, ...] = (), log_verbose: int = 0):
+                 extra_args: tuple[str, ...] = (), log_verbose: int = 0,
+                 max_connection_age_s: float = 60.0, max_connection_age_grace_s: float = 30.0,
+                 exit_timeout_s: int = 30):
         self.repository = Path(repository).resolve()
         self.host = host
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
-        # "-" streams Triton's log to our stdout (containers: `kubectl logs`); else a file.
+        # "-" streams Triton's log to our stdout (containers: `kubectl logs`); else a file,
+        # one per instance so a second server never truncates a running one's log.
         self.log_to_stdout = str(log_path) == "-"
         self.log_path = (Path(log_path) if log_path and not self.log_to_stdout
-                         else REPO_ROOT / "build" / "logs" / f"triton-{grpc_port}.log")
+                         else REPO_ROOT / "build" / "logs" / f"triton-{host}-{grpc_port}.log")
+        self.max_connection_age_s = max_connection_age_s
+        self.max_connection_age_grace_s = max_connection_age_grace_s
+        self.exit_timeout_s = exit_timeout_s
+        # what this server answers as its name (server metadata): readiness is ours
+        self.server_id = f"visionserve-{host}-{grpc_port}-{secrets.token_hex(4)}"
         # A fresh random key unless given: nobody can reach the restricted APIs by accident.
         self.admin_key = admin_key or os.environ.get("VISIONSERVE_TRITON_ADMIN_KEY") or secrets.token_hex(16)
         self.backends_dir = Path(backends_dir)
@@ -178,18 +228,42 @@ class TritonServer:
             f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
             f"--http-restricted-api={restricted}",
             f"--grpc-restricted-protocol={restricted}",
-            "--exit-timeout-secs=10",
+            f"--id={self.server_id}",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--grpc-max-connection-age={int(self.max_connection_age_s * 1000)}",
+            f"--grpc-max-connection-age-grace={int(self.max_connection_age_grace_s * 1000)}",
+            "--grpc-keepalive-permit-without-calls=1",
+            f"--grpc-http2-min-recv-ping-interval-without-data={MIN_PING_INTERVAL_MS}",
             f"--log-verbose={self.log_verbose}",
             *self.extra_args,
         ]
 
     def start(self, timeout_s: float = 300.0, progress=None) -> "TritonServer":
         """Start and wait until the server and all its models are ready."""
+        self.launch()
+        try:
+            self.wait_ready(timeout_s, progress)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def launch(self) -> "TritonServer":
+        """Start the process without waiting (several servers: launch all, then
+        `wait_ready` each). Call it from a thread that lives as long as the server:
+        Linux's parent-death signal fires when the THREAD that forked it ends."""
         if self.process is not None:
             raise TritonServerError("already started")
         if not self.repository.is_dir():
             raise TritonServerError(f"model repository {self.repository} does not exist")
         install = TritonInstall.locate()
+        taken = [f"{name} {self.host}:{port}" for name, port in (
+            ("HTTP", self.http_port), ("gRPC", self.grpc_port), ("metrics", self.metrics_port))
+            if port_taken(self.host, port)]
+        if taken:
+            raise TritonServerError(
+                "port already in use: " + ", ".join(taken) + " (another server is running "
+                "there; stop it or choose other ports)")
         install.backend_dir(self.backends_dir)
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH")]))
@@ -204,14 +278,11 @@ class TritonServer:
         self.process = subprocess.Popen(self.command(install), stdout=self._log_file,  # None: inherit
                                         stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                         preexec_fn=_die_with_parent)
-        try:
-            self.wait_ready(timeout_s, progress)
-        except BaseException:
-            self.stop()
-            raise
         return self
 
     def wait_ready(self, timeout_s: float, progress=None) -> None:
+        """Until this server (its --id, not whoever answers on the port) and all its
+        models are ready; TritonServerError if it exits or the time is up."""
         deadline = time.monotonic() + timeout_s
         last_report = time.monotonic()
         while True:
@@ -220,7 +291,12 @@ class TritonServer:
                 raise TritonServerError(f"tritonserver exited with code {code} while starting; "
                                         f"last log lines:\n{self.log_tail()}")
             if self._get(f"http://{self.http_url}/v2/health/ready") == 200:
-                return
+                name = self.server_name()
+                if name == self.server_id:
+                    return
+                raise TritonServerError(
+                    f"another server answers on {self.http_url} (its name is {name!r}, "
+                    f"ours {self.server_id!r})")
             now = time.monotonic()
             if now > deadline:
                 raise TritonServerError(
@@ -244,6 +320,14 @@ class TritonServer:
             return sorted(p.parent.name for p in self.repository.glob("*/config.pbtxt"))
         return sorted(m["name"] for m in index if m.get("state") != "READY")
 
+    def server_name(self) -> str | None:
+        """The `name` of the server answering on our HTTP port (Triton's `--id`)."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=2) as resp:
+                return json.loads(resp.read()).get("name")
+        except (OSError, ValueError):
+            return None
+
     def is_ready(self) -> bool:
         return self.process is not None and self.process.poll() is None and \
             self._get(f"http://{self.http_url}/v2/health/ready") == 200
@@ -263,20 +347,27 @@ class TritonServer:
             Path(path).unlink(missing_ok=True)
         return code
 
-    def stop(self, timeout_s: float = 20.0) -> int | None:
-        """SIGINT (Triton drains and unloads), then SIGKILL after `timeout_s`."""
+    def terminate(self) -> None:
+        """SIGTERM (what Kubernetes sends): Triton drains and exits; `stop()` waits."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGINT (Triton drains in-flight work and unloads), SIGKILL after `timeout_s`
+        (default: Triton's exit timeout + 10 s); then whatever is left of its process
+        group (stubs of a server that failed to start) is killed and its regions removed."""
         proc, self.process = self.process, None
         code = None
         if proc is not None:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
                 try:
-                    proc.wait(timeout_s)
+                    proc.wait(self.exit_timeout_s + 10 if timeout_s is None else timeout_s)
                 except subprocess.TimeoutExpired:
-                    # Python-backend stubs live in the server's session: kill the group.
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(5)
             code = proc.returncode
+            _reap_group(proc.pid)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -6,7 +6,6 @@ from fastapi.responses import Response
 from ..responses import JSON
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..errors import UpstreamError
 from .common import ServiceDep
 
 router = APIRouter(tags=["system"])
@@ -21,17 +20,12 @@ async def healthz() -> JSON:
     return JSON({"status": "ok"})
 
 
-@router.get("/readyz", summary="Triton reachable and every served route model ready",
-            responses={503: {"description": "not ready (Retry-After)"}})
+@router.get("/readyz", summary="At least one Triton endpoint ready with its models",
+            responses={503: {"description": "not ready: `reason` says why (Retry-After)"}})
 async def readyz(svc: ServiceDep):
-    names = sorted(svc.catalog.models) if svc.catalog else []
-    try:
-        states = await svc.backend.ready(names)   # raises while Triton is unreachable
-    except UpstreamError as exc:
-        return JSON({"ready": False, **exc.body()}, status_code=503,
-                    headers={"Retry-After": str(svc.settings.retry_after_s)})
-    ready = svc.catalog is not None and all(states.values())
-    return JSON({"ready": ready, "models": states}, status_code=200 if ready else 503,
+    # the fleet's health checks keep the states current: no Triton call per probe
+    ready, body = svc.backend.readiness()
+    return JSON(body, status_code=200 if ready else 503,
                 headers={} if ready else {"Retry-After": str(svc.settings.retry_after_s)})
 
 

@@ -86,12 +86,17 @@ def _add_queue_probe(repo: Path, contracts) -> str | None:
     return src.name
 
 
-@pytest.fixture(scope="session")
-def served(tmp_path_factory) -> Served:
+def require_triton() -> None:
+    """Skip, saying what to install, when the embedded tritonserver is missing."""
     try:
         TritonInstall.locate()
     except TritonServerError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory) -> Served:
+    require_triton()
     root = tmp_path_factory.mktemp("triton")
     derived = profiles.derive("cpu", dest=root / "repo", skip_missing=True)
     if not derived.models:

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,12 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.contract import REPO_ROOT
 from serving.tritonserver import TritonServer, free_port
+from tests.integration.gateway_process import Gateway
 
 httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.integration
-TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 # SCRFD-2.5G on the astronaut, in original 512x512 pixels (../shared/weights/README.md)
 ASTRONAUT_FACE = np.array([181, 55, 271, 178], np.float32)
 
@@ -32,47 +27,6 @@ def jpeg(img: np.ndarray, quality=92) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
-
-
-class Gateway:
-    """`python -m gateway` as a subprocess on a free port, stopped with SIGINT."""
-
-    def __init__(self, grpc_url: str, log_path, **env):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        e = dict(os.environ, PYTHONPATH=str(REPO_ROOT),
-                 **{f"VISIONSERVE_GATEWAY_{k.upper()}": str(v) for k, v in env.items()})
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--triton-grpc", grpc_url, "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning"],
-            cwd=REPO_ROOT, env=e, stdout=self.log, stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=self.url, timeout=TIMEOUT)
-
-    def wait_ready(self, timeout_s=120.0):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}: "
-                                   + open(self.log.name, errors="replace").read()[-3000:])
-            try:
-                if self.client.get("/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"gateway not ready after {timeout_s}s")
-
-    def stop(self):
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -352,11 +306,18 @@ def test_shared_memory_survives_lost_registrations(served, shm_gateway, astronau
         client.close()
 
 
-def test_shared_memory_on_with_a_wrong_key_refuses_to_start(served, tmp_path):
+def test_shared_memory_on_with_a_wrong_key_refuses_the_endpoint(served, tmp_path):
+    """shared_memory=on is required: an endpoint that refuses the registration is never
+    used; the gateway stays up and /readyz says why (no crash loop)."""
     gw = Gateway(served.server.grpc_url, tmp_path / "gateway.log", shared_memory="on",
                  triton_admin_key="not-the-key")
     try:
-        with pytest.raises(RuntimeError, match="exited"):
-            gw.wait_ready(60)
+        with pytest.raises(TimeoutError):
+            gw.wait_ready(8)
+        r = gw.client.get("/readyz")
+        assert r.status_code == 503
+        (endpoint,) = r.json()["endpoints"]
+        assert endpoint["state"] == "refused" and "shared_memory=on" in endpoint["reason"], endpoint
+        assert gw.client.get("/healthz").status_code == 200 and gw.alive()
     finally:
         gw.stop()

@@ -8,17 +8,15 @@ import numpy as np
 import pytest
 
 from serving import standins
-from serving.tritonserver import TritonInstall, TritonServer, TritonServerError, free_port
+from tests.integration.conftest import require_triton
+from serving.tritonserver import TritonServer, free_port
 
 BATCH_MS = 50   # under the committed 200 ms queue deadline: nothing is rejected
 
 
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory):
-    try:
-        TritonInstall.locate()
-    except TritonServerError as exc:
-        pytest.skip(str(exc))
+    require_triton()
     root = tmp_path_factory.mktemp("standin")
     repo = standins.write_fixed_time_repository(root / "repo", {"yolo": BATCH_MS})
     server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=root / "triton.log")

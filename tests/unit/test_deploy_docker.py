@@ -148,7 +148,7 @@ def _bytes(size: str) -> int:
 
 def test_compose_services_healthchecks_limits(compose):
     services = compose["services"]
-    assert set(services) == {"triton", "gateway", "prometheus", "grafana"}
+    assert set(services) == {"triton-0", "triton-1", "gateway", "prometheus", "grafana"}
     for name, svc in services.items():
         hc = svc.get("healthcheck", {})
         assert hc.get("test") and hc.get("interval") and hc.get("retries"), f"{name}: no healthcheck"
@@ -162,17 +162,29 @@ def test_compose_services_healthchecks_limits(compose):
             assert not svc["image"].endswith(":latest") and ":" in svc["image"], f"{name}: unpinned image"
 
 
-def test_compose_triton_gpu_shm_and_gateway_wiring(compose):
-    triton, gateway = compose["services"]["triton"], compose["services"]["gateway"]
-    assert _bytes(triton["shm_size"]) >= 1 << 30          # python backend tensors pass through /dev/shm
-    devices = triton["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    assert triton["build"]["target"] == "gpu" and (REPO_ROOT / triton["build"]["dockerfile"]).is_file()
-    assert "engines:/var/cache/visionserve" in triton["volumes"] and "engines" in compose["volumes"]
-    assert gateway["environment"]["VISIONSERVE_GATEWAY_TRITON_GRPC"] == "triton:8001"
-    assert gateway["depends_on"]["triton"]["condition"] == "service_healthy"
+def test_compose_one_triton_per_gpu_and_the_gateway_sees_them_all(compose):
+    services = compose["services"]
+    tritons = {n: s for n, s in services.items() if n.startswith("triton-")}
+    gpus = []
+    for name, triton in tritons.items():
+        assert _bytes(triton["shm_size"]) >= 1 << 30      # python backend tensors pass through /dev/shm
+        (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        gpus += device["device_ids"]
+        # the container sees its one GPU as device 0: a host index here would hide it
+        assert "CUDA_VISIBLE_DEVICES" not in triton.get("environment", {}), name
+        assert triton["build"]["target"] == "gpu" and (REPO_ROOT / triton["build"]["dockerfile"]).is_file()
+        assert "engines:/var/cache/visionserve" in triton["volumes"] and "engines" in compose["volumes"]
+        assert "triton" in triton["networks"]["default"]["aliases"]
+        assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    assert sorted(gpus) == [str(i) for i in range(len(tritons))], gpus   # one GPU each
+    assert "profiles" not in tritons["triton-0"] and tritons["triton-1"]["profiles"] == ["gpu1"]
+    published = [p.split(":")[1] for t in tritons.values() for p in t["ports"]]
+    assert len(published) == len(set(published)), "two Tritons publish the same host port"
+    gateway = services["gateway"]
+    assert gateway["environment"]["VISIONSERVE_GATEWAY_TRITON_GRPC"] == "dns:///triton:8001"
+    assert gateway["depends_on"]["triton-0"]["condition"] == "service_started"   # starts without Triton
     assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
-    assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
 
 
 def test_compose_bind_mounts_exist_and_dashboard_is_provisioned(compose):
@@ -194,8 +206,12 @@ def test_compose_bind_mounts_exist_and_dashboard_is_provisioned(compose):
 
 def test_prometheus_scrapes_the_services(compose):
     cfg = yaml.safe_load((DOCKER / "prometheus/prometheus.yml").read_text())
-    targets = {j["job_name"]: j["static_configs"][0]["targets"] for j in cfg["scrape_configs"]}
-    assert targets == {"triton": ["triton:8002"], "gateway": ["gateway:8080"]}
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert set(jobs) == {"triton", "gateway"}
+    # every Triton container answers the alias `triton`: each one is scraped
+    assert jobs["triton"]["dns_sd_configs"] == [{"names": ["triton"], "type": "A", "port": 8002,
+                                                 "refresh_interval": "15s"}]
+    assert jobs["gateway"]["static_configs"][0]["targets"] == ["gateway:8080"]
     assert cfg["rule_files"] == ["/etc/prometheus/alerts.yml"]
     mounts = compose["services"]["prometheus"]["volumes"]
     assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts

@@ -252,3 +252,59 @@ def test_overlay_specifics(rendered):
     assert shm["medium"] == "Memory"
     ns = find(objs, "Namespace", "visionserve")
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# -- the fleet: gateways balance over every Triton pod (issue 11) ------------------------------
+def _env(container) -> dict:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_gateways_resolve_a_headless_service_of_the_triton_pods(rendered):
+    from gateway.target import parse
+
+    _, objs = rendered
+    gateway = find(objs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
+    env = _env(gateway)
+    target = parse(env["VISIONSERVE_GATEWAY_TRITON_GRPC"])
+    assert target.dynamic and target.dns_server is None, target      # dns:///<service>:<port>
+    svc = find(objs, "Service", target.name)
+    assert svc["spec"]["clusterIP"] == "None", "the gateways' target must be headless"
+    assert not svc["spec"].get("publishNotReadyAddresses")            # ready pods only
+    assert target.port in {p["port"] for p in svc["spec"]["ports"]}
+    pods = find(objs, "Deployment", "triton")["spec"]["template"]["metadata"]["labels"]
+    assert matches({"matchLabels": svc["spec"]["selector"]}, pods)
+    assert "VISIONSERVE_GATEWAY_STARTUP_WAIT_S" not in env            # no exit for a slow Triton
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # the ClusterIP Service stays for metrics and direct clients; scraped once per pod
+    metrics = find(objs, "Service", "triton")
+    assert metrics["spec"].get("clusterIP") != "None"
+    sm = find(objs, "ServiceMonitor", "triton")
+    assert [s["metadata"]["name"] for s in find(objs, "Service")
+            if matches(sm["spec"]["selector"], s["metadata"].get("labels", {}))] == ["triton"]
+
+
+def test_triton_pods_leave_before_they_stop(rendered):
+    """preStop keeps Triton serving while the gateways re-resolve DNS (15 s period + 5 s
+    TTL); then SIGTERM drains for Triton's exit timeout; the grace period covers both."""
+    from serving.tritonserver import TritonServer
+
+    _, objs = rendered
+    spec = find(objs, "Deployment", "triton")["spec"]["template"]["spec"]
+    triton = next(c for c in spec["containers"] if c["name"] == "triton")
+    command = triton["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and int(command[1]) >= 15 + 5
+    exit_timeout = TritonServer(Path("/nonexistent")).exit_timeout_s
+    assert spec["terminationGracePeriodSeconds"] >= int(command[1]) + exit_timeout + 5
+
+
+def test_triton_replicas_and_rollout(rendered):
+    overlay, objs = rendered
+    hpa = find(objs, "HorizontalPodAutoscaler", "triton")["spec"]
+    assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] >= hpa["minReplicas"]
+    deploy = find(objs, "Deployment", "triton")["spec"]
+    triton = next(c for c in deploy["template"]["spec"]["containers"] if c["name"] == "triton")
+    probe = triton["startupProbe"]
+    # the rollout may not be declared failed while a pod is still allowed to start
+    assert deploy["progressDeadlineSeconds"] >= probe["periodSeconds"] * probe["failureThreshold"]
+    if overlay == "gpu":   # no spare GPU needed: one pod down, then its successor up
+        assert deploy["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}

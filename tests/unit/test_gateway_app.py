@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 
 from gateway.app import create_app
 from gateway.backend import translate
-from gateway.errors import (ContractMismatch, TritonOverloaded, TritonTimeout,
+from gateway.errors import (TritonOverloaded, TritonTimeout,
                             TritonUnavailable)
 from gateway.settings import GatewaySettings
 from gateway.testing import FakeBackend
@@ -31,8 +32,17 @@ JPEG = jpeg_bytes()
 
 
 def client(fake=None, **settings) -> TestClient:
-    s = GatewaySettings(startup_wait_s=0, **settings)
+    s = GatewaySettings(**settings)
     return TestClient(create_app(s, backend=fake or FakeBackend()))
+
+
+def wait_ready(c, timeout_s=5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if c.get("/readyz").status_code == 200:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def post(c, path, data=JPEG, ctype="image/jpeg", **kw):
@@ -209,8 +219,8 @@ def test_triton_down_is_503_with_retry_after_then_recovers():
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["ready"] is False
         assert c.get("/healthz").status_code == 200
-        fake.fail = None          # Triton is back: no restart of the gateway needed
-        assert c.get("/readyz").json()["ready"] is True
+        fake.fail = None          # Triton is back: probed back in, no restart needed
+        assert wait_ready(c)
         assert post(c, "/v1/detect").status_code == 200
 
 
@@ -264,15 +274,21 @@ def test_in_flight_limit_sheds_with_503_and_loses_nothing():
     assert "visionserve_gateway_in_flight_requests 0.0" in m
 
 
-def test_missing_model_is_503_and_contract_mismatch_refuses_to_start():
+def test_missing_model_is_503_and_a_contract_mismatch_is_refused_loudly():
     with client(FakeBackend(models=("yolo",))) as c:
         assert_error(post(c, "/v1/detect", params={"model": "centernet"}), 503, "model_unavailable")
     bad = FakeBackend(overrides={"yolo": {"name": "yolo", "platform": "x", "inputs": [
         {"name": "images", "datatype": "FP32", "shape": ["-1", "3", "640", "640"]}],
         "outputs": []}})
-    with pytest.raises(ContractMismatch, match="FP32"):
-        with client(bad):
-            pass
+    with client(bad) as c:   # the gateway stays up, never routes to it, and says why
+        r = c.get("/readyz")
+        assert r.status_code == 503
+        (endpoint,) = r.json()["endpoints"]
+        assert endpoint["state"] == "refused" and "FP32" in endpoint["reason"], endpoint
+        assert "contract mismatch" in r.json()["reason"]
+        assert_error(post(c, "/v1/detect"), 503, "triton_unavailable")
+        assert 'visionserve_gateway_triton_endpoints{state="refused"} 1.0' in c.get("/metrics").text
+    assert bad.calls == []
 
 
 def test_metrics_expose_the_issue_list():

@@ -61,7 +61,7 @@ def test_openapi_documents_the_declared_constraints():
 
 
 def test_gateway_422_names_the_parameter():
-    s = GatewaySettings(startup_wait_s=0)
+    s = GatewaySettings()
     with TestClient(create_app(s, backend=FakeBackend())) as c:
         r = c.post("/v1/faces", content=b"x", headers={"content-type": "image/jpeg"},
                    params={"max_results": 65})

@@ -204,17 +204,28 @@ class ShmFake(FakeBackend):
         self.pool = shm.SlotPool(per_key, Registry().register)
         self.in_slot: list[bool] = []
 
+    @property
+    def shm(self):   # what the fleet looks in for a request's slot
+        return self.pool
+
+    async def enable_shared_memory(self, slots_per_shape, shapes):
+        pass
+
     async def lease(self, frame_hw, max_batch, n):
         return await self.pool.lease(frame_hw, max_batch, n)
 
-    async def infer(self, model, inputs, outputs, *, timeout_s=None):
+    async def infer(self, model, inputs, outputs, **kw):
         self.in_slot += [self.pool.locate(a) is not None for a in inputs.values()
                          if a.dtype == np.uint8]
-        return await super().infer(model, inputs, outputs, timeout_s=timeout_s)
+        return await super().infer(model, inputs, outputs, **kw)
+
+
+# shared memory with the (loopback) endpoint, as beside a local Triton
+SHM_ON = {"shared_memory": "on", "triton_admin_key": "key"}
 
 
 def _client(fake):
-    return TestClient(create_app(GatewaySettings(startup_wait_s=0), backend=fake))
+    return TestClient(create_app(GatewaySettings(**SHM_ON), backend=fake))
 
 
 def test_requests_decode_into_slots_and_always_give_them_back():
@@ -249,7 +260,7 @@ def test_more_images_than_the_max_batch_use_the_wire():
 
     fake = ShmFake()
     limit = fake.contracts["yolo"].max_batch_size
-    with TestClient(create_app(GatewaySettings(startup_wait_s=0, max_images=limit + 1),
+    with TestClient(create_app(GatewaySettings(max_images=limit + 1, **SHM_ON),
                                backend=fake)) as c:
         assert c.post("/v1/detect", files=multipart(limit + 1)).status_code == 200
     assert fake.in_slot and not any(fake.in_slot)

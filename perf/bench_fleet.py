@@ -1,0 +1,144 @@
+"""`make bench-fleet`: does a second and a third Triton replica add throughput through the gateway?
+
+ONE run, side by side: 1, 2 and 3 real tritonservers on 127.0.0.2-4 serving a fixed-time
+stand-in of mobileclip_image (BATCH_MS + IMAGE_MS per image per batch, no CPU: each
+replica's capacity is set, as a GPU's would be, not by this machine's 2 cores), one gateway
+in front with `--triton-grpc ipv4:<the replicas>`, closed-loop HTTP clients at
+CONCURRENCY_PER_REPLICA x replicas (enough to saturate them), for each balancer:
+
+  pick_first          what the gateway did before: ONE gRPC channel, gRPC's default policy
+  round_robin         one gRPC channel, gRPC's round_robin over the same list
+  least_outstanding   the fleet (gateway/fleet.py): per call, the endpoint with the fewest
+                      calls in flight, health checks, retries
+
+Printed: images/s, errors, p50/p95/p99, each replica's share (Triton's own
+nv_inference_request_success), and the scaling efficiency img/s(3) / (3 x img/s(1)).
+Target: >= 0.9 for least_outstanding.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import sys
+import time
+
+import numpy as np
+
+from serving.contract import REPO_ROOT
+from serving.replicas import Replicas, loopback_hosts
+from serving.tritonserver import free_port
+
+from .bench_gateway import BenchError, _load, _start, _stop, _wait_http
+
+WORK = REPO_ROOT / "build" / "bench-fleet"
+MODEL, ROUTE = "mobileclip_image", "/v1/embed/image"
+BALANCERS = ("pick_first", "round_robin", "least_outstanding")
+BATCH_MS, IMAGE_MS = 20.0, 20.0
+CONCURRENCY_PER_REPLICA = 8
+TARGET = 0.9
+
+
+def _jpeg() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8).repeat(4, 0).repeat(4, 1)).save(
+        buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def measure(replicas: Replicas, hosts: list[str], balancer: str, seconds: float) -> dict:
+    target = "ipv4:" + ",".join(replicas.address(h) for h in hosts)
+    port = free_port()
+    log = WORK / f"gateway-{balancer}-{len(hosts)}.log"
+    proc = _start([sys.executable, "-m", "gateway", "--triton-grpc", target, "--host",
+                   "127.0.0.1", "--port", str(port)], log,
+                  VISIONSERVE_GATEWAY_BALANCER=balancer, VISIONSERVE_GATEWAY_DECODE_THREADS="1")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(base + "/readyz", proc)
+        data, c = _jpeg(), CONCURRENCY_PER_REPLICA * len(hosts)
+        asyncio.run(_load(base + ROUTE, data, c, 1.5, 0))          # warm-up
+        before = {h: replicas.success(h, MODEL) for h in hosts}
+        latencies, errors, wall = asyncio.run(_load(base + ROUTE, data, c, seconds, 0))
+        served = {h: replicas.success(h, MODEL) - before[h] for h in hosts}
+    finally:
+        _stop(proc)
+    ok = len(latencies) - errors
+    total = sum(served.values()) or 1
+    ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return {"balancer": balancer, "replicas": len(hosts), "concurrency": c,
+            "img_s": ok / wall, "requests": len(latencies), "errors": errors,
+            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "share": {h: served[h] / total for h in hosts}}
+
+
+def run(seconds: float, max_replicas: int = 3) -> dict:
+    WORK.mkdir(parents=True, exist_ok=True)
+    hosts = loopback_hosts(max_replicas)
+    # the queue holds requests (no 200 ms shedding): an overloaded replica shows as
+    # latency and lost throughput, not as a storm of 429s
+    standin = {MODEL: {"batch_ms": BATCH_MS, "image_ms": IMAGE_MS, "queue_timeout_us": 0}}
+    points = []
+    with Replicas(WORK / "replicas", standin, hosts) as replicas:
+        replicas.start_all()
+        for balancer in BALANCERS:
+            for k in range(1, max_replicas + 1):
+                p = measure(replicas, hosts[:k], balancer, seconds)
+                points.append(p)
+                print(_line(p), flush=True)
+    return report(points, max_replicas)
+
+
+def _line(p: dict) -> str:
+    share = " ".join(f"{s:5.1%}" for s in p["share"].values())
+    return (f"  {p['balancer']:<18} replicas={p['replicas']} c={p['concurrency']:<3} "
+            f"{p['img_s']:7.1f} img/s  errors {p['errors']:<4} p50 {p['p50_ms']:7.1f}  "
+            f"p95 {p['p95_ms']:7.1f}  p99 {p['p99_ms']:7.1f} ms  share {share}")
+
+
+def report(points: list[dict], k: int) -> dict:
+    by = {(p["balancer"], p["replicas"]): p for p in points}
+    summary = {}
+    print(f"\nscaling efficiency img/s({k}) / ({k} x img/s(1)); target >= {TARGET} for the fleet:")
+    for b in BALANCERS:
+        if (b, 1) in by and (b, k) in by:
+            eff = by[(b, k)]["img_s"] / (k * by[(b, 1)]["img_s"])
+            summary[b] = eff
+            verdict = ("met" if eff >= TARGET else "NOT met") if b == "least_outstanding" else ""
+            print(f"  {b:<18} {eff:5.2f}  {verdict}")
+    if ("pick_first", k) in by and ("least_outstanding", k) in by:
+        gain = by[("least_outstanding", k)]["img_s"] / by[("pick_first", k)]["img_s"]
+        print(f"  least_outstanding / pick_first at {k} replicas: {gain:.2f}x throughput")
+    out = {"points": points, "efficiency": summary, "target": TARGET,
+           "standin": {"model": MODEL, "batch_ms": BATCH_MS, "image_ms": IMAGE_MS},
+           "command": "make bench-fleet"}
+    (WORK / "report.json").write_text(json.dumps(out, indent=2))
+    print(f"report: {WORK / 'report.json'}")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m perf.bench_fleet", description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=10.0, help="measured window per point")
+    p.add_argument("--replicas", type=int, default=3)
+    args = p.parse_args(argv)
+    print(f"stand-in {MODEL}: {BATCH_MS:g} ms + {IMAGE_MS:g} ms/image per batch; "
+          f"{CONCURRENCY_PER_REPLICA} clients per replica; {args.seconds:g} s per point",
+          flush=True)
+    t0 = time.monotonic()
+    try:
+        run(args.seconds, args.replicas)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"took {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
