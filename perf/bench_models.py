@@ -123,7 +123,7 @@ async def bench_model(model: str, sweep: Sweep) -> list[ResultRecord]:
                            leave=False, disable=not sweep.progress)
                 lat, sent, errors, elapsed, first_error = await _point(client, model, inputs, sweep, conc, bar)
                 bar.close()
-                after = metrics.scrape(sweep.metrics_url)
+                after = await _settled_scrape(sweep.metrics_url, before, model, sent)
                 rec = _record(model, batch, conc, lat, sent, errors, elapsed, first_error,
                                       metrics.delta(before, after, model))
                 # An ensemble executes once per request; the batching happens in the models it calls.
@@ -134,6 +134,20 @@ async def bench_model(model: str, sweep: Sweep) -> list[ResultRecord]:
         return records
     finally:
         await client.close()
+
+
+async def _settled_scrape(url: str, before, model: str, sent: int, wait_s: float = 2.0):
+    """Triton counts a request in its metrics just after answering it: scrape again (briefly)
+    until every request we sent is counted, so the last ones of a point are not lost."""
+    deadline = time.monotonic() + wait_s
+    after = metrics.scrape(url)
+    while time.monotonic() < deadline:
+        d = metrics.delta(before, after, model)
+        if d.requests + d.failures >= sent:
+            break
+        await asyncio.sleep(0.05)
+        after = metrics.scrape(url)
+    return after
 
 
 def _record(model, batch, conc, lat, sent, errors, elapsed, first_error, d: metrics.ModelDelta) -> ResultRecord:

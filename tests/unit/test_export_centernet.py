@@ -1,4 +1,5 @@
-"""export/centernet.py: CenterNet ctdet and CenterFace share one batched peak/top-K decode."""
+"""export/centernet.py and export/centerface.py: CenterNet ctdet and CenterFace share one batched
+peak/top-K decode (export/graph_ops.py)."""
 from __future__ import annotations
 
 
@@ -8,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from export import centernet, registry, runner  # noqa: E402
+from export import centerface as centerface_mod  # noqa: E402
+from export import centernet, graph_ops, registry, runner  # noqa: E402
 from export.base import ExportJob, WeightsSearch  # noqa: E402
 from serving import contract as contract_mod  # noqa: E402
 from serving.contract import ModelContract  # noqa: E402
@@ -40,7 +42,7 @@ def test_peak_top_k_keeps_local_maxima_across_classes():
     heat[0, 1, 2, 6] = 0.8          # neighbour of a higher peak: suppressed
     heat[0, 2, 7, 0] = 0.7
     heat[1, 0, 4, 4] = 0.6
-    scores, classes, ys, xs, spatial = centernet.peak_top_k(heat, 3)
+    scores, classes, ys, xs, spatial = graph_ops.peak_top_k(heat, 3)
     assert scores[0].tolist() == pytest.approx([0.9, 0.7, 0.0])
     assert classes[0, :2].tolist() == [1, 2] and ys[0, :2].tolist() == [2, 7] and xs[0, :2].tolist() == [5, 0]
     assert spatial[0, 0].item() == 2 * 8 + 5
@@ -138,7 +140,7 @@ def test_centerface_finds_the_astronaut_face_batched(centerface, astronaut):
     for i in range(len(imgs)):
         for name, v in _run(sess, imgs[i:i + 1]).items():
             np.testing.assert_allclose(out[name][i], v[0], atol=1e-4, rtol=0, err_msg=f"{name} row {i}")
-    ref = centernet.reference(job)(imgs)
+    ref = centerface_mod.reference(job)(imgs)
     np.testing.assert_array_equal(out["num_detections"], ref["num_detections"])
     np.testing.assert_allclose(out["boxes"], ref["boxes"], atol=1e-3, rtol=0)
     np.testing.assert_allclose(out["landmarks"], ref["landmarks"], atol=1e-3, rtol=0)
