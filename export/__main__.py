@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         results = []
         t0 = time.perf_counter()
         for i, model in enumerate(models, 1):
-            log.info("[%d/%d] %s: %s", i, len(models), model, registry.entry(model).summary)
+            log.info("[%d/%d] %s: %s", i, len(models), model, registry.record(model).summary)
             r = export_one(model, search, args.repository, force=args.force)
             log.info("[%d/%d] %s: %s, %.1f MB, %.1f s", i, len(models), model, r.status, r.size_bytes / 1e6, r.seconds)
             results.append(r)

@@ -11,26 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import OPSET, ExportError, ExportJob, WeightsSearch, WeightsSource
-from .onnx_graph import set_io_dims, torch_to_onnx
+from .base import OPSET, ExportError, ExportJob, WeightsSource
+from .onnx_graph import torch_to_onnx
 
 MODELS = ("arcface",)
 LAYERS_R50 = (3, 4, 14, 3)
 # insightface ArcFaceONNX: blobFromImages(scalefactor=1/127.5, mean=127.5, swapRB=True) -> RGB.
 MEAN, STD = 127.5, 127.5
 EMBEDDING_DIM = 512   # fixed by the w600k_r50 layout; checked against the contract
-
-
-def resolve_weights(model: str, search: WeightsSearch) -> WeightsSource:
-    path = search.find(model, "w600k_r50.onnx", "arcface*.onnx", "w600k_r50.pth", "arcface*.pth",
-                       "backbone*.pth")
-    if path is None:
-        return search.synthetic("IResNet-50 (w600k_r50 layout)")
-    if path.suffix.lower() == ".onnx":
-        return WeightsSource("file", f"insightface ArcFace ONNX {path.name}", path)
-    if path.suffix.lower() in (".pth", ".pt"):
-        return WeightsSource("file", f"insightface iresnet50 state dict {path.name}", path)
-    raise ExportError(f"arcface weights {path}: expected an .onnx (w600k_r50.onnx) or a .pth state dict")
 
 
 # ---------------------------------------------------------------- the network (torch, lazy)
@@ -167,14 +155,17 @@ def _check_contract(job: ExportJob) -> tuple[int, int]:
 
 def export(job: ExportJob) -> None:
     _check_contract(job)
-    if job.weights.path is not None and job.weights.path.suffix.lower() == ".onnx":
+    suffix = job.weights.path.suffix.lower() if job.weights.path is not None else None
+    if suffix == ".onnx":
         wrap_onnx(job)
-    else:
+    elif suffix in (None, ".pth", ".pt"):
         _export_torch(job)
+    else:
+        raise ExportError(f"arcface weights {job.weights.path}: expected an .onnx (w600k_r50.onnx) "
+                          "or a .pth state dict")
 
 
 def _export_torch(job: ExportJob) -> None:
-    import onnx
     import torch
 
     from .graph_ops import ImagePreprocess, l2_normalize
@@ -197,9 +188,6 @@ def _export_torch(job: ExportJob) -> None:
     dummy = torch.zeros(2, h, w, 3, dtype=torch.uint8)
     job.progress(f"torch.onnx.export (opset {OPSET})")
     torch_to_onnx(model, (dummy,), job.out_path, [name_in], [name_out])
-    m = onnx.load(str(job.out_path))
-    set_io_dims(m, job.contract)
-    onnx.save(m, str(job.out_path))
 
 
 def wrap_onnx(job: ExportJob) -> None:
@@ -272,8 +260,6 @@ def wrap_onnx(job: ExportJob) -> None:
     unique = {o.domain: o.version for o in merged.opset_import}   # merge_models repeats them
     del merged.opset_import[:]
     merged.opset_import.extend(helper.make_opsetid(d, v) for d, v in unique.items())
-    set_io_dims(merged, job.contract)
-    onnx.checker.check_model(merged)
     onnx.save(merged, str(job.out_path))
     _prove_batch_invariance(job.out_path, name_in, (h, w), job.weights.path.name)
 

@@ -1,17 +1,8 @@
-"""What every model family module provides, and the small records passed to it.
+"""The small records passed between the export tools and a family's functions.
 
-A family module (export/scrfd.py, export/yolo.py, ...) exposes:
-
-    MODELS: tuple[str, ...]                      Triton model names it exports
-    resolve_weights(model, search) -> WeightsSource
-    export(job: ExportJob) -> None               writes job.out_path (ONNX)
-    reference(job) -> Callable | None            optional: {input name: batch array} -> {output: array},
-                                                 an independent implementation used by verify
-    side_artifacts(contract) -> list[Path]       optional: files export() writes besides model.onnx
-                                                 (vocabularies, charsets); missing ones force a re-export
-
-Exported graphs take the config's input names/dtypes/dims with a dynamic batch axis
-named "batch", and produce exactly the config's outputs (names, dtypes, dims).
+What a family provides (its exporter, reference, tolerances, weights sources, ...) is one
+record in export/registry.py. Exported graphs take the config's input names/dtypes/dims
+with a dynamic batch axis named "batch", and produce exactly the config's outputs.
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import OPSET, ExportError, ExportJob, WeightsSearch, WeightsSource
-from .onnx_graph import set_io_dims, torch_to_onnx
+from .base import OPSET, ExportError, ExportJob
+from .onnx_graph import torch_to_onnx
 
 MODELS = ("face_align",)
 
@@ -33,11 +33,6 @@ def template(size: int) -> np.ndarray:
     dst = ARCFACE_DST_112 * ratio
     dst[:, 0] += 8.0 * ratio
     return dst
-
-
-def resolve_weights(model: str, search: WeightsSearch) -> WeightsSource:
-    # No learned weights: the template is a published constant.
-    return WeightsSource("constant", "ArcFace 5-point template (insightface arcface_dst), no learned weights")
 
 
 def geometry(job: ExportJob) -> dict[str, int]:
@@ -111,7 +106,6 @@ def build_module(in_h: int, in_w: int, size: int):
 
 
 def export(job: ExportJob) -> None:
-    import onnx
     import torch
 
     if OPSET < 16:
@@ -123,9 +117,6 @@ def export(job: ExportJob) -> None:
     landmarks = torch.from_numpy(np.broadcast_to(template(g["size"]), (2, g["faces"], 5, 2)).copy())
     job.progress(f"torch.onnx.export (opset {OPSET}), {g['faces']} faces x {g['size']}px per frame")
     torch_to_onnx(module, (images, landmarks), job.out_path, [img.name, lmk.name], [out.name])
-    m = onnx.load(str(job.out_path))
-    set_io_dims(m, job.contract)
-    onnx.save(m, str(job.out_path))
 
 
 def similarity_matrix(landmarks: np.ndarray, size: int) -> np.ndarray | None:

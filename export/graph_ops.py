@@ -107,3 +107,23 @@ def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, *, candidates: int, max_
         out_classes = nn.functional.pad(out_classes, (0, pad)) if out_classes is not None else None
         out_extras = tuple(nn.functional.pad(e, (0, 0) * (e.dim() - 2) + (0, pad)) for e in out_extras)
     return out_boxes, out_scores, out_classes, out_extras, count
+
+
+def peak_top_k(heat, k: int):
+    """heat [B,C,H,W] in 0..1 -> scores [B,K], classes [B,K], ys, xs [B,K] (float cells) and the
+    spatial index [B,K]: 3x3 max-pool keeps local maxima, then top-K over classes x positions."""
+    b, c, h, w = heat.shape
+    peaks = heat * (torch.nn.functional.max_pool2d(heat, 3, stride=1, padding=1) == heat).to(heat.dtype)
+    scores, idx = peaks.reshape(b, -1).topk(k, dim=1)
+    classes = torch.div(idx, h * w, rounding_mode="floor")
+    spatial = idx - classes * (h * w)
+    ys = torch.div(spatial, w, rounding_mode="floor")
+    xs = spatial - ys * w
+    return scores, classes, ys.to(heat.dtype), xs.to(heat.dtype), spatial
+
+
+def gather_maps(maps, spatial):
+    """maps [B,D,H,W], spatial [B,K] -> [B,K,D] (the D values at each picked position)."""
+    b, d = maps.shape[:2]
+    flat = maps.reshape(b, d, -1)
+    return torch.gather(flat, 2, spatial[:, None, :].expand(b, d, spatial.shape[1])).transpose(1, 2)

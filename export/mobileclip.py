@@ -25,36 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import OPSET, ExportError, ExportJob, WeightsSearch, WeightsSource
+from .base import OPSET, ExportError, ExportJob, WeightsSource
 
 MODELS = ("mobileclip_image", "mobileclip_text", "clip_resize")
 OPEN_CLIP_MODEL = "MobileCLIP2-S2"
-# open_clip checkpoints as Apple / timm publish them (first hit wins).
-WEIGHT_NAMES = ("mobileclip2_s2*.pt", "mobileclip2_s2*.pth", "mobileclip2_s2*.safetensors",
-                "MobileCLIP2-S2*.bin", "MobileCLIP2-S2*.pt", "MobileCLIP2-S2*.safetensors",
-                "open_clip_pytorch_model.bin", "open_clip_model.safetensors", "open_clip_*.bin")
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _SYNTHETIC_LAYER_SCALE = 0.5
 _CALIBRATION_IMAGES = 4
 
 
 # ---------------------------------------------------------------- weights
-
-def resolve_weights(model: str, search: WeightsSearch) -> WeightsSource:
-    if model == "clip_resize":
-        return WeightsSource("constant", "bilinear resize, no learned weights")
-    if model not in MODELS:
-        raise ExportError(f"export.mobileclip does not build {model!r}")
-    # Both towers come from one checkpoint: an explicit file for either model counts.
-    for name in ("mobileclip_image", "mobileclip_text"):
-        if name in search.explicit:
-            path = search.find(name)
-            return WeightsSource("file", f"open_clip {OPEN_CLIP_MODEL} checkpoint {path.name}", path)
-    path = search.find(model, *WEIGHT_NAMES)
-    if path is None:
-        return search.synthetic(f"open_clip {OPEN_CLIP_MODEL}")
-    return WeightsSource("file", f"open_clip {OPEN_CLIP_MODEL} checkpoint {path.name}", path)
-
 
 def preprocess_config() -> dict:
     """mean/std of the published MobileCLIP2-S2 weights ([0,1] pixel scale), from open_clip."""
@@ -140,26 +120,7 @@ def _onnx_export(job: ExportJob, module, dummy, no_grad: bool = True) -> None:
                           output_names=[spec_out.name],
                           dynamic_axes={spec_in.name: {0: "batch"}, spec_out.name: {0: "batch"}},
                           opset_version=OPSET, dynamo=False)
-    _pin_output_dims(job.out_path, spec_out)
     job.progress(f"wrote {job.out_path.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
-
-
-def _pin_output_dims(path: Path, spec) -> None:
-    """Write the config's static output dims where tracing left symbolic ones (Resize with a
-    computed `sizes` input): the contract check and TensorRT both want them static."""
-    import onnx
-
-    m = onnx.load(str(path))
-    out = next(o for o in m.graph.output if o.name == spec.name)
-    dims = out.type.tensor_type.shape.dim
-    if len(dims) == len(spec.dims) + 1 and all(d.HasField("dim_value") for d in dims[1:]):
-        return
-    del dims[:]
-    dims.add().dim_param = "batch"
-    for v in spec.dims:
-        dims.add().dim_value = int(v)
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
 
 
 def _export_image(job: ExportJob) -> None:

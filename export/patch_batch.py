@@ -9,7 +9,10 @@ results silently, so this tool:
 
 1. drops initializers listed as graph inputs, makes every input's batch dim symbolic
    ("batch") and optionally sets or frees the spatial dims (NCHW);
-2. rewrites the recognised SCRFD head (perm [0,2,3,1], shape [0,-1,K]);
+2. rewrites the recognised SCRFD head (perm [0,2,3,1], shape [0,-1,K]), and turns into
+   Identity every Reshape whose constant target is its input's own static shape (tf2onnx
+   writes them around squeeze-excite blocks: [1,C,1,1] -> [1,C,1,1]; they only fold the old
+   batch into a constant);
 3. walks the whole graph tracking which tensors carry the batch on axis 0 and which
    integer vectors hold the batch size, and REFUSES (UnprovableGraphError) anything it
    cannot show keeps images independent: a Reshape or Resize whose shape does not start
@@ -42,10 +45,12 @@ class PatchReport:
     inputs: dict[str, list] = field(default_factory=dict)
     rewritten_heads: list[str] = field(default_factory=list)
     removed_initializer_inputs: int = 0
+    identity_reshapes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         ins = ", ".join(f"{k} {v}" for k, v in self.inputs.items())
         return (f"old batch {self.old_batch}; inputs {ins}; {len(self.rewritten_heads)} SCRFD heads rewritten; "
+                f"{len(self.identity_reshapes)} identity reshapes dropped; "
                 f"{self.removed_initializer_inputs} initializers removed from graph inputs")
 
 
@@ -61,6 +66,7 @@ def patch_model(model, *, input_hw: tuple[int, int] | None = None, dynamic_hw: b
     m.CopyFrom(model)
     g = m.graph
     report = PatchReport(old_batch=None)
+    report.identity_reshapes = _drop_identity_reshapes(m, _constants(g, numpy_helper))
 
     init_names = {i.name for i in g.initializer}
     real_inputs = [i for i in g.input if i.name not in init_names]
@@ -166,6 +172,29 @@ def _constants(g, numpy_helper) -> dict[str, np.ndarray]:
             elif a.name in ("value_floats", "value_ints"):
                 consts[n.output[0]] = np.array(list(v))
     return consts
+
+
+def _drop_identity_reshapes(m, consts) -> list[str]:
+    """Reshape -> Identity where the constant target equals the input's static shape in the
+    ORIGINAL graph (so it changes nothing at the old batch, and nothing at any batch)."""
+    import onnx
+
+    try:
+        shapes = _shape_map(onnx.shape_inference.infer_shapes(m).graph)
+    except Exception:  # noqa: BLE001 - no shapes, no rewrite; the proof decides later
+        return []
+    dropped = []
+    for n in m.graph.node:
+        if n.op_type != "Reshape" or n.input[1] not in consts:
+            continue
+        src = shapes.get(n.input[0])
+        target = [int(v) for v in np.asarray(consts[n.input[1]]).reshape(-1)]
+        if src and all(src) and target == list(src):
+            n.op_type = "Identity"
+            del n.input[1:]
+            del n.attribute[:]
+            dropped.append(n.name or n.output[0])
+    return dropped
 
 
 def _rewrite_scrfd_heads(g, consts, numpy_helper) -> list[str]:

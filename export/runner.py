@@ -1,4 +1,6 @@
-"""Runs exports: skip up-to-date models, record provenance, place files atomically."""
+"""Runs exports: skip up-to-date models, then the family's exporter, then the finishing
+steps every model shares, done here once: stamp the contract's dims on the graph's inputs
+and outputs, check the graph, stamp provenance into metadata_props, place atomically."""
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +21,8 @@ log = logging.getLogger("export")
 
 EXPORT_RECORD = "export.json"   # sidecar beside model.onnx: fingerprint + provenance
 ONNX_NAME = "model.onnx"
-_SHARED_SOURCES = ("base.py", "graph_ops.py", "onnx_graph.py", "patch_batch.py", "batch_proof.py", "runner.py")
+_SHARED_SOURCES = ("base.py", "graph_ops.py", "onnx_graph.py", "patch_batch.py", "batch_proof.py", "runner.py",
+                   "wheels.py")
 
 
 @dataclass(frozen=True)
@@ -50,23 +53,25 @@ def fingerprint(model: str, weights: WeightsSource, repository: Path) -> str:
     here = Path(__file__).parent
     h = hashlib.sha256()
     h.update((Path(repository) / model / "config.pbtxt").read_bytes())
-    fam = registry.entry(model).family
-    for name in (*_SHARED_SOURCES, f"{fam}.py"):
+    rec = registry.record(model)
+    for name in (*_SHARED_SOURCES, f"{rec.module}.py"):
         p = here / name
         if p.exists():
             h.update(p.read_bytes())
+    # what of the record shapes the file (tolerances do not: changing one re-exports nothing)
+    h.update(repr((rec.exporter, rec.weights)).encode())
     h.update(weights.fingerprint().encode())
     return h.hexdigest()
 
 
 def export_one(model: str, search: WeightsSearch, repository: Path, force: bool = False) -> Result:
-    fam = registry.family(model)
+    rec = registry.record(model)
     contract = contract_mod.load(model, repository)
-    weights = fam.resolve_weights(model, search)
+    weights = registry.resolve_weights(model, search)
     fp = fingerprint(model, weights, repository)
     out = onnx_path(model, repository)
     record = read_record(model, repository)
-    sides_present = all(p.exists() for p in getattr(fam, "side_artifacts", lambda c: [])(contract))
+    sides_present = all(p.exists() for p in rec.side_paths(contract))
     if not force and out.exists() and sides_present and record and record.get("fingerprint") == fp:
         return Result(model, "up-to-date", out, out.stat().st_size, 0.0, record["provenance"], record["synthetic"])
 
@@ -82,11 +87,8 @@ def export_one(model: str, search: WeightsSearch, repository: Path, force: bool 
         tmp_out = Path(tmp) / ONNX_NAME
         job = ExportJob(contract, tmp_out, weights, Path(tmp),
                         progress=lambda msg, m=model: log.info("%s: %s", m, msg))
-        fam.export(job)
-        if not tmp_out.is_file():
-            raise ExportError(f"{model}: the exporter wrote nothing to {tmp_out}")
         metadata = {**weights.metadata(), "visionserve_model": model, "visionserve_fingerprint": fp}
-        _stamp_metadata(tmp_out, metadata)
+        build(job, metadata)
         os.replace(tmp_out, out)
     seconds = time.perf_counter() - t0
     rec = {"model": model, "fingerprint": fp, "provenance": metadata["weights_provenance"],
@@ -96,14 +98,28 @@ def export_one(model: str, search: WeightsSearch, repository: Path, force: bool 
     return Result(model, "exported", out, rec["size_bytes"], seconds, rec["provenance"], weights.synthetic)
 
 
-def _stamp_metadata(path: Path, metadata: dict[str, str]) -> None:
+def build(job: ExportJob, metadata: dict[str, str] | None = None) -> Path:
+    """The family's exporter, then the steps every export ends with: the contract's dims on
+    the graph's edges, the ONNX checker, provenance in metadata_props, one save to job.out_path."""
     import onnx
 
-    m = onnx.load(str(path), load_external_data=True)
+    from .onnx_graph import set_io_dims
+
+    built = registry.record(job.name).hook("exporter")(job)
+    if built is None and not job.out_path.is_file():
+        raise ExportError(f"{job.name}: the exporter wrote nothing to {job.out_path}")
+    m = built if built is not None else onnx.load(str(job.out_path), load_external_data=True)
+    contract = job.contract
+    set_io_dims(m, contract)
+    try:
+        onnx.checker.check_model(m, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{contract.name}: the exported graph fails the ONNX checker: {exc}") from exc
     existing = {p.key: p for p in m.metadata_props}
-    for k, v in metadata.items():
+    for k, v in (metadata or {}).items():
         if k in existing:
             existing[k].value = v
         else:
             m.metadata_props.add(key=k, value=v)
-    onnx.save(m, str(path))
+    onnx.save(m, str(job.out_path))
+    return job.out_path

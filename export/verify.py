@@ -3,6 +3,9 @@
 Checks: ONNX checker and opset; inputs/outputs vs config.pbtxt (names, dtypes, dims, dynamic
 batch); ONNX Runtime vs the family's independent reference at batch 1 and 8; batch
 invariance (row i of a batch of 8 equals its batch-1 run); model-specific known answers.
+Tolerances are the family records' (export/registry.py). A check that cannot run (no
+independent reference, synthetic weights for a known answer) is SKIPPED with its reason,
+never PASS.
 """
 from __future__ import annotations
 
@@ -22,29 +25,29 @@ from . import registry
 from .base import DEFAULT_SEED, ExportJob, WeightsSearch, WeightsSource
 from .runner import onnx_path, read_record
 
-# Max abs diff allowed between ONNX Runtime and the reference / across batch sizes.
-# Detection outputs are compared on their valid rows, matched by box position; box
-# corners are pixels, so detectors get pixel-scale tolerances.
-TOLERANCE = {"default": 1e-4, "yolo": 0.05, "scrfd": 1e-3, "centerface": 1e-3, "mobileclip_image": 2e-3, "mobileclip_text": 2e-3, "arcface": 1e-3,
-             "face_align": 1.0, "clip_resize": 1.0, "ppocr_det": 1.0}
-BATCH_TOLERANCE = {"default": 1e-4, "mobileclip_image": 1e-3, "mobileclip_text": 1e-3, "arcface": 1e-3,
-                   "face_align": 1.0, "clip_resize": 1.0, "ppocr_det": 1.0}
 ONNX_TO_NP = {1: np.float32, 2: np.uint8, 6: np.int32, 7: np.int64, 10: np.float16}
+
+
+PASS, FAIL, SKIPPED = "PASS", "FAIL", "SKIPPED"
 
 
 @dataclass
 class Check:
     model: str
     name: str
-    ok: bool
+    status: str          # PASS, FAIL or SKIPPED (detail says why)
     detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status != FAIL
 
 
 def sample_inputs(contract: ModelContract, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Plausible inputs from the contract (a family may override with `sample_inputs`)."""
-    fam = registry.family(contract.name)
-    if hasattr(fam, "sample_inputs"):
-        return fam.sample_inputs(contract, batch, rng)
+    """Plausible inputs from the contract (a family's record may name its own)."""
+    own = registry.record(contract.name).hook("inputs")
+    if own is not None:
+        return own(contract, batch, rng)
     out = {}
     for spec in contract.inputs:
         shape = (batch, *spec.dims)
@@ -109,7 +112,11 @@ def check_model(model: str, repository: Path, search: WeightsSearch) -> list[Che
     import onnxruntime as ort
 
     checks: list[Check] = []
-    add = lambda name, ok, detail: checks.append(Check(model, name, bool(ok), detail))  # noqa: E731
+    rec = registry.record(model)
+
+    def add(name: str, ok: bool | None, detail: str) -> None:   # ok None: the check could not run
+        checks.append(Check(model, name, SKIPPED if ok is None else PASS if ok else FAIL, detail))
+
     path = onnx_path(model, repository)
     if not path.exists():
         add("exported", False, f"{path} missing: run `make export-onnx MODELS={model}`")
@@ -132,18 +139,17 @@ def check_model(model: str, repository: Path, search: WeightsSearch) -> list[Che
     singles = [dict(zip(names, sess.run(names, {k: v[i:i + 1] for k, v in batch8.items()}))) for i in range(8)]
     stacked = {n: np.concatenate([s[n] for s in singles]) for n in names}
     diff = max_diff(out8, stacked, model)
-    tol = BATCH_TOLERANCE.get(model, BATCH_TOLERANCE["default"])
+    tol = rec.tolerances.batch
     add("batch invariance (8 vs 8x1)", diff <= tol, f"max abs diff {diff:.2e} (tol {tol:g})")
 
-    fam = registry.family(model)
     ref_fn = None
-    if hasattr(fam, "reference"):
-        weights = recorded_weights(read_record(model, repository)) or fam.resolve_weights(model, search)
+    make_reference = rec.hook("reference")
+    if make_reference is not None:
+        weights = recorded_weights(read_record(model, repository)) or registry.resolve_weights(model, search)
         with tempfile.TemporaryDirectory() as tmp:
-            job = ExportJob(contract, path, weights, Path(tmp))
-            ref_fn = fam.reference(job)
+            ref_fn = make_reference(ExportJob(contract, path, weights, Path(tmp)))
             if ref_fn is not None:
-                tol = TOLERANCE.get(model, TOLERANCE["default"])
+                tol = rec.tolerances.reference
                 for b in (1, 8):
                     inp = {k: v[:b] for k, v in batch8.items()}
                     ref = ref_fn(inp)
@@ -151,10 +157,10 @@ def check_model(model: str, repository: Path, search: WeightsSearch) -> list[Che
                     d = max_diff(got, {n: np.asarray(ref[n]) for n in names}, model)
                     add(f"ORT vs reference, batch {b}", d <= tol, f"max abs diff {d:.2e} (tol {tol:g})")
     if ref_fn is None:
-        add("ORT vs reference", True, "no independent reference for this family (skipped)")
-    if hasattr(fam, "known_answers"):
-        for name, ok, detail in fam.known_answers(contract, sess):
-            add(name, ok, detail)
+        add("ORT vs reference", None, rec.no_reference or "the family has no reference for these weights")
+    known = rec.hook("known_answers")
+    for name, ok, detail in (known(contract, sess) if known else ()):
+        add(name, ok, detail)
     record = read_record(model, repository) or {}
     add("provenance", "provenance" in record, record.get("provenance", "export.json missing"))
     return checks
@@ -168,14 +174,14 @@ def _io_checks(model: str, m, contract: ModelContract) -> list[Check]:
         for spec in specs:
             t = tensors.get(spec.name)
             if t is None:
-                checks.append(Check(model, f"{kind} {spec.name}", False, f"missing in graph (has {sorted(tensors)})"))
+                checks.append(Check(model, f"{kind} {spec.name}", FAIL, f"missing in graph (has {sorted(tensors)})"))
                 continue
             tt = t.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
             dtype = ONNX_TO_NP.get(tt.elem_type)
             ok = (dtype is not None and np.dtype(dtype) == spec.dtype and len(dims) == len(spec.dims) + 1
                   and not isinstance(dims[0], int) and tuple(dims[1:]) == spec.dims)
-            checks.append(Check(model, f"{kind} {spec.name}", ok,
+            checks.append(Check(model, f"{kind} {spec.name}", PASS if ok else FAIL,
                                 f"graph {np.dtype(dtype).name if dtype else tt.elem_type}{dims} vs config "
                                 f"{spec.dtype.name}[batch,{','.join(map(str, spec.dims))}]"))
     return checks
@@ -193,15 +199,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = p.parse_args(argv)
     search = weights_search(args)
-    failed = 0
+    counts = {PASS: 0, FAIL: 0, SKIPPED: 0}
     for model in selected_models(args.models):
         checks = check_model(model, args.repository, search)
         print(f"\n== {model}")
         for c in checks:
-            print(f"  {'PASS' if c.ok else 'FAIL'}  {c.name:<32} {c.detail}")
-            failed += not c.ok
-    print(f"\n{'all checks passed' if not failed else f'{failed} check(s) FAILED'}")
-    return 1 if failed else 0
+            print(f"  {c.status:<7} {c.name:<32} {c.detail}")
+            counts[c.status] += 1
+    print(f"\nverify totals: PASS {counts[PASS]}, FAIL {counts[FAIL]}, SKIPPED {counts[SKIPPED]}")
+    return 1 if counts[FAIL] else 0
 
 
 if __name__ == "__main__":

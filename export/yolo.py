@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from .base import OPSET, ExportError, ExportJob, WeightsSearch, WeightsSource
-from .onnx_graph import set_io_dims, torch_to_onnx
+from .base import OPSET, ExportError, ExportJob, WeightsSource
+from .onnx_graph import torch_to_onnx
 
 MODELS = ("yolo",)
 ARCH = "yolo11s.yaml"
@@ -27,22 +27,6 @@ DEFAULT_CANDIDATES = 1000
 # calibration images; enough boxes to exercise NMS and top-K without flooding them.
 _SYNTHETIC_POSITIVE_RATE = 0.005
 _SYNTHETIC_LOGIT_STD = 0.5
-
-
-def resolve_weights(model: str, search: WeightsSearch) -> WeightsSource:
-    path = search.find(model, "yolo11s.pt", "yolo*.pt")
-    if path is None:
-        return search.synthetic(f"YOLO11s ({ARCH}, ultralytics {_ultralytics_version()})")
-    return WeightsSource("file", f"ultralytics checkpoint {path.name}", path)
-
-
-def _ultralytics_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("ultralytics")
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def load_yolo(weights: WeightsSource):
@@ -207,15 +191,6 @@ def export(job: ExportJob) -> None:
                  f"iou<={g['iou_threshold']}")
     # torch emits outputs in forward's order; the contract may list them in any order
     torch_to_onnx(module, (dummy,), job.out_path, [name_in], expected)
-    _stamp_contract_dims(job)
-
-
-def _stamp_contract_dims(job: ExportJob) -> None:
-    import onnx
-
-    m = onnx.load(str(job.out_path))
-    set_io_dims(m, job.contract)
-    onnx.save(m, str(job.out_path))
 
 
 def reference(job: ExportJob):

@@ -29,9 +29,6 @@ ROUTE_MODELS = {
         "texts", "text_polygons", "text_scores", "num_lines", "image_embedding")),
 }
 
-# BLS pipelines call these (their configs cannot say so; an ensemble's can).
-BLS_STEPS = {"faces": ("scrfd", "face_align", "arcface"), "ocr": ("ppocr_det", "ppocr_rec")}
-
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -120,9 +117,7 @@ class Catalog:
         todo = list(configs)
         while todo:   # the models pipelines run, for their weights' provenance
             name = todo.pop()
-            steps[name] = tuple(
-                s["model_name"] for s in configs[name].get("ensemble_scheduling", {}).get("step", [])
-            ) or BLS_STEPS.get(name, ())
+            steps[name] = contract.from_json(configs[name]).steps if configs[name] else ()
             for step in steps[name]:
                 if step not in configs:
                     try:

@@ -17,15 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics, report
+from . import metrics, report, scene
 from .errors import PerfError, ServerUnavailable, UsageError
 from .net import grpc_target, require_loopback
 from .record import ResultRecord
 from .units import parse_int_list
 
-SAMPLE_TEXT = b"a photo of an astronaut riding a horse"
-_NP = {"TYPE_UINT8": np.uint8, "TYPE_INT8": np.int8, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64,
-       "TYPE_FP16": np.float16, "TYPE_FP32": np.float32, "TYPE_BOOL": np.bool_}
 
 
 @dataclass(frozen=True)
@@ -41,51 +38,29 @@ class Sweep:
     progress: bool = True
 
 
-def sample_frame(h: int, w: int) -> np.ndarray:
-    """A realistic frame, so every branch of a pipeline runs (a face for arcface, a line of
-    text for the recogniser): skimage's astronaut photo with a rendered caption band.
-    Random noise would send the face and OCR pipelines down their empty-result paths."""
-    import cv2
-
-    try:
-        from skimage import data
-        img = cv2.resize(data.astronaut(), (w, h), interpolation=cv2.INTER_AREA)
-    except ImportError:   # the test extra is absent: a flat grey frame still carries the text
-        img = np.full((h, w, 3), 128, np.uint8)
-    band = max(24, h // 10)
-    img[h - band:] = 255
-    cv2.putText(img, "VISIONSERVE 2026", (w // 20, h - band // 4), cv2.FONT_HERSHEY_SIMPLEX,
-                band / 40, (0, 0, 0), max(1, band // 16), cv2.LINE_AA)
-    return img
-
-
-def make_inputs(config: dict, batch: int, seed: int = 0):
-    """tritonclient InferInputs for `batch` items from the server's model config (JSON form)."""
+def make_inputs(config: dict, batch: int):
+    """tritonclient InferInputs for `batch` items of the real scene (perf.scene: a face, objects,
+    text, captions), from the server's model config (JSON form), so every pipeline branch runs."""
     from tritonclient.grpc import InferInput
 
-    rng = np.random.default_rng(seed)
+    from serving.contract import ContractError, from_json
+
+    try:
+        specs = from_json(config).inputs
+    except ContractError as exc:
+        raise UsageError(str(exc)) from exc
+    for s in specs:
+        if any(d < 0 for d in s.dims):
+            raise UsageError(f"input {s.name} has variable dims {list(s.dims)}: give a fixed-shape model")
     batched = int(config.get("max_batch_size", 0)) > 0
+    try:
+        feed = scene.inputs_for(specs, batch if batched else 1)
+    except scene.SceneError as exc:
+        raise UsageError(str(exc)) from exc
     out = []
-    for t in config["input"]:
-        dims = [int(d) for d in t["dims"]]
-        if any(d < 0 for d in dims):
-            raise UsageError(f"input {t['name']} has variable dims {dims}: give a fixed-shape model")
-        shape = ([batch] if batched else []) + dims
-        dtype = t["data_type"]
-        if dtype == "TYPE_STRING":
-            arr = np.full(shape, SAMPLE_TEXT, dtype=object)
-            triton = "BYTES"
-        elif dtype == "TYPE_UINT8" and len(dims) == 3 and dims[2] == 3:
-            arr = np.broadcast_to(sample_frame(dims[0], dims[1]), shape).copy()
-            triton = "UINT8"
-        elif dtype in _NP:
-            np_t = _NP[dtype]
-            arr = (rng.integers(0, 255, size=shape, dtype=np.uint8).astype(np_t) if np_t != np.bool_
-                   else rng.integers(0, 2, size=shape).astype(bool))
-            triton = dtype.removeprefix("TYPE_")
-        else:
-            raise UsageError(f"input {t['name']}: data type {dtype} not supported by bench_models")
-        inp = InferInput(t["name"], shape, triton)
+    for s in specs:
+        arr = feed[s.name] if batched else feed[s.name][0]
+        inp = InferInput(s.name, list(arr.shape), s.triton_dtype)
         inp.set_data_from_numpy(arr)
         out.append(inp)
     return out
@@ -148,7 +123,7 @@ async def bench_model(model: str, sweep: Sweep) -> list[ResultRecord]:
                            leave=False, disable=not sweep.progress)
                 lat, sent, errors, elapsed, first_error = await _point(client, model, inputs, sweep, conc, bar)
                 bar.close()
-                after = metrics.scrape(sweep.metrics_url)
+                after = await _settled_scrape(sweep.metrics_url, before, model, sent)
                 rec = _record(model, batch, conc, lat, sent, errors, elapsed, first_error,
                                       metrics.delta(before, after, model))
                 # An ensemble executes once per request; the batching happens in the models it calls.
@@ -159,6 +134,20 @@ async def bench_model(model: str, sweep: Sweep) -> list[ResultRecord]:
         return records
     finally:
         await client.close()
+
+
+async def _settled_scrape(url: str, before, model: str, sent: int, wait_s: float = 2.0):
+    """Triton counts a request in its metrics just after answering it: scrape again (briefly)
+    until every request we sent is counted, so the last ones of a point are not lost."""
+    deadline = time.monotonic() + wait_s
+    after = metrics.scrape(url)
+    while time.monotonic() < deadline:
+        d = metrics.delta(before, after, model)
+        if d.requests + d.failures >= sent:
+            break
+        await asyncio.sleep(0.05)
+        after = metrics.scrape(url)
+    return after
 
 
 def _record(model, batch, conc, lat, sent, errors, elapsed, first_error, d: metrics.ModelDelta) -> ResultRecord:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import report
+from . import report, scene
 from .errors import PerfError, ServerUnavailable, UsageError
 from .net import require_loopback
 from .record import ResultRecord
@@ -37,21 +37,6 @@ class Scenarios:
     seconds: float = 10.0       # sustained duration, and the cap on any scenario
     max_in_flight: int = 64     # sustained: beyond this, requests count as errors (shed)
     timeout_s: float = 60.0
-
-
-def synthetic_jpeg(width: int = 1280, height: int = 720, seed: int = 0) -> bytes:
-    """A deterministic 1280x720 q90 frame: gradients, noise, shapes and a line of text."""
-    import cv2
-    import simplejpeg
-
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    img = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], -1).astype(np.uint8)
-    img = np.clip(img.astype(np.int16) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
-    cv2.rectangle(img, (100, 120), (420, 560), (30, 30, 200), -1)
-    cv2.circle(img, (820, 330), 150, (220, 190, 160), -1)
-    cv2.putText(img, "VISIONSERVE 2026", (500, 650), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (255, 255, 255), 4)
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(img), quality=90, colorspace="RGB")
 
 
 def _request_args(route: str, image: bytes) -> dict:
@@ -202,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", default="http://127.0.0.1:8080", help="gateway base URL (loopback only)")
     ap.add_argument("--routes", default=",".join(ROUTES), help=f"comma list of {', '.join(ROUTES)}")
     ap.add_argument("--scenarios", default="single,burst,sustained")
-    ap.add_argument("--image", type=Path, help="JPEG to send (default: a synthetic 1280x720 q90 frame)")
+    ap.add_argument("--image", type=Path, help="JPEG to send (default: perf.scene's 1280x720 q90 frame: a face, objects, text)")
     ap.add_argument("--sla-p95-ms", type=float, default=500.0)
     ap.add_argument("--single", type=int, default=20)
     ap.add_argument("--burst", type=int, default=16)
@@ -219,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [s for s in scen if s not in ("single", "burst", "sustained")]
         if bad:
             raise UsageError(f"unknown scenario(s) {bad}; known: single, burst, sustained")
-        image = a.image.read_bytes() if a.image else synthetic_jpeg()
+        image = a.image.read_bytes() if a.image else scene.scene_jpeg(720, 1280)
         records = asyncio.run(bench(a.url, [r for r in a.routes.split(",") if r], scen, sc, image,
                                     progress=not a.no_progress))
     except (PerfError, OSError) as exc:
@@ -228,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = verdicts(records, a.sla_p95_ms)
     out = report.new_dir(a.name, a.reports)
     meta = {"tool": "bench_pipelines (HTTP through the gateway, httpx)", "gateway": a.url,
-            "image": str(a.image or "synthetic 1280x720 q90"), "SLA": f"p95 <= {a.sla_p95_ms:g} ms, 0 errors",
+            "image": str(a.image or "perf.scene 1280x720 q90 (faces, objects, text)"), "SLA": f"p95 <= {a.sla_p95_ms:g} ms, 0 errors",
             "scenarios": f"single {sc.single} sequential; burst {sc.burst} x {sc.burst_rounds}; "
                          f"sustained {sc.rate:g}/s for {sc.seconds:g} s",
             "verdict": "PASS" if all(ok for _, ok, _ in rows) else "FAIL",

@@ -5,11 +5,12 @@ names, dtypes, dims, batch limits and baked parameters from here instead of rest
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +87,15 @@ class ModelContract:
         return float(self.parameter(key, None if default is None else str(default)))
 
     @property
+    def steps(self) -> tuple[str, ...]:
+        """The models this pipeline calls, in order: an ensemble's from its ensemble_scheduling,
+        a BLS pipeline's from its config parameter "steps" ("scrfd,face_align,arcface": the
+        one place they are written); () for a model that calls none."""
+        if self.kind == "ensemble":
+            return tuple(dict.fromkeys(s.model_name for s in self.config.ensemble_scheduling.step))
+        return tuple(s.strip() for s in self.parameter("steps", "").split(",") if s.strip())
+
+    @property
     def preferred_batch_sizes(self) -> tuple[int, ...]:
         return tuple(self.config.dynamic_batching.preferred_batch_size)
 
@@ -115,6 +125,17 @@ def parse_config(text: str, path: Path | str = "<text>") -> mc.ModelConfig:
         return text_format.Parse(text, mc.ModelConfig())
     except text_format.ParseError as exc:
         raise ContractError(f"{path}: {exc}") from exc
+
+
+def from_json(config: dict | str, path: Path | str = "<triton>") -> ModelContract:
+    """A contract from Triton's JSON model config (the python backend's args["model_config"],
+    the gRPC/HTTP config endpoints); fields this proto version does not know are ignored."""
+    try:
+        cfg = json_format.ParseDict(json.loads(config) if isinstance(config, str) else config,
+                                    mc.ModelConfig(), ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError) as exc:
+        raise ContractError(f"{path}: unreadable model config: {exc}") from exc
+    return ModelContract(cfg.name, Path(path), cfg)
 
 
 def load(name: str, repository: Path = MODEL_REPOSITORY) -> ModelContract:

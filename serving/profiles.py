@@ -35,13 +35,6 @@ PROFILES = ("cpu", "onnx-gpu")
 ONNX_RUNNER = Path(__file__).resolve().parent / "python_models" / "onnx_model.py"
 DERIVED_ROOT = REPO_ROOT / "build" / "repositories"
 
-# Data-dependent pipelines (BLS) call these models; their configs cannot say so, an
-# ensemble's can. Used to drop a pipeline whose steps are missing (skip_missing=True).
-BLS_DEPENDENCIES = {
-    "faces": ("scrfd", "face_align", "arcface"),
-    "ocr": ("ppocr_det", "ppocr_rec"),
-}
-
 # CPU: GPU-tuned queue deadlines (200 ms) would REJECT ordinary load on a CPU that is
 # 20-100x slower; deadlines are raised to at least this. max_queue_size, the bound that
 # keeps latency from growing without limit, is kept as committed.
@@ -212,9 +205,7 @@ def derive(profile: str, dest: Path | None = None, source: Path = MODEL_REPOSITO
 
 
 def _dependencies(c: contract.ModelContract) -> tuple[str, ...]:
-    if c.kind == "ensemble":
-        return tuple(s.model_name for s in c.config.ensemble_scheduling.step)
-    return BLS_DEPENDENCIES.get(c.name, ())
+    return c.steps   # an ensemble's steps, or a BLS pipeline's "steps" parameter
 
 
 def _closure(names, contracts) -> list[str]:

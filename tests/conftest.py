@@ -37,7 +37,7 @@ def exported_model(model: str, tmp_path_factory, search=None):
     from serving import contract
 
     search = search or WeightsSearch()
-    weights = registry.family(model).resolve_weights(model, search)
+    weights = registry.resolve_weights(model, search)
     path = runner.onnx_path(model, MODEL_REPOSITORY)
     record = runner.read_record(model, MODEL_REPOSITORY)
     if not (path.exists() and record and record.get("fingerprint") == runner.fingerprint(model, weights, MODEL_REPOSITORY)):

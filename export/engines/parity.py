@@ -1,10 +1,11 @@
 """Parity after build: the plan vs ONNX Runtime on the same inputs, at batch 1 and max batch.
 
-The tolerances of every model live in TABLE below and nowhere else. Each output is held
-to `atol + rtol * |reference|` elementwise, of which a fraction `max_mismatch` may miss
-(NMS / top-K outputs: a near-tie can swap two rows or move one box across the score
-threshold under FP16, which shifts the rows after it), and, for embeddings, a floor on
-the per-row cosine similarity. Integer outputs use the same rule on their values.
+The tolerances of every model are its family record's (export/registry.py,
+`tolerances.engine`) and nowhere else. Each output is held to `atol + rtol * |reference|`
+elementwise, of which a fraction `max_mismatch` may miss (NMS / top-K outputs: a near-tie
+can swap two rows or move one box across the score threshold under FP16, which shifts the
+rows after it), and, for embeddings, a floor on the per-row cosine similarity. Integer
+outputs use the same rule on their values.
 
 Runners are Polygraphy's (OnnxrtRunner for the reference, TrtRunner for the plan); any
 object with `__enter__/__exit__` and `infer(feed) -> {name: array}` works, which is how
@@ -12,71 +13,23 @@ the tests run the whole check as ONNX Runtime vs ONNX Runtime.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from serving.contract import TensorSpec
 
+from .. import registry
+from ..tolerances import DEFAULT_PARITY, ParitySpec, Tolerance  # noqa: F401 (part of this module's API)
 from .errors import ParityError
 
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float = 1e-3
-    rtol: float = 0.0
-    max_mismatch: float = 0.0          # fraction of elements allowed outside atol + rtol*|ref|
-    min_cosine: float | None = None    # per-row floor over the last axis (embeddings)
-
-
-@dataclass(frozen=True)
-class ParitySpec:
-    outputs: dict                       # output name -> Tolerance; "*" for the others
-    input_ranges: dict = field(default_factory=dict)   # input name -> (low, high) of generated values
-
-    def tolerance(self, output: str) -> Tolerance:
-        return self.outputs.get(output) or self.outputs.get("*") or DEFAULT.outputs["*"]
-
-
-_DETECTOR = {
-    "boxes": Tolerance(atol=2.0, max_mismatch=0.05),        # input pixels
-    "landmarks": Tolerance(atol=2.0, max_mismatch=0.05),
-    "scores": Tolerance(atol=0.02, max_mismatch=0.05),
-    "classes": Tolerance(atol=0.0, max_mismatch=0.05),
-    "num_detections": Tolerance(atol=1.0),                  # one box may cross the threshold
-}
-
-
-def _detector(*outputs: str) -> dict:
-    return {o: _DETECTOR[o] for o in outputs}
-
-
-_FACES = _detector("boxes", "scores", "landmarks", "num_detections")
-_OBJECTS = _detector("boxes", "scores", "classes", "num_detections")
-
-# THE table: per-model parity tolerances (and the value ranges of generated inputs).
-TABLE: dict[str, ParitySpec] = {
-    "scrfd": ParitySpec(_FACES),
-    "centerface": ParitySpec(_FACES),
-    "yolo": ParitySpec(_OBJECTS),
-    "centernet": ParitySpec(_OBJECTS),
-    "arcface": ParitySpec({"embeddings": Tolerance(atol=0.01, min_cosine=0.999)}),
-    "mobileclip_image": ParitySpec({"embeddings": Tolerance(atol=0.02, min_cosine=0.995)}),
-    "mobileclip_text": ParitySpec({"embeddings": Tolerance(atol=0.02, min_cosine=0.995)},
-                                  input_ranges={"tokens": (0, 49408)}),
-    "clip_resize": ParitySpec({"clip_images": Tolerance(atol=1.0)}),          # uint8 rounding
-    "face_align": ParitySpec({"crops": Tolerance(atol=2.0, max_mismatch=0.01)},
-                             input_ranges={"landmarks": (200.0, 440.0)}),
-    "ppocr_det": ParitySpec({"prob_map": Tolerance(atol=4.0, max_mismatch=0.01)}),   # x255
-    "ppocr_rec": ParitySpec({"char_ids": Tolerance(atol=0.0, max_mismatch=0.02),
-                             "char_scores": Tolerance(atol=0.02, max_mismatch=0.02)}),
-}
-DEFAULT = ParitySpec({"*": Tolerance(atol=1e-2, rtol=1e-2)})
+DEFAULT = DEFAULT_PARITY
 
 
 def spec_for(model: str) -> ParitySpec:
-    return TABLE.get(model, DEFAULT)
+    """The model's engine tolerances from its family record (DEFAULT for models without one)."""
+    return registry.record(model).tolerances.engine if model in registry.MODELS else DEFAULT
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ The rule (docs/engines.md repeats it):
    FP32: TopK, NonMaxSuppression, ArgMax/ArgMin, ReduceL2/ReduceSumSquare,
    LpNormalization, LayerNormalization, CumSum.
 5. Models whose whole graph is coordinate arithmetic are built without FP16 at all
-   (FP32_ONLY below).
+   (their family record's `fp32_only` says why: export/registry.py).
 
 Only nodes on the data path (downstream of a graph input) that touch floating-point
 tensors are marked; shape/constant plumbing and weight-only subgraphs are left to TensorRT. Marking is done by renaming the nodes with MARK as a prefix: TensorRT's
@@ -35,10 +35,6 @@ COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "L
 ALWAYS_FP32_OPS = frozenset({"TopK", "NonMaxSuppression", "ArgMax", "ArgMin", "ReduceL2", "ReduceSumSquare",
                              "LpNormalization", "LayerNormalization", "CumSum"})
 PLUMBING_OPS = frozenset({"Constant", "Shape", "Size", "ConstantOfShape"})
-
-# Whole graph is geometry at 640 px scale (Umeyama solve, affine grid, bilinear sample):
-# FP16 steps are 0.5 px there and there is no heavy compute to win back.
-FP32_ONLY = {"face_align": "similarity solve and sampling grid in 640-px coordinates"}
 
 _FLOAT_TYPES = {1, 10, 11, 16}   # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
@@ -85,11 +81,18 @@ def _float_tensors(model) -> set[str] | None:
     return out
 
 
+def fp32_only(model_name: str) -> str | None:
+    """Why `model_name` is built without FP16 at all (its family record), None when it is not."""
+    from .. import registry
+
+    return registry.record(model_name).fp32_only if model_name in registry.MODELS else None
+
+
 def fp32_nodes(model, model_name: str = "", name_patterns: tuple[str, ...] = ()) -> PrecisionPlan:
     """Apply the rule to an onnx.ModelProto (not modified)."""
     g = model.graph
     names = _node_names(g)
-    if model_name in FP32_ONLY:
+    if fp32_only(model_name):
         return PrecisionPlan(False, (), {"fp32-only": len(names)})
     producers = {}
     for i, n in enumerate(g.node):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from export import registry
 from export.engines import parity
 from export.engines.build import engine_models
 from export.engines.errors import ParityError
@@ -15,16 +16,13 @@ FACES = (TensorSpec("faces", np.dtype(np.uint8), "UINT8", (16, 16, 3)),)
 IMAGES = (TensorSpec("images", np.dtype(np.uint8), "UINT8", (16, 16, 3)),)
 
 
-def test_table_names_real_models_and_outputs():
+def test_engine_tolerances_come_from_the_family_records():
     plans = set(engine_models())
-    assert set(parity.TABLE) <= plans
-    for model, spec in parity.TABLE.items():
-        c = contract.load(model)
-        outs = {o.name for o in c.outputs}
-        assert set(spec.outputs) == outs, model       # every output has its own, stated tolerance
-        assert set(spec.input_ranges) <= {i.name for i in c.inputs}, model
-        for o in outs:
-            assert isinstance(spec.tolerance(o), parity.Tolerance)
+    for model in plans:
+        spec = parity.spec_for(model)
+        assert spec is registry.record(model).tolerances.engine
+        assert {o.name for o in contract.load(model).outputs} <= set(spec.outputs), model
+    assert parity.spec_for("tinyface") is parity.DEFAULT
 
 
 def test_compare_rules():

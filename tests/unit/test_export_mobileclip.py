@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("open_clip", reason="open_clip (export extra) is not installed")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 
-from export import mobileclip  # noqa: E402
+from export import mobileclip, registry  # noqa: E402
 from export.base import ExportJob, WeightsSearch, WeightsSource  # noqa: E402
 from serving import contract as contract_mod  # noqa: E402
 from tests.conftest import MODEL_REPOSITORY  # noqa: E402
@@ -53,7 +53,7 @@ def sessions(exported):
 def _reference(model: str):
     c = contract_mod.load(model, MODEL_REPOSITORY)
     with tempfile.TemporaryDirectory() as tmp:
-        job = ExportJob(c, Path(tmp) / "unused.onnx", mobileclip.resolve_weights(model, _search()), Path(tmp))
+        job = ExportJob(c, Path(tmp) / "unused.onnx", registry.resolve_weights(model, _search()), Path(tmp))
         return mobileclip.reference(job)
 
 
@@ -151,17 +151,17 @@ def test_tokenizer_vocabulary_written_for_triton(exported):
 
 
 def test_weights_resolution(tmp_path):
-    assert mobileclip.resolve_weights("mobileclip_image", WeightsSearch(dirs=(tmp_path,))).synthetic
-    assert mobileclip.resolve_weights("clip_resize", WeightsSearch()).kind == "constant"
+    assert registry.resolve_weights("mobileclip_image", WeightsSearch(dirs=(tmp_path,))).synthetic
+    assert registry.resolve_weights("clip_resize", WeightsSearch()).kind == "constant"
     ckpt = tmp_path / "mobileclip2_s2.pt"
     ckpt.write_bytes(b"x")
     for m in ("mobileclip_image", "mobileclip_text"):
-        w = mobileclip.resolve_weights(m, WeightsSearch(dirs=(tmp_path,)))
+        w = registry.resolve_weights(m, WeightsSearch(dirs=(tmp_path,)))
         assert w.kind == "file" and w.path == ckpt
     # one checkpoint holds both towers: --weights for either model serves both
     other = tmp_path / "custom.bin"
     other.write_bytes(b"x")
-    w = mobileclip.resolve_weights("mobileclip_text", WeightsSearch(explicit={"mobileclip_image": other}))
+    w = registry.resolve_weights("mobileclip_text", WeightsSearch(explicit={"mobileclip_image": other}))
     assert w.path == other
 
 

@@ -9,7 +9,7 @@ from tests.conftest import MODEL_REPOSITORY
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from export import ppocr  # noqa: E402
+from export import ppocr, registry  # noqa: E402
 from export.base import ExportError, WeightsSearch  # noqa: E402
 from serving import contract  # noqa: E402
 
@@ -125,9 +125,9 @@ def test_user_weights_patterns_do_not_grab_face_detectors(tmp_path):
     (tmp_path / "det_10g.onnx").write_bytes(b"")
     (tmp_path / "w600k_r50.onnx").write_bytes(b"")
     search = WeightsSearch(dirs=(tmp_path,))
-    assert search.find("ppocr_det", *ppocr._USER_PATTERNS["ppocr_det"]) is None
+    assert search.find("ppocr_det", *registry.record("ppocr_det").weights.patterns) is None
     (tmp_path / "ch_PP-OCRv4_det_infer.onnx").write_bytes(b"")
-    src = ppocr.resolve_weights("ppocr_det", search)
+    src = registry.resolve_weights("ppocr_det", search)
     assert src.kind == "file" and src.path.name == "ch_PP-OCRv4_det_infer.onnx"
 
 
@@ -138,11 +138,11 @@ def test_rec_without_alphabet_is_refused():
 
 
 def _original(model):
-    return ppocr.resolve_weights(model, WeightsSearch()).path
+    return registry.resolve_weights(model, WeightsSearch()).path
 
 
 def _job(model, exports):
     from export.base import ExportJob
 
-    return ExportJob(contract.load(model), exports[model].path, ppocr.resolve_weights(model, WeightsSearch()),
+    return ExportJob(contract.load(model), exports[model].path, registry.resolve_weights(model, WeightsSearch()),
                      exports[model].path.parent)

@@ -11,7 +11,7 @@ from tests.conftest import SHARED_WEIGHTS, shared_weight
 pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from export import scrfd  # noqa: E402
+from export import registry, runner, scrfd  # noqa: E402
 from export.base import ExportJob, WeightsSearch  # noqa: E402
 from serving import contract as contract_mod  # noqa: E402
 
@@ -20,8 +20,8 @@ KNOWN_BOX = np.array([226, 69, 339, 223], np.float32)   # ../shared/weights/READ
 
 def _export(tmp: Path, search: WeightsSearch):
     c = contract_mod.load("scrfd")
-    job = ExportJob(c, tmp / "model.onnx", scrfd.resolve_weights("scrfd", search), tmp)
-    scrfd.export(job)
+    job = ExportJob(c, tmp / "model.onnx", registry.resolve_weights("scrfd", search), tmp)
+    runner.build(job)
     return job, ort.InferenceSession(str(job.out_path), providers=["CPUExecutionProvider"])
 
 
@@ -50,10 +50,10 @@ def frames(astronaut):
 
 
 def test_weights_search_prefers_files_and_falls_back_loudly(tmp_path):
-    assert scrfd.resolve_weights("scrfd", WeightsSearch(dirs=(tmp_path,))).synthetic
+    assert registry.resolve_weights("scrfd", WeightsSearch(dirs=(tmp_path,))).synthetic
     (tmp_path / "scrfd_500m_kps.onnx").write_bytes(b"x")
     (tmp_path / "det_10g.onnx").write_bytes(b"x")
-    w = scrfd.resolve_weights("scrfd", WeightsSearch(dirs=(tmp_path,)))
+    w = registry.resolve_weights("scrfd", WeightsSearch(dirs=(tmp_path,)))
     assert w.kind == "file" and w.path.name == "det_10g.onnx"
 
 

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from export import registry
 from tests.conftest import exported_model
 
 MODEL = "yolo"
@@ -159,7 +160,7 @@ def test_user_checkpoint_is_found_and_loaded_offline(exported, tmp_path):
 
     source = yolo.load_yolo(exported[1].weights)
     source.save(str(tmp_path / "yolo11s.pt"))
-    weights = yolo.resolve_weights(MODEL, WeightsSearch(dirs=(tmp_path,)))
+    weights = registry.resolve_weights(MODEL, WeightsSearch(dirs=(tmp_path,)))
     assert not weights.synthetic and weights.path == tmp_path / "yolo11s.pt"
     loaded = yolo.load_yolo(weights).model
     want = copy.deepcopy(source.model).half().float().eval()

@@ -173,3 +173,37 @@ def test_centerface_initializer_inputs_and_fixed_batch(tmp_path):
     assert report.inputs["input.1"] == ["batch", 3, "height", "width"]
     assert check_batch_equivalence(src, patched, batch=8) <= 1e-5                       # at its own 32x32
     assert check_batch_equivalence(src, patched, batch=8, input_hw=(96, 128)) <= 1e-5   # other sizes
+
+
+def _squeeze_excite(target):
+    """x [1,3,8,8] -> GlobalAveragePool -> Reshape(target) -> Mul x: tf2onnx's SE block shape."""
+    g = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"], name="pool"),
+         helper.make_node("Reshape", ["p", "shape"], ["r"], name="se_reshape"),
+         helper.make_node("Mul", ["x", "r"], ["y"], name="excite")],
+        "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(target, np.int64), "shape")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_identity_reshapes_holding_the_old_batch_are_dropped(tmp_path):
+    original = _squeeze_excite([1, 3, 1, 1])           # its own shape: a no-op at batch 1
+    patched, report = patch_model(original)
+    assert report.identity_reshapes == ["se_reshape"]
+    assert [n.op_type for n in patched.graph.node] == ["GlobalAveragePool", "Identity", "Mul"]
+    onnx.save(original, str(tmp_path / "se.onnx"))
+    assert check_batch_equivalence(tmp_path / "se.onnx", patched, batch=5) <= 1e-6
+    with pytest.raises(UnprovableGraphError, match="old batch size 1"):
+        patch_model(_squeeze_excite([1, 3, 1, 1, 1]))   # not its own shape: still refused
+
+
+def test_real_centernet_batch_equals_single_runs(tmp_path):
+    """The tf2onnx CenterNet (NHWC, 17 squeeze-excite reshapes) made batch-dynamic, proven."""
+    path = shared_weight("centernet_mbv3_coco.onnx")
+    heads = onnx.utils.Extractor(onnx.load(str(path))).extract_model(
+        ["tower_0/images:0"], ["tower_0/keypoints", "tower_0/wh"])
+    patched, report = patch_model(heads)
+    assert report.old_batch == 1 and len(report.identity_reshapes) == 17
+    onnx.save(heads, str(tmp_path / "heads.onnx"))
+    assert check_batch_equivalence(tmp_path / "heads.onnx", patched, batch=3) <= 1e-5

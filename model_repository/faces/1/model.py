@@ -7,8 +7,9 @@ mask, ONE arcface call for all of them (chunked at arcface's max_batch_size), an
 embeddings scattered back into [B, K, 512] (zero rows beyond num_faces). No per-face or
 per-image Python loop.
 
-The step models' batch limits are read from their config.pbtxt beside this model (the
-same repository Triton serves), parsed with Triton's own proto.
+The steps (detector, aligner, embedder) are this model's config parameter "steps"; their
+batch limits are read from their config.pbtxt beside this model (the same repository
+Triton serves), parsed with Triton's own proto.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from serving.bls import StepError, call_chunked
+from serving.contract import from_json
 
-DETECTOR, ALIGNER, EMBEDDER = "scrfd", "face_align", "arcface"
 DET_OUTPUTS = ("boxes", "scores", "landmarks", "num_detections")
 
 
@@ -40,7 +41,12 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         repo = Path(args["model_repository"]).parent
-        self.limits = {m: _max_batch_size(repo, m) for m in (DETECTOR, ALIGNER, EMBEDDER)}
+        steps = from_json(config).steps
+        if len(steps) != 3:
+            raise pb_utils.TritonModelException(f"faces: parameter steps must name detector, aligner and "
+                                                f"embedder, got {steps}")
+        self.detector, self.aligner, self.embedder = steps
+        self.limits = {m: _max_batch_size(repo, m) for m in steps}
         out = {t["name"]: t for t in config["output"]}
         self.k = int(out["boxes"]["dims"][0])
         self.dim = int(out["embeddings"]["dims"][1])
@@ -59,7 +65,7 @@ class TritonPythonModel:
                 for j in range(len(requests))]
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        det = call_chunked(DETECTOR, {"images": images}, DET_OUTPUTS, self.limits[DETECTOR])
+        det = call_chunked(self.detector, {"images": images}, DET_OUTPUTS, self.limits[self.detector])
         num = np.clip(det["num_detections"].reshape(-1), 0, self.k).astype(np.int32)
         b = images.shape[0]
         embeddings = np.zeros((b, self.k, self.dim), np.float32)
@@ -67,10 +73,10 @@ class TritonPythonModel:
         valid = np.arange(self.k)[None, :] < num[:, None]
         with_faces = np.flatnonzero(num > 0)
         if with_faces.size:
-            crops = call_chunked(ALIGNER, {"images": images[with_faces], "landmarks": det["landmarks"][with_faces]},
-                          ("crops",), self.limits[ALIGNER])["crops"]
+            crops = call_chunked(self.aligner, {"images": images[with_faces], "landmarks": det["landmarks"][with_faces]},
+                          ("crops",), self.limits[self.aligner])["crops"]
             faces = crops[valid[with_faces]]            # [N, 112, 112, 3], all faces of all images
-            emb = call_chunked(EMBEDDER, {"faces": faces}, ("embeddings",), self.limits[EMBEDDER])["embeddings"]
+            emb = call_chunked(self.embedder, {"faces": faces}, ("embeddings",), self.limits[self.embedder])["embeddings"]
             embeddings[valid] = emb                     # scatter back, row-major = same order
         return {
             "boxes": det["boxes"].astype(np.float32, copy=False),

@@ -22,13 +22,12 @@ try:
     import cv2
     from serving import ocr_postprocess as ocr
     from serving.bls import StepError, call
-    from serving.contract import parse_config
+    from serving.contract import from_json, parse_config
 except ImportError as exc:  # say what to install instead of a bare traceback in the server log
     raise ImportError(
         f"the ocr model needs the visionserve package and OpenCV in Triton's python environment "
         f"(pip install -e <visionserve> opencv-python-headless): {exc}") from exc
 
-DET_MODEL, REC_MODEL = "ppocr_det", "ppocr_rec"
 CHARSET_FILE = "charset.txt"
 
 
@@ -61,8 +60,12 @@ class TritonPythonModel:
         cv2.setNumThreads(1)   # several python-backend processes share the CPU
         config = json.loads(args["model_config"])
         model_dir = Path(args["model_repository"])
-        det_cfg = _sibling_config(model_dir, DET_MODEL)
-        rec_cfg = _sibling_config(model_dir, REC_MODEL)
+        steps = from_json(config).steps
+        if len(steps) != 2:
+            raise pb_utils.TritonModelException(f"ocr: parameter steps must name detector and recogniser, got {steps}")
+        self.det_model, self.rec_model = steps
+        det_cfg = _sibling_config(model_dir, self.det_model)
+        rec_cfg = _sibling_config(model_dir, self.rec_model)
         self.det_in, self.det_out = det_cfg.input[0].name, det_cfg.output[0].name
         self.rec_in = rec_cfg.input[0].name
         self.det_max_batch = max(int(det_cfg.max_batch_size), 1)
@@ -78,10 +81,10 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
 
     def _detect(self, images: np.ndarray) -> np.ndarray:
-        return call(DET_MODEL, {self.det_in: images}, [self.det_out])[self.det_out]
+        return call(self.det_model, {self.det_in: images}, [self.det_out])[self.det_out]
 
     def _recognize(self, crops: np.ndarray):
-        out = call(REC_MODEL, {self.rec_in: crops}, ["char_ids", "char_scores"])
+        out = call(self.rec_model, {self.rec_in: crops}, ["char_ids", "char_scores"])
         return out["char_ids"], out["char_scores"]
 
     def execute(self, requests):
