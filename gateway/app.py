@@ -52,7 +52,7 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
 
     app = FastAPI(title="visionserve gateway", version="0.1.0", lifespan=lifespan,
                   default_response_class=JSON,
-                  description="JPEG/PNG in, uint8 tensors to Triton over one gRPC channel. "
+                  description="JPEG/PNG in, uint8 tensors to Triton, each request to the least busy replica. "
                   "Coordinates are in the original image's pixels. Errors are "
                   '`{"error": {"code": ..., "message": ...}}`.')
     for router in ROUTERS:

@@ -74,12 +74,14 @@ def add_fixed_time(repository: Path, model: str, batch_ms: float, image_ms: floa
 
 
 def write_fixed_time_repository(dest: Path, models: dict[str, float], image_ms: float = 0.0,
-                                instances: int = 1, source: Path = MODEL_REPOSITORY) -> Path:
-    """A fresh repository holding only stand-ins: {model: batch_ms}."""
+                                instances: int = 1, source: Path = MODEL_REPOSITORY,
+                                **config) -> Path:
+    """A fresh repository holding only stand-ins: {model: batch_ms}; `config` as for
+    add_fixed_time."""
     dest = Path(dest)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     for model, batch_ms in models.items():
-        add_fixed_time(dest, model, batch_ms, image_ms, instances, source)
+        add_fixed_time(dest, model, batch_ms, image_ms, instances, source, **config)
     return dest

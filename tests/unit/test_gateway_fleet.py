@@ -237,3 +237,31 @@ def test_starts_without_triton_and_becomes_ready_when_one_endpoint_is():
 
     fakes = run(go())
     assert len(fakes[ADDRS[1]].calls) == 1 and not fakes[ADDRS[0]].calls
+
+
+def test_shared_memory_is_per_endpoint_and_a_retry_elsewhere_uses_the_wire():
+    """Two loopback endpoints with their own slot pools: the lease comes from one, the
+    call goes to that one first; when it fails, the retry goes to the other over the wire."""
+    from tests.unit.test_gateway_shm import ShmFake
+
+    async def go():
+        fakes = {a: ShmFake() for a in ADDRS[:2]}
+        s = GatewaySettings(triton_grpc="ipv4:" + ",".join(ADDRS[:2]), shared_memory="on",
+                            triton_admin_key="key")
+        fleet = Fleet(s, Metrics(), connect=fakes.__getitem__)
+        await started(fleet)
+        lease = await fleet.lease((640, 640), 16, 1)
+        owner = next(f for f in fakes.values() if f.pool.stats()["busy"] == 1)
+        other = next(f for f in fakes.values() if f is not owner)
+        await fleet.infer("yolo", {"images": lease.array}, OUT)
+        owner.fail = TritonUnavailable("Socket closed")
+        await fleet.infer("yolo", {"images": lease.array}, OUT)
+        lease.release()
+        await fleet.close()
+        for f in fakes.values():
+            await f.pool.close()
+        return owner.in_slot, other.in_slot
+
+    owner_calls, other_calls = run(go())
+    assert owner_calls == [True, True]     # both first attempts in its own slot
+    assert other_calls == [False]          # the retry: the wire
