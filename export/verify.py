@@ -155,7 +155,9 @@ def check_model(model: str, repository: Path, search: WeightsSearch) -> list[Che
                     ref = ref_fn(inp)
                     got = {n: out8[n][:b] for n in names}
                     d = max_diff(got, {n: np.asarray(ref[n]) for n in names}, model)
-                    add(f"ORT vs reference, batch {b}", d <= tol, f"max abs diff {d:.2e} (tol {tol:g})")
+                    count = next((n for n in names if n.startswith("num_")), None)
+                    rows = f", {int(np.asarray(ref[count]).sum())} detections compared" if count else ""
+                    add(f"ORT vs reference, batch {b}", d <= tol, f"max abs diff {d:.2e} (tol {tol:g}){rows}")
     if ref_fn is None:
         add("ORT vs reference", None, rec.no_reference or "the family has no reference for these weights")
     known = rec.hook("known_answers")
