@@ -129,7 +129,7 @@ def test_batch_invariance(session, images, batch8):
 
 def test_matches_ultralytics_predictor(exported, session):
     """ultralytics' predictor (greedy class-aware NMS) on the same weights and settings, on
-    its own bus.jpg and zidane.jpg. Fast NMS only ever suppresses more than greedy NMS, so
+    its own bus.jpg and zidane.jpg. The graph's NMS converges to greedy NMS's result, so
     every detection of ours must be one of ultralytics' (same class, IoU > 0.99, score within
     1e-3), and we may miss a few of theirs (at most 20%, or 1 of a handful)."""
     from export import yolo
