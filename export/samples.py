@@ -71,3 +71,21 @@ def photo_inputs(contract, batch: int, rng: np.random.Generator) -> dict[str, np
     """A feed of photo frames for a model with one [H,W,3] uint8 image input."""
     (spec,) = contract.inputs
     return {spec.name: photo_frames(batch, spec.dims[0], spec.dims[1], rng)}
+
+
+def real_frames(n: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Frames for checks: the perf scene first (a face, objects, printed lines), then photos;
+    a text-line strip (w > 2h, e.g. the recogniser's 48x320) gets printed words instead."""
+    from perf import scene
+
+    if w > 2 * h:
+        words = ("VISIONSERVE 2026", "Triton Inference", "batch of lines", "Lorem ipsum 123", "text recognition")
+        out = np.empty((n, h, w, 3), np.uint8)
+        for i in range(n):
+            panel, _ = scene.render_lines([words[(i + int(rng.integers(len(words)))) % len(words)]], w,
+                                          font_px=max(8, int(h * 0.55)), margin=max(2, h // 8), height=h)
+            out[i] = panel
+        return out
+    frames = photo_frames(n, h, w, rng)
+    frames[0] = scene.scene(h, w)
+    return frames
