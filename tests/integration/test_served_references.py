@@ -18,7 +18,7 @@ from export.samples import letterbox, ultralytics_photo
 from export.verify import recorded_weights
 from serving.contract import MODEL_REPOSITORY
 
-from .test_gateway_live import Gateway
+from .gateway_process import Gateway
 from .triton_calls import infer
 
 pytestmark = pytest.mark.integration
