@@ -295,10 +295,7 @@ def reference(job: ExportJob):
     mean, std = np.array(CENTERNET_MEAN_BGR, np.float32), np.array(CENTERNET_STD_BGR, np.float32)
 
     def run(images):
-        images = images["images"] if isinstance(images, dict) else images
-        n = len(images)
-        out = {"boxes": np.zeros((n, k, 4), np.float32), "scores": np.zeros((n, k), np.float32),
-               "classes": np.zeros((n, k), np.int32), "num_detections": np.zeros((n, 1), np.int32)}
+        images, out = _padded_objects(images, k)
         for i, img in enumerate(images):
             x = ((img[..., ::-1].astype(np.float32) - mean) / std).transpose(2, 0, 1)[None].copy()
             with torch.no_grad():
@@ -318,6 +315,14 @@ def reference(job: ExportJob):
     return run
 
 
+def _padded_objects(images, k: int):
+    """(the image batch from a bare array or verify's feed, zeroed contract outputs for it)."""
+    images = images["images"] if isinstance(images, dict) else images
+    n = len(images)
+    return images, {"boxes": np.zeros((n, k, 4), np.float32), "scores": np.zeros((n, k), np.float32),
+                    "classes": np.zeros((n, k), np.int32), "num_detections": np.zeros((n, 1), np.int32)}
+
+
 def _file_decode_reference(path, k: int, thr: float):
     """The file's own `detections` output [1,100,6] (x1,y1,x2,y2, score, class), run per image."""
     import onnxruntime as ort
@@ -329,10 +334,7 @@ def _file_decode_reference(path, k: int, thr: float):
         raise ExportError(f"{path.name} has no [N,K,6] decoded-detections output to compare against")
 
     def run(images):
-        images = images["images"] if isinstance(images, dict) else images
-        n = len(images)
-        out = {"boxes": np.zeros((n, k, 4), np.float32), "scores": np.zeros((n, k), np.float32),
-               "classes": np.zeros((n, k), np.int32), "num_detections": np.zeros((n, 1), np.int32)}
+        images, out = _padded_objects(images, k)
         for i, img in enumerate(images):
             d = sess.run([det], {name_in: img[None].astype(np.float32)})[0][0]
             d = d[np.argsort(-d[:, 4], kind="stable")]
