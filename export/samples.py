@@ -68,9 +68,10 @@ def photo_frames(n: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray
 
 
 def photo_inputs(contract, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A feed of photo frames for a model with one [H,W,3] uint8 image input."""
+    """A feed of real frames (the perf scene, then photos) for a model with one [H,W,3] uint8
+    image input: faces, people and objects for the detectors to find."""
     (spec,) = contract.inputs
-    return {spec.name: photo_frames(batch, spec.dims[0], spec.dims[1], rng)}
+    return {spec.name: real_frames(batch, spec.dims[0], spec.dims[1], rng)}
 
 
 def real_frames(n: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:

@@ -53,6 +53,19 @@ def load_yolo(weights: WeightsSource):
 
 
 def _calibrate_synthetic(det, seed: int) -> None:
+    """One thread: BatchNorm statistics summed in a fixed order, so the export and verify's
+    reference (another process) rebuild bit-identical weights; see _calibrate_on_one_thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _calibrate_on_one_thread(det, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _calibrate_on_one_thread(det, seed: int) -> None:
     """Fresh ultralytics init is degenerate at eval: BatchNorm's default statistics shrink
     activations to zero over ~100 layers, so every anchor gets the same box and a score of
     1e-4. Re-estimate BN statistics on two photos (one train-mode pass), then scale each

@@ -151,9 +151,9 @@ def check(model: str, reference, candidate, inputs: tuple[TensorSpec, ...], outp
 _MISSING = 1e6    # added to the partner of an unmatched detection row: beyond every tolerance
 
 
-def matched_rows(ref: dict, got: dict, count: str, rows: list[str]) -> tuple[dict, dict]:
+def matched_rows(ref: dict, got: dict, count: str, rows: list[str], min_iou: float = 0.5) -> tuple[dict, dict]:
     """Detections compared as detections: per image, the valid rows of both sides paired by box
-    (highest IoU first, IoU >= 0.5 or the same box within 2 px), every per-row output flattened to the matched pairs, and
+    (same class, highest IoU first, IoU >= min_iou or the same box within 2 px), every per-row output flattened to the matched pairs, and
     each unmatched row (a box only one side found) paired with a row that fails every
     tolerance, so it counts as a mismatch. Padding rows are not compared."""
     pairs_ref: dict[str, list] = {n: [] for n in rows}
@@ -167,9 +167,11 @@ def matched_rows(ref: dict, got: dict, count: str, rows: list[str]) -> tuple[dic
         iou = inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
         # degenerate boxes (zero area) have no IoU: the same box within 2 px is a match too
         iou = np.maximum(iou, np.abs(a[:, None] - b[None]).max(-1, initial=0) <= 2.0)
+        if "classes" in ref:        # a box pairs only with a box of its own class
+            iou = iou * (ref["classes"][i, :nr, None] == got["classes"][i, None, :ng])
         pairs, used_r, used_g = [], set(), set()
         for r, g in zip(*np.unravel_index(np.argsort(-iou, axis=None), iou.shape)):
-            if iou[r, g] < 0.5:
+            if iou[r, g] < min_iou:
                 break
             if r not in used_r and g not in used_g:
                 pairs.append((r, g))
