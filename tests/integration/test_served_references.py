@@ -190,8 +190,11 @@ def test_faces_match_scrfd_file_and_torch_iresnet(served, gateway):
         assert np.abs(np.sort(got["boxes"], 0) - np.sort(boxes, 0)).max() <= 1.0
         crops = []
         for lm in got["landmarks"]:                     # insightface norm_crop, from the served landmarks
-            t = SimilarityTransform()
-            t.estimate(lm, template(112))
+            if hasattr(SimilarityTransform, "from_estimate"):          # skimage >= 0.26
+                t = SimilarityTransform.from_estimate(lm, template(112))
+            else:
+                t = SimilarityTransform()
+                t.estimate(lm, template(112))
             crops.append(cv2.warpAffine(frame, t.params[:2], (112, 112), borderValue=0.0))
         x = (torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() - 127.5) / 127.5
         with torch.no_grad():
@@ -238,7 +241,7 @@ def test_ocr_matches_rapidocr(served, gateway):
 
     from perf.scene import render_lines
 
-    pages = [render_lines(OCR_LINES[i:i + 10], 640, font_px=24, line_gap=2.4, margin=20, height=640)[0]
+    pages = [render_lines(OCR_LINES[i:i + 10], 640, font_px=20, line_gap=2.4, margin=20, height=640)[0]
              for i in (0, 10)]
     out = infer(served, "grpc", "ocr", {"images": np.stack(pages)})
     engine = RapidOCR()
