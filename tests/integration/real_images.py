@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from export.samples import letterbox, ultralytics_photo
-from perf.scene import CAPTIONS
+from perf.scene import CAPTIONS, render_lines
 from serving.contract import TensorSpec
 
 EXTRA_CAPTIONS = ("two dogs playing in the snow", "a red car parked next to a fire hydrant", "日本の寺",
@@ -58,8 +58,6 @@ def landmarks(n: int, k: int, frame: tuple[int, int]) -> np.ndarray:
 
 def inputs(specs: tuple[TensorSpec, ...], n: int = 24) -> list[dict[str, np.ndarray]]:
     """n different batch-1 feeds for a model's inputs."""
-    import cv2
-
     from serving.clip_tokenizer import ClipTokenizer
 
     imgs = distinct_photos(n)
@@ -77,10 +75,18 @@ def inputs(specs: tuple[TensorSpec, ...], n: int = 24) -> list[dict[str, np.ndar
             vals = [lm[i:i + 1] for i in range(n)]
         elif s.dtype == np.uint8 and len(s.dims) == 3:
             h, w, _ = s.dims
-            if w > 2 * h:                               # a text-line strip (ppocr_rec): resize, no letterbox
-                vals = [cv2.resize(im[: im.shape[0] // 4], (w, h), interpolation=cv2.INTER_AREA)[None] for im in imgs]
-            else:
-                vals = [letterbox(im, h, w)[0][None] for im in imgs]
+            texts = captions(n)
+            if w > 2 * h:                               # a text-line strip (ppocr_rec): a printed caption
+                vals = [render_lines([t[:24]], w, font_px=max(8, h // 2), margin=h // 8, height=h)[0][None]
+                        for t in texts]
+            else:                                       # the photo with its caption printed in a white band
+                vals = []
+                for im, t in zip(imgs, texts):
+                    frame = letterbox(im, h, w)[0]
+                    band = max(16, h // 12)
+                    frame[h - band:] = render_lines([t[:40]], w, font_px=max(8, band // 2), margin=band // 5,
+                                                    height=band)[0]
+                    vals.append(frame[None])
         else:
             raise ValueError(f"no real data for {s.name} {s.dtype}{list(s.dims)}")
         for f, v in zip(feeds, vals):
