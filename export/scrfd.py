@@ -1,5 +1,5 @@
 """SCRFD face detection (5 landmarks): a third-party SCRFD ONNX, batch-patched, wrapped in
-uint8 preprocessing and a batched anchor decode + Fast NMS, joined into ONE graph.
+uint8 preprocessing and a batched anchor decode + batched NMS (greedy NMS's result), joined into ONE graph.
 
     images uint8 [B,640,640,3] RGB --pre (torch)--> float [B,3,640,640], (x-127.5)/128
         --core (the SCRFD file, patched by export.patch_batch)--> 9 head outputs
@@ -21,7 +21,7 @@ MODELS = ("scrfd",)
 STRIDES = (8, 16, 32)
 ANCHORS_PER_CELL = 2
 MEAN, STD = 127.5, 128.0          # insightface: blobFromImage(1/128, mean 127.5, swapRB=True) -> RGB
-NMS_CANDIDATES = 1000             # per image, before Fast NMS; bounded so the IoU matrix stays small
+NMS_CANDIDATES = 1000             # per image, before NMS; bounded so the IoU matrix stays small
 HEAD_WIDTHS = {1: "score", 4: "bbox", 10: "kps"}
 
 
@@ -46,10 +46,10 @@ def _decode_module(size_hw, k: int, score_threshold: float, iou_threshold: float
     import torch
     from torch import nn
 
-    from .graph_ops import fast_nms
+    from .graph_ops import batched_nms
 
     class SCRFDDecode(nn.Module):
-        """9 head outputs [B,N_s,{1,4,10}] -> top-K faces after Fast NMS (distance2bbox/kps)."""
+        """9 head outputs [B,N_s,{1,4,10}] -> top-K faces after NMS (distance2bbox/kps)."""
 
         def __init__(self):
             super().__init__()
@@ -63,7 +63,7 @@ def _decode_module(size_hw, k: int, score_threshold: float, iou_threshold: float
             boxes = torch.cat([self.centers - dist[..., :2], self.centers + dist[..., 2:]], -1)
             kps = torch.cat([k8, k16, k32], 1) * self.strides
             kps = kps.reshape(kps.shape[0], kps.shape[1], 5, 2) + self.centers[:, None, :]
-            out_boxes, out_scores, _, (out_kps,), count = fast_nms(
+            out_boxes, out_scores, _, (out_kps,), count = batched_nms(
                 boxes, scores, candidates=NMS_CANDIDATES, max_out=k, iou_threshold=iou_threshold,
                 score_threshold=score_threshold, extras=(kps,))
             return out_boxes, out_scores, out_kps, count
@@ -193,7 +193,7 @@ def reference(job: ExportJob):
         for i, img in enumerate(images):   # one image per run: the original file has batch 1
             x = ((img.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1)[None]
             boxes, scores, kps = numpy_decode(run_one(x), (h, w))
-            keep = numpy_fast_nms(boxes, scores, iou_thr, score_thr)[:k]
+            keep = numpy_nms(boxes, scores, iou_thr, score_thr)[:k]
             m = len(keep)
             outs["boxes"][i, :m], outs["scores"][i, :m], outs["landmarks"][i, :m] = boxes[keep], scores[keep], kps[keep]
             outs["num_detections"][i, 0] = m
@@ -259,16 +259,19 @@ def numpy_decode(heads: list[np.ndarray], size_hw) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(boxes), np.concatenate(scores), np.concatenate(kps)
 
 
-def numpy_fast_nms(boxes, scores, iou_thr, score_thr, candidates: int = NMS_CANDIDATES) -> np.ndarray:
-    """Indices kept by Fast NMS (a box goes when ANY higher-scoring candidate overlaps it above
-    iou_thr), best first: the semantics of graph_ops.fast_nms, written independently."""
+def numpy_nms(boxes, scores, iou_thr, score_thr, candidates: int = NMS_CANDIDATES) -> np.ndarray:
+    """Indices kept by greedy NMS (the insightface/OpenCV loop), best first, over the top
+    `candidates` by score: what graph_ops.batched_nms converges to, written independently."""
     order = np.argsort(-scores, kind="stable")[:candidates]
-    b = boxes[order]
-    lt = np.maximum(b[:, None, :2], b[None, :, :2])
-    rb = np.minimum(b[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    order = order[scores[order] > score_thr]
+    b = boxes[order].astype(np.float64)
     area = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
-    iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9)
-    suppressed = np.triu(iou, k=1).max(axis=0, initial=0.0) > iou_thr
-    keep = order[~suppressed & (scores[order] > score_thr)]
-    return keep
+    alive = np.ones(len(order), bool)
+    for i in range(len(order)):   # reference code: the sequential loop on purpose
+        if not alive[i]:
+            continue
+        lt, rb = np.maximum(b[i, :2], b[i + 1:, :2]), np.minimum(b[i, 2:], b[i + 1:, 2:])
+        inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+        iou = inter / np.maximum(area[i] + area[i + 1:] - inter, 1e-9)
+        alive[i + 1:] &= iou <= iou_thr
+    return order[alive]

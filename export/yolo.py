@@ -1,7 +1,7 @@
 """YOLO11s (ultralytics, offline) with decode, class-aware NMS and top-K inside the graph.
 
 uint8 NHWC -> x/255 -> ultralytics DetectionModel -> [B, 4+nc, N] (cx,cy,w,h in input
-pixels, per-class sigmoid scores) -> x1y1x2y2, best class per anchor -> Fast NMS (class-aware)
+pixels, per-class sigmoid scores) -> x1y1x2y2, best class per anchor -> batched class-aware NMS
 -> boxes/scores/classes/num_detections padded to the contract's K.
 
 Weights: a user's ultralytics checkpoint (yolo11s.pt), else synthetic: yolo11s.yaml built
@@ -18,7 +18,7 @@ from .onnx_graph import torch_to_onnx
 
 MODELS = ("yolo",)
 ARCH = "yolo11s.yaml"
-# Fast NMS compares the top candidates pairwise ([B,C,C] IoU). ultralytics' predictor looks
+# The batched NMS compares the top candidates pairwise ([B,C,C] IoU). ultralytics' predictor looks
 # at up to 30000 boxes with a sequential loop; 1000 covers every realistic image above the
 # config's score threshold and keeps the matrix at 4 MB per image. The config may set
 # "nms_candidates" to change it.
@@ -53,6 +53,19 @@ def load_yolo(weights: WeightsSource):
 
 
 def _calibrate_synthetic(det, seed: int) -> None:
+    """One thread: BatchNorm statistics summed in a fixed order, so the export and verify's
+    reference (another process) rebuild bit-identical weights; see _calibrate_on_one_thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _calibrate_on_one_thread(det, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _calibrate_on_one_thread(det, seed: int) -> None:
     """Fresh ultralytics init is degenerate at eval: BatchNorm's default statistics shrink
     activations to zero over ~100 layers, so every anchor gets the same box and a score of
     1e-4. Re-estimate BN statistics on two photos (one train-mode pass), then scale each
@@ -146,7 +159,7 @@ def build_module(det, g: dict):
     import torch
     from torch import nn
 
-    from .graph_ops import ImagePreprocess, fast_nms
+    from .graph_ops import ImagePreprocess, batched_nms
 
     class YoloDetect(nn.Module):
         def __init__(self):
@@ -164,7 +177,7 @@ def build_module(det, g: dict):
             xy, wh = y[..., :2], y[..., 2:4]
             boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)
             scores, classes = y[..., 4:].max(-1)
-            boxes, scores, classes, _, count = fast_nms(
+            boxes, scores, classes, _, count = batched_nms(
                 boxes, scores, candidates=g["candidates"], max_out=g["k"], iou_threshold=g["iou_threshold"],
                 score_threshold=g["score_threshold"], classes=classes)
             # like ultralytics' predictor: NMS on raw boxes, then clip to the image

@@ -93,10 +93,12 @@ class Options:
     measurement_interval_ms: int = 2000
     stability_percentage: int = 10
     max_trials: int = 10
-    input_data: str = "zero"
+    input_data: str = "zero"           # zero | random | a directory | a JSON file (the CLI writes the real scene)
     string_length: int = 128
     metrics_url: str | None = None
-    headers: tuple[str, ...] = ()      # "Header:Value", HTTP only (restricted shm API)
+    # "Header:Value" sent with every request, as an HTTP header or as gRPC metadata (the
+    # shipped perf_analyzer passes -H on both): the restricted shared-memory API's admin key.
+    headers: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()
 
     def shape(self, steps: int = 1) -> est.LoadShape:
@@ -233,11 +235,12 @@ def parse_csv(text: str, model: str, batch: int, stdout: str = "") -> list[Resul
 # --- CLI: make perf MODEL=... -----------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import dataclasses
     import time
 
     from serving import contract
 
-    from . import report
+    from . import report, scene
     from .memcap import default_cap
     from .net import require_loopback
     from .units import human_bytes, parse_bytes, parse_range
@@ -251,7 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--concurrency", default="1:16:4", help="start:end:step")
     ap.add_argument("--mem", default=None, help="memory cap, e.g. 4G (default min(4G, MemAvailable/2))")
-    ap.add_argument("--shared-memory", default="none", choices=est.SHM_MODES)
+    ap.add_argument("--shared-memory", default="none", choices=est.SHM_MODES,
+                    help="system/cuda on either protocol; a hardened Triton needs --admin-key for its shm API")
+    ap.add_argument("--admin-key", default=os.environ.get("VISIONSERVE_TRITON_ADMIN_KEY"),
+                    help="key of the restricted APIs (default $VISIONSERVE_TRITON_ADMIN_KEY); sent as the "
+                         "admin-key header over HTTP, as triton-grpc-protocol-admin-key metadata over gRPC")
+    ap.add_argument("--input-data", default="scene",
+                    help="scene (default: perf.scene's real frame, captions and landmarks as a JSON), "
+                         "zero, random, a directory or a JSON file")
     ap.add_argument("--max-threads", type=int, default=None)
     ap.add_argument("--request-count", type=int, default=50, help="requests per count window")
     ap.add_argument("--stability", type=int, default=10,
@@ -265,8 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cap = parse_bytes(a.mem) if a.mem else default_cap()
         require_loopback(a.url)
-        load = est.TensorLoad.from_contract(contract.load(a.model, a.repository))
-        opts = Options(model=a.model, url=a.url, protocol=a.protocol, batch=a.batch,
+        model_contract = contract.load(a.model, a.repository)
+        load = est.TensorLoad.from_contract(model_contract)
+        headers = ()
+        if a.admin_key:
+            name = "triton-grpc-protocol-admin-key" if a.protocol == "grpc" else "admin-key"
+            headers = (f"{name}:{a.admin_key}",)
+        opts = Options(model=a.model, url=a.url, protocol=a.protocol, batch=a.batch, input_data=a.input_data,
+                       headers=headers,
                        concurrency=parse_range(a.concurrency), shared_memory=a.shared_memory,
                        max_threads=a.max_threads, measurement_request_count=a.request_count,
                        stability_percentage=a.stability,
@@ -276,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.estimate_only:
             return 0
         out = report.new_dir(f"perf-{a.model}-b{a.batch}", a.reports)
+        if a.input_data == "scene":   # every pipeline branch runs (a face, objects, text), not black frames
+            path = scene.perf_analyzer_json(model_contract.inputs, out / "input_data.json", steps=a.batch)
+            opts = dataclasses.replace(opts, input_data=str(path))
         res = run(opts, load, cap, out, timeout_s=a.timeout)
     except contract.ContractError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -283,11 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     except est.OverCapError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except (RunFailed, SetupError, UsageError) as exc:
+    except (RunFailed, SetupError, UsageError, scene.SceneError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     meta = {"tool": "perf_analyzer (tritonclient 2.50.0 wheel)", "model": a.model, "triton": a.url,
-            "command": " ".join(res.command), "memory cap": res.capped.cap.describe(),
+            "command": " ".join(h if not a.admin_key else h.replace(a.admin_key, "<admin key>")
+                                for h in res.command),
+            "input data": a.input_data, "memory cap": res.capped.cap.describe(),
             "pre-flight estimate": res.estimate.describe(),
             "peak RSS of perf_analyzer": human_bytes(res.capped.peak_rss_bytes),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

@@ -6,8 +6,11 @@ For every point of the grid (max_queue_delay_microseconds x preferred_batch_size
 instance count) a scratch copy of the derived CPU repository (only the model and what
 it calls) gets the point's config, a fresh tritonserver serves it on free loopback
 ports (restart per point: `--model-control-mode none` stays, no API is opened), and
-bench_models measures the concurrency sweep. The knee is the highest throughput whose
-p95 meets the SLA with zero errors. The committed repository is never touched.
+bench_models measures the concurrency sweep on the real scene. The knee is the highest
+throughput whose p95 meets the SLA with zero errors. The committed repository is never
+touched. The measurement is of the CPU profile, so the recommendation is a CPU override
+(`recommended-cpu_override.pbtxt`: copy it to model_repository/<model>/cpu_override.pbtxt,
+which serving.profiles applies to the CPU profile only), never a block for the GPU config.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from serving.profiles import CPU_OVERRIDE, transform
 
 from . import report
 from .bench_models import Sweep, bench_model
@@ -67,7 +72,7 @@ def knee(evidence: list[tuple[Point, ResultRecord]], sla_p95_ms: float):
 
 
 def recommended_block(committed, point: Point) -> str:
-    """The dynamic_batching + instance_group text to paste into the committed config."""
+    """The dynamic_batching + instance_group of a CPU override (serving.profiles.CPU_OVERRIDE)."""
     from serving import contract
 
     cfg = apply(committed, point)
@@ -120,14 +125,19 @@ def tune(model: str, sla_p95_ms: float, points: list[Point], sweep: Sweep, name:
         verdict = f"no point meets p95 <= {sla_p95_ms:g} ms with zero errors; lower concurrency or relax the SLA"
     else:
         p, r = best
-        block = recommended_block(committed, p)
-        (out / "recommended.pbtxt").write_text(
+        block = recommended_block(transform(committed, "cpu"), p)     # what was measured: the CPU profile
+        (out / f"recommended-{CPU_OVERRIDE}").write_text(
+            f"# CPU profile only: copy to model_repository/{model}/{CPU_OVERRIDE} (serving.profiles applies it\n"
+            f"# to the derived CPU config; the committed GPU config is not for a CPU measurement).\n"
             f"# make tune MODEL={model} SLA_P95_MS={sla_p95_ms:g}: knee at {p.label}, concurrency "
             f"{r.concurrency}: {r.throughput:.1f} infer/s, p95 {r.p95_ms:.1f} ms, avg batch "
             f"{(r.avg_batch or 0):.2f}\n{block}")
         verdict = (f"knee: {p.label} at concurrency {r.concurrency}: {r.throughput:.1f} infer/s, "
                    f"p95 {r.p95_ms:.1f} ms (SLA {sla_p95_ms:g} ms), avg batch {(r.avg_batch or 0):.2f}")
-        sections["Recommended block"] = f"```\n{block}```\n(also in recommended.pbtxt)"
+        sections["Recommended CPU override"] = (
+            f"```\n{block}```\nMeasured on the CPU profile: copy `recommended-{CPU_OVERRIDE}` to "
+            f"`model_repository/{model}/{CPU_OVERRIDE}` (the CPU profile applies it). It is not a GPU "
+            "setting: tune GPU batching on a GPU host.")
     sections["Verdict"] = verdict
     meta = {"tool": "tune (scratch CPU repository, tritonserver restarted per point)", "model": model,
             "SLA": f"p95 <= {sla_p95_ms:g} ms, 0 errors", "points": len(points),

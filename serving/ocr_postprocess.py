@@ -5,10 +5,11 @@ model) and in tests with any pair of `detect` / `recognize` callables (the trans
 seam: BLS calls in Triton, ONNX Runtime sessions in tests).
 
 Where it is per item and why: cv2.findContours and cv2.connectedComponents run once per
-IMAGE; cv2.minAreaRect and cv2.warpPerspective run once per LINE, each a single C call
-(a numpy gather over all lines at once was slower than these calls). Everything between
-(scores, unclip, corner order, clipping, homographies, CTC collapse, charset lookup) is
-vectorised across all lines of all images.
+IMAGE; cv2.minAreaRect runs once per LINE and cv2.warpPerspective once per recogniser
+chunk (serving/ocr_chunks.py: long lines are read in overlapping chunks), each a single C
+call (a numpy gather over all lines at once was slower than these calls). Everything
+between (scores, unclip, corner order, clipping, homographies, chunk stitching, CTC
+collapse, charset lookup) is vectorised across all lines of all images.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from typing import Callable
 
 import cv2
 import numpy as np
+
+from . import ocr_chunks
 
 
 class OcrError(RuntimeError):
@@ -30,17 +33,25 @@ class OcrInputError(ValueError):
 
 @dataclass(frozen=True)
 class OcrSettings:
-    """PaddleOCR's defaults (det_db_thresh, det_db_box_thresh, det_db_unclip_ratio, drop_score)."""
+    """The DB settings of the rapidocr wheel the PP-OCR weights come from (its config.yaml:
+    thresh, box_thresh, unclip_ratio, use_dilation; drop score 0.5). Its taller boxes (a 2x2
+    dilation, unclip 1.6) give the recogniser the margin it needs to see the spaces of small
+    text (PaddleOCR's 1.5 without dilation read 'Loremipsumdolorsit' at 14 px)."""
 
     det_threshold: float = 0.3      # pixel is text when p > this
-    box_threshold: float = 0.6      # keep a region when its mean p >= this
-    unclip_ratio: float = 1.5       # DB shrinks text regions; grow them back
+    box_threshold: float = 0.5      # keep a region when its mean p >= this
+    unclip_ratio: float = 1.6       # DB shrinks text regions; grow them back
+    dilate: bool = True             # grow the text bitmap by a 2x2 kernel before finding regions
     min_size: float = 3.0           # drop boxes whose short side is below this (pixels)
     max_candidates: int = 1000      # regions looked at per image
     max_lines: int = 64             # K: lines returned per image (highest det score first)
     text_score: float = 0.5         # drop lines whose mean character probability is below
-    rec_height: int = 48
+    rec_height: int = 48            # the recogniser's input (ppocr_rec's config)
     rec_width: int = 320
+    rec_steps: int = 40             # its CTC steps per input (ppocr_rec's char_ids dims)
+    chunk_overlap: int = 96         # long lines: pixels two neighbouring chunks share (~3 characters)
+    max_chunks: int = 16            # per line; longer lines are squeezed into this many
+    max_squeeze: float = 1.25       # horizontal compression a line may get before it is chunked
     pad_value: int = 128            # PaddleOCR pads with normalised 0, i.e. pixel 127.5
     tall_ratio: float = 1.5         # h/w at which a crop is rotated (vertical text), as PaddleOCR
 
@@ -56,17 +67,19 @@ def db_boxes(prob_map: np.ndarray, s: OcrSettings = OcrSettings()) -> tuple[np.n
     if prob_map.ndim != 2:
         raise OcrError(f"prob map must be [H,W], got {prob_map.shape}")
     h, w = prob_map.shape
-    bitmap = (prob_map > np.uint8(round(s.det_threshold * 255))).astype(np.uint8)
+    text = prob_map > np.uint8(round(s.det_threshold * 255))
+    bitmap = text.astype(np.uint8)
+    if s.dilate:
+        bitmap = cv2.dilate(bitmap, np.ones((2, 2), np.uint8))
     contours, _ = cv2.findContours(bitmap, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return np.zeros((0, 4, 2), np.float32), np.zeros((0,), np.float32)
     contours = contours[: s.max_candidates]
-    # Region score = mean probability over the region's pixels (PaddleOCR's "slow"
-    # polygon score), all regions at once and without a fillPoly per box: an integer
-    # histogram of (label, value) pairs over the text pixels is ~5x faster than a
-    # float-weighted bincount over the whole map.
+    # Region score = mean probability over the region's text pixels (PaddleOCR's "slow"
+    # polygon score; dilation widens the region, not the pixels scored), all regions at
+    # once and without a fillPoly per box: an integer histogram of (label, value) pairs
+    # over the text pixels is ~5x faster than a float-weighted bincount over the whole map.
     n_lab, labels = cv2.connectedComponents(bitmap, connectivity=8)
-    text = bitmap.view(bool)
     hist = np.bincount(labels[text].astype(np.int64) * 256 + prob_map[text],
                        minlength=n_lab * 256).reshape(n_lab, 256)
     counts = np.maximum(hist.sum(1), 1)
@@ -143,36 +156,6 @@ def reading_order(boxes: np.ndarray, same_row_px: float = 10.0) -> np.ndarray:
 
 # ---------------------------------------------------------------- crops
 
-def crop_lines(images: np.ndarray, boxes: np.ndarray, image_index: np.ndarray,
-               s: OcrSettings = OcrSettings()) -> np.ndarray:
-    """Perspective-warp every line to rec_height, aspect kept, width <= rec_width, right-padded.
-
-    images uint8 [B,H,W,3]; boxes [N,4,2] (tl,tr,br,bl); image_index [N] -> uint8 [N,h,w,3].
-    Tall lines (h/w >= tall_ratio) are turned 90 degrees counter-clockwise, as PaddleOCR's
-    np.rot90 on the crop: the source corners are rolled instead, so it is one warp.
-    """
-    n = len(boxes)
-    out = np.full((n, s.rec_height, s.rec_width, 3), s.pad_value, np.uint8)
-    if n == 0:
-        return out
-    pts = boxes.astype(np.float64)
-    bw = np.maximum(np.linalg.norm(pts[:, 0] - pts[:, 1], axis=1), np.linalg.norm(pts[:, 2] - pts[:, 3], axis=1))
-    bh = np.maximum(np.linalg.norm(pts[:, 0] - pts[:, 3], axis=1), np.linalg.norm(pts[:, 1] - pts[:, 2], axis=1))
-    tall = bh >= s.tall_ratio * np.maximum(bw, 1e-6)
-    pts = np.where(tall[:, None, None], np.roll(pts, -1, axis=1), pts)
-    bw, bh = np.where(tall, bh, bw), np.where(tall, bw, bh)
-    widths = np.clip(np.ceil(s.rec_height * bw / np.maximum(bh, 1e-6)), 1, s.rec_width).astype(np.int64)
-    dst = np.zeros((n, 4, 2), np.float64)
-    dst[:, 1, 0] = dst[:, 2, 0] = widths
-    dst[:, 2, 1] = dst[:, 3, 1] = s.rec_height
-    mats = homographies(pts, dst)
-    for i in range(n):  # one C call per line; see the module docstring
-        wi = int(widths[i])
-        out[i, :, :wi] = cv2.warpPerspective(images[image_index[i]], mats[i], (wi, s.rec_height),
-                                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out
-
-
 def homographies(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """cv2.getPerspectiveTransform for many quads at once: [N,4,2] -> [N,3,3]."""
     n = len(src)
@@ -248,7 +231,7 @@ def run_ocr(images: np.ndarray, detect: Callable[[np.ndarray], np.ndarray],
     """images uint8 [B,H,W,3] -> padded per-image lines.
 
     `detect` gets uint8 [b,H,W,3] (b <= det_max_batch) and returns uint8 prob maps [b,H,W];
-    `recognize` gets uint8 crops [n,h,w,3] (n <= rec_max_batch) and returns (ids, probs).
+    `recognize` gets uint8 crops [n,h,w,3] (n <= rec_max_batch) and returns (ids, probs) [n,T].
     """
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise OcrInputError(f"images must be uint8 [B,H,W,3], got {images.dtype}{list(images.shape)}")
@@ -259,11 +242,18 @@ def run_ocr(images: np.ndarray, detect: Callable[[np.ndarray], np.ndarray],
     boxes = np.concatenate([bx for bx, _ in per_image]) if counts.sum() else np.zeros((0, 4, 2), np.float32)
     image_index = np.repeat(np.arange(b), counts)
 
-    crops = crop_lines(images, boxes, image_index, s)
+    if s.rec_width % s.rec_steps or not 0 <= s.chunk_overlap < s.rec_width:
+        raise OcrError(f"recogniser width {s.rec_width} must be a whole number of its {s.rec_steps} steps, "
+                       f"and chunk_overlap {s.chunk_overlap} below it")
+    chunks = ocr_chunks.crop(images, boxes, image_index, s, s.rec_width // s.rec_steps)
+    crops = chunks.crops
     if len(crops):
         parts = [recognize(crops[i:i + rec_max_batch]) for i in range(0, len(crops), rec_max_batch)]
         ids = np.concatenate([p[0] for p in parts])
         probs = np.concatenate([p[1] for p in parts])
+        if ids.shape[1] != s.rec_steps:
+            raise OcrError(f"the recogniser returned {ids.shape[1]} steps per crop, its config says {s.rec_steps}")
+        ids, probs = ocr_chunks.stitch(ids, probs, chunks, len(boxes))
         texts, line_scores = ctc_decode(ids, probs, charset)
     else:
         texts, line_scores = np.zeros((0,), "<U1"), np.zeros((0,), np.float32)

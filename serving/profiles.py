@@ -280,9 +280,35 @@ def _write_model(c: contract.ModelContract, out: Path, profile: str, engine_cach
             if item.name != "__pycache__":
                 _place(item, version / item.name, copy)
     cfg = transform(c.config, profile, provenance(c), engine_cache)
+    if profile == "cpu":
+        cfg = cpu_override(c, cfg)
     (out / "config.pbtxt").write_text(
         f"# DERIVED by serving/profiles.py (profile {profile!r}) from {_rel(c.path)}; do not edit.\n"
         + contract.to_text(cfg))
+
+
+CPU_OVERRIDE = "cpu_override.pbtxt"   # beside config.pbtxt: batching measured on CPU (`make tune`)
+
+
+def cpu_override(c: contract.ModelContract, cfg: mc.ModelConfig) -> mc.ModelConfig:
+    """The CPU profile's dynamic_batching / instance_group from `<model>/cpu_override.pbtxt` when
+    one exists (what `make tune` measured on this profile); the GPU config is never changed."""
+    path = c.path.parent / CPU_OVERRIDE
+    if not path.is_file():
+        return cfg
+    over = contract.parse_config(path.read_text(), path)
+    unknown = [f.name for f, _ in over.ListFields() if f.name not in ("dynamic_batching", "instance_group")]
+    if unknown:
+        raise ProfileError(f"{path}: a CPU override sets only dynamic_batching and instance_group, not {unknown}")
+    if over.HasField("dynamic_batching"):
+        cfg.dynamic_batching.CopyFrom(over.dynamic_batching)
+        _raise_queue_timeouts(cfg.dynamic_batching)
+    if any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in over.instance_group):
+        raise ProfileError(f"{path}: a CPU override's instances run on the CPU (KIND_CPU), not KIND_GPU")
+    if over.instance_group:
+        del cfg.instance_group[:]
+        cfg.instance_group.extend(over.instance_group)
+    return cfg
 
 
 def summary(config: mc.ModelConfig) -> dict:

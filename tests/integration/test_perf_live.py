@@ -73,3 +73,25 @@ def test_bench_models_tiny_sweep_writes_a_report(served, tmp_path):
         assert r.avg_batch >= r.batch
     for name in ("results.json", "results.csv", "summary.md", "throughput.png", "latency.png", "avg_batch.png"):
         assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.integration
+def test_perf_analyzer_feeds_the_real_scene_through_grpc_shared_memory(served, tmp_path):
+    """The default input (perf.scene's frame as real-input JSON) reaches every step of the faces
+    pipeline (arcface runs, as it never does on black frames), over gRPC with system shared
+    memory against the hardened server: the admin key goes as gRPC metadata with -H."""
+    from perf import scene
+
+    served.need("faces")
+    _perf_analyzer_ready()
+    c = served.contracts["faces"]
+    data = scene.perf_analyzer_json(c.inputs, tmp_path / "scene.json")
+    before = served.metrics().get(("nv_inference_count", "arcface"), 0.0)
+    opts = analyzer.Options(model="faces", url=served.server.grpc_url, batch=1, concurrency=(1, 1, 1),
+                            shared_memory="system", input_data=str(data), measurement_request_count=4,
+                            max_trials=4, stability_percentage=1000,
+                            headers=(f"triton-grpc-protocol-admin-key:{served.server.admin_key}",))
+    run = analyzer.run(opts, est.TensorLoad.from_contract(c), CAP, tmp_path, timeout_s=300)
+    assert run.records and run.records[0].throughput > 0
+    assert "--shared-memory" in run.command and str(data) in run.command
+    assert served.metrics().get(("nv_inference_count", "arcface"), 0.0) > before   # a face was embedded

@@ -85,3 +85,58 @@ def test_int_outputs_and_missing_outputs(tmp_path):
     miss = parity.check("tinydet", parity.onnxrt_runner(det), parity.onnxrt_runner(det), IMAGES,
                         ("scores", "nope"), (1,))
     assert not miss.passed and "nope at batch 1: missing from the plan" in miss.failure()
+
+
+class _Runner:
+    """A runner whose infer is a plain function (the seam Polygraphy's runners fill)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def infer(self, feed):
+        return self.fn(feed)
+
+
+def test_detectors_are_compared_on_matched_real_detections(tmp_path_factory):
+    """The production SCRFD on real photos (the scene's astronaut first): faces are found, rows
+    are matched by box before comparing; a plan that loses a face or shifts a box fails, one
+    that finds nothing on these inputs cannot pass by comparing zero padding."""
+    import onnxruntime as ort
+
+    from export.base import WeightsSearch
+    from tests.conftest import exported_model, shared_weight
+
+    weights = shared_weight("scrfd_2.5g_kps.onnx").parent
+    path, job = exported_model("scrfd", tmp_path_factory, WeightsSearch(dirs=(weights,)))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in job.contract.outputs]
+    real = lambda feed: dict(zip(names, sess.run(names, feed)))  # noqa: E731
+    ins, outs = job.contract.inputs, tuple(names)
+    ok = parity.check("scrfd", _Runner(real), _Runner(real), ins, outs, (1, 4))
+    assert ok.passed and real(parity.make_inputs(ins, 1, parity.spec_for("scrfd")))["num_detections"][0, 0] >= 1
+
+    def reordered(feed):                       # same faces, other row order: still equal
+        out = real(feed)
+        n = int(out["num_detections"][0, 0])
+        for k in ("boxes", "scores", "landmarks"):
+            out[k][0, :n] = out[k][0, :n][::-1]
+        return out
+    assert parity.check("scrfd", _Runner(real), _Runner(reordered), ins, outs, (1,)).passed
+
+    def shifted(feed):
+        out = real(feed)
+        out["boxes"] = out["boxes"] + 5.0 * (out["boxes"] != 0)
+        return out
+    bad = parity.check("scrfd", _Runner(real), _Runner(shifted), ins, outs, (1,))
+    assert not bad.passed and "boxes at batch 1" in bad.failure()
+
+    def blind(feed):
+        out = real(feed)
+        return {k: np.zeros_like(v) for k, v in out.items()}
+    assert not parity.check("scrfd", _Runner(blind), _Runner(blind), ins, outs, (1,)).passed

@@ -10,10 +10,11 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from export import centerface as centerface_mod  # noqa: E402
-from export import centernet, graph_ops, registry, runner  # noqa: E402
+from export import centernet, graph_ops, registry, runner, samples  # noqa: E402
 from export.base import ExportJob, WeightsSearch  # noqa: E402
 from serving import contract as contract_mod  # noqa: E402
 from serving.contract import ModelContract  # noqa: E402
+from tests.conftest import shared_weight  # noqa: E402
 
 SCRFD_ASTRONAUT_BOX = np.array([226, 69, 339, 223], np.float32)   # ../shared/weights/README.md
 
@@ -144,3 +145,64 @@ def test_centerface_finds_the_astronaut_face_batched(centerface, astronaut):
     np.testing.assert_array_equal(out["num_detections"], ref["num_detections"])
     np.testing.assert_allclose(out["boxes"], ref["boxes"], atol=1e-3, rtol=0)
     np.testing.assert_allclose(out["landmarks"], ref["landmarks"], atol=1e-3, rtol=0)
+
+
+# -- a third-party CenterNet ONNX (../shared/weights/centernet_mbv3_coco.onnx) -----------------
+@pytest.fixture(scope="module")
+def centernet_file(tmp_path_factory):
+    path = shared_weight("centernet_mbv3_coco.onnx")
+    w = registry.resolve_weights("centernet", WeightsSearch(dirs=(path.parent,)))
+    assert w.kind == "file" and w.path == path          # found in the weights folder, before any .pth
+    tmp = tmp_path_factory.mktemp("centernet_onnx")
+    job = ExportJob(contract_mod.load("centernet"), tmp / "model.onnx", w, tmp)
+    runner.build(job)
+    return job, ort.InferenceSession(str(job.out_path), providers=["CPUExecutionProvider"])
+
+
+def _file_detections(path, frame, thr):
+    """The file's OWN decode (its third output), run on one frame: [n, 6] above thr."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    d = sess.run(["tower_0/detections"], {"tower_0/images:0": frame[None].astype(np.float32)})[0][0]
+    return d[d[:, 4] > thr]
+
+
+def test_third_party_centernet_equals_its_own_decode_on_real_photos(centernet_file):
+    """bus.jpg and zidane.jpg letterboxed like the gateway, batched: every detection above the
+    threshold matches one of the file's own (same class, IoU >= 0.9, same score), and back."""
+    job, sess = centernet_file
+    thr = job.contract.float_parameter("score_threshold")
+    frames = np.stack([samples.letterbox(samples.ultralytics_photo(n), 512, 512)[0] for n in ("bus.jpg", "zidane.jpg")])
+    out = _run(sess, frames)
+    assert out["num_detections"][0, 0] >= 4                  # the bus and three people at least
+    for i, frame in enumerate(frames):
+        single = _run(sess, frame[None])
+        for name in out:
+            np.testing.assert_array_equal(out[name][i], single[name][0], err_msg=f"{name} row {i}")
+        want = _file_detections(job.weights.path, frame, thr)
+        n = int(out["num_detections"][i, 0])
+        assert n == len(want)
+        got = np.concatenate([out["boxes"][i, :n], out["scores"][i, :n, None], out["classes"][i, :n, None]], 1)
+        for a, b in ((got, want), (want, got)):
+            for row in a:
+                same = b[b[:, 5] == row[5]]
+                assert len(same) and max(_iou(row[:4], r[:4]) for r in same) >= 0.9
+                assert np.abs(same[:, 4] - row[4]).min() < 1e-5
+
+
+def test_third_party_centernet_size_must_be_the_config_s(centernet_file, tmp_path):
+    job, _ = centernet_file
+    c = contract_mod.load("centernet")
+    cfg = type(c.config)()
+    cfg.CopyFrom(c.config)
+    cfg.input[0].dims[:] = [640, 640, 3]
+    other = ExportJob(ModelContract(c.name, c.path, cfg), tmp_path / "m.onnx", job.weights, tmp_path)
+    with pytest.raises(centernet.ExportError, match="set the config's input dims"):
+        runner.build(other)
+
+
+def test_third_party_centernet_provenance_and_known_answer(centernet_file):
+    job, sess = centernet_file
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert meta["weights_source"] == str(job.weights.path) and len(meta["weights_sha256"]) == 64
+    [(name, ok, detail)] = centernet.known_answers(job.contract, sess)
+    assert ok, detail

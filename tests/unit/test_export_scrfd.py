@@ -108,5 +108,5 @@ def test_numpy_decode_places_one_anchor():
     assert scores.argmax() == i
     np.testing.assert_allclose(boxes[i], [80 - 16, 48 - 32, 80 + 48, 48 + 64])
     np.testing.assert_allclose(kps[i, 0], [88, 40])
-    keep = scrfd.numpy_fast_nms(boxes, scores, 0.4, 0.3)
+    keep = scrfd.numpy_nms(boxes, scores, 0.4, 0.3)
     assert keep.tolist() == [i]

@@ -129,9 +129,10 @@ def test_batch_invariance(session, images, batch8):
 
 def test_matches_ultralytics_predictor(exported, session):
     """ultralytics' predictor (greedy class-aware NMS) on the same weights and settings, on
-    its own bus.jpg and zidane.jpg. Fast NMS only ever suppresses more than greedy NMS, so
+    its own bus.jpg and zidane.jpg. The graph's NMS converges to greedy NMS's result, so
     every detection of ours must be one of ultralytics' (same class, IoU > 0.99, score within
-    1e-3), and we may miss a few of theirs (at most 20%, or 1 of a handful)."""
+    1e-3) but one scoring within 1e-3 of the threshold (the predictor fuses BatchNorm: its
+    scores differ in the 4th decimal), and we may miss a few of theirs (at most 20%)."""
     from export import yolo
     from export.graph_ops import box_iou
 
@@ -141,13 +142,15 @@ def test_matches_ultralytics_predictor(exported, session):
     assert ours["num_detections"][0, 0] >= 5, "bus.jpg must give the synthetic model detections"
     for i, peer in enumerate(theirs):
         n = int(ours["num_detections"][i, 0])
-        assert len(peer) - max(1, int(np.ceil(0.2 * len(peer)))) <= n <= len(peer), (n, len(peer))
+        assert len(peer) - max(1, int(np.ceil(0.2 * len(peer)))) <= n <= len(peer) + 1, (n, len(peer))
         if n == 0:
             continue
         iou = box_iou(torch.from_numpy(ours["boxes"][i:i + 1, :n]), torch.from_numpy(peer[None, :, :4]))[0].numpy()
         same = (ours["classes"][i, :n, None] == peer[None, :, 5]) & \
                (np.abs(ours["scores"][i, :n, None] - peer[None, :, 4]) <= 1e-3)
-        assert ((iou > 0.99) & same).any(1).all(), f"photo {i}: a detection ultralytics does not have"
+        alone = ~((iou > 0.99) & same).any(1)
+        at_threshold = ours["scores"][i, :n] < exported[1].contract.float_parameter("score_threshold") + 1e-3
+        assert (alone & ~at_threshold).sum() == 0 and alone.sum() <= 1, f"photo {i}: detections ultralytics lacks"
 
 
 def test_user_checkpoint_is_found_and_loaded_offline(exported, tmp_path):

@@ -5,9 +5,12 @@ import cv2
 import numpy as np
 import pytest
 
+from serving import ocr_chunks
 from serving import ocr_postprocess as op
 
 CHARS = np.array(["", "a", "b", "c", " "], dtype="<U1")   # id 0 = blank
+# the box geometry tests below check PaddleOCR's closed-form unclip on undilated maps
+GEOMETRY = op.OcrSettings(dilate=False, unclip_ratio=1.5)
 
 
 def _expected_box(x0, y0, x1, y1, ratio=1.5):
@@ -61,7 +64,7 @@ def test_db_boxes_returns_known_rectangles_in_reading_order():
         prob[y0:y1 + 1, x0:x1 + 1] = 230
     prob[500:540, 100:300] = 120          # p ~ 0.47: above the pixel threshold, below box score
     prob[600:602, 10:200] = 250           # 2 px tall: below min size
-    boxes, scores = op.db_boxes(prob)
+    boxes, scores = op.db_boxes(prob, GEOMETRY)
     assert boxes.shape == (3, 4, 2) and boxes.dtype == np.float32
     order = [1, 0, 2]
     for got, idx in zip(boxes, order):
@@ -76,7 +79,7 @@ def test_db_boxes_rotated_rectangle_and_clipping():
     poly = cv2.boxPoints((center, size, angle))
     cv2.fillPoly(prob, [np.round(poly).astype(np.int32)], 255)
     prob[0:30, 0:150] = 255                # touches the image corner: clipped to the image
-    boxes, _ = op.db_boxes(prob)
+    boxes, _ = op.db_boxes(prob, GEOMETRY)
     assert len(boxes) == 2
     corner, rotated = boxes[0], boxes[1]
     assert corner.min() >= 0 and corner[0].tolist() == [0.0, 0.0]
@@ -109,7 +112,7 @@ def test_rect_corners_and_homographies_match_opencv():
 
 # ------------------------------------------------------------------ crops
 
-def test_crop_lines_keeps_aspect_pads_and_rotates_tall_lines():
+def test_short_lines_are_one_chunk_aspect_kept_padded_tall_ones_rotated():
     img = np.zeros((1, 200, 400, 3), np.uint8)
     img[0, 50:74, 100:196] = 255                        # 96x24 white block (aspect 4)
     img[0, 50:74, 100:104] = (255, 0, 0)                # red left edge
@@ -118,8 +121,9 @@ def test_crop_lines_keeps_aspect_pads_and_rotates_tall_lines():
                      np.float32)
     img[0, 20:116, 300:324] = 200
     img[0, 20:24, 300:324] = (0, 255, 0)                # green top edge of the tall box
-    out = op.crop_lines(img, boxes, np.array([0, 0]))
-    assert out.shape == (2, 48, 320, 3)
+    chunks = ocr_chunks.crop(img, boxes, np.array([0, 0]), op.OcrSettings(), 8)
+    out = chunks.crops
+    assert out.shape == (2, 48, 320, 3) and chunks.line.tolist() == [0, 1] and chunks.start.tolist() == [0, 0]
     # wide: 96x24 -> 192x48, padded with 128 after
     assert (out[0, :, 200:] == 128).all()
     assert out[0, 24, 100:180].min() > 240 and out[0, 24, 2, 0] > 200 and out[0, 24, 2, 1] < 60
@@ -127,6 +131,59 @@ def test_crop_lines_keeps_aspect_pads_and_rotates_tall_lines():
     assert (out[1, :, 200:] == 128).all()
     assert out[1, 24, 2, 1] > 200 and out[1, 24, 2, 0] < 60
     assert out[1, 24, 100:180].min() > 180
+
+
+def test_a_long_line_is_cut_into_overlapping_chunks_warped_from_the_frame():
+    """A 25x1000 px line -> 1920 px at height 48 -> chunks every 224 px, the last one ending at
+    the line's end, each equal to the matching window of the whole line warped at once."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (1, 60, 1100, 3), dtype=np.uint8)
+    box = np.array([[[50, 20], [1050, 20], [1050, 45], [50, 45]]], np.float32)
+    s = op.OcrSettings(max_squeeze=1.0)
+    chunks = ocr_chunks.crop(img, box, np.array([0]), s, 8)
+    pts, widths = ocr_chunks.line_geometry(box, s)
+    assert widths.tolist() == [1920]
+    starts = chunks.start * 8
+    assert chunks.line.tolist() == [0] * 9 and starts.tolist() == [0, 224, 448, 672, 896, 1120, 1344, 1568, 1600]
+    assert (starts % 8 == 0).all() and starts[-1] + 320 == 1920
+    whole = cv2.warpPerspective(img[0], op.homographies(pts, np.array([[[0, 0], [1920, 0], [1920, 48], [0, 48]]],
+                                np.float64))[0], (1920, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    for crop, x in zip(chunks.crops, starts):
+        assert np.abs(crop.astype(int) - whole[:, x:x + 320]).max() <= 1
+    longest = s.rec_width + (s.max_chunks - 1) * (s.rec_width - s.chunk_overlap)
+    assert ocr_chunks.line_geometry(np.array([[[0, 0], [5000, 0], [5000, 10], [0, 10]]], np.float32), s)[1][0] == longest
+    # by default a line is first narrowed by up to max_squeeze: 1920 px -> 1536 px, fewer chunks
+    assert ocr_chunks.line_geometry(box, op.OcrSettings())[1].tolist() == [1536]
+
+
+ABCD = np.array(["", "a", "b", "c", "d"], dtype="<U1")
+
+
+def test_stitching_counts_a_character_in_the_overlap_once():
+    """Two chunks 28 steps apart (12 shared): 'ab' before, 'c' in the overlap (both see it),
+    'd' after. The cut lands on a shared blank with the same characters read on each side."""
+    t = 40
+    a, b = np.zeros(t, np.int32), np.zeros(t, np.int32)
+    a[[3, 4, 10]] = [1, 1, 2]             # a a _ ... b
+    a[33] = 3                             # c, global step 33
+    b[33 - 28] = 3                        # the same c seen by the second chunk (its step 5)
+    b[20] = 4                             # d, global step 48
+    chunks = ocr_chunks.Chunks(np.zeros((2, 48, 320, 3), np.uint8), np.array([0, 0]), np.array([0, 28]))
+    ids, probs = ocr_chunks.stitch(np.stack([a, b]), np.full((2, t), 0.9, np.float32), chunks, 1)
+    texts, scores = op.ctc_decode(ids, probs, ABCD)
+    assert texts.tolist() == ["abcd"] and ids.shape == (1, 68)
+    # a character each chunk places one step apart is still counted once
+    b2 = b.copy()
+    b2[5], b2[6] = 0, 3
+    ids, _ = ocr_chunks.stitch(np.stack([a, b2]), np.full((2, t), 0.9, np.float32), chunks, 1)
+    assert op.ctc_decode(ids, np.ones(ids.shape, np.float32), ABCD)[0].tolist() == ["abcd"]
+
+
+def test_short_lines_keep_their_own_steps_when_stitched():
+    ids = np.arange(2 * 40, dtype=np.int32).reshape(2, 40) % 5
+    chunks = ocr_chunks.Chunks(np.zeros((2, 48, 320, 3), np.uint8), np.array([0, 1]), np.array([0, 0]))
+    got, _ = ocr_chunks.stitch(ids, np.ones((2, 40), np.float32), chunks, 2)
+    np.testing.assert_array_equal(got, ids)
 
 
 # ------------------------------------------------------------------ pipeline with fake models
@@ -143,9 +200,9 @@ def test_run_ocr_scatters_lines_per_image_and_chunks_recognition():
 
     def recognize(crops):
         rec_calls.append(len(crops))
-        ids = np.zeros((len(crops), 10), np.int32)
+        ids = np.zeros((len(crops), 40), np.int32)
         ids[:, :3] = [1, 2, 3]
-        probs = np.full((len(crops), 10), 0.9, np.float32)
+        probs = np.full((len(crops), 40), 0.9, np.float32)
         if len(rec_calls) == 2:
             probs[:] = 0.2  # the second chunk (image 2's line) is unreadable -> dropped
         return ids, probs

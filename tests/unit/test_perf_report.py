@@ -96,3 +96,29 @@ def test_cli_refuses_over_cap_without_a_server(capsys):
                         "--estimate-only"])
     assert rc == 3 and "Flags that would fit" in capsys.readouterr().err
     assert analyzer.main(["--model", "yolo", "--concurrency", "1:2", "--mem", "1G", "--estimate-only"]) == 0
+
+
+def test_tune_writes_a_cpu_override_the_cpu_profile_applies_and_the_gpu_config_ignores(tmp_path):
+    """A CPU measurement never becomes a GPU block: tune's recommendation is a cpu_override.pbtxt,
+    applied by the derived CPU profile only."""
+    from serving import contract, profiles
+
+    repo = tmp_path / "repo"
+    (repo / "clip_resize" / "1").mkdir(parents=True)
+    committed = contract.MODEL_REPOSITORY / "clip_resize" / "config.pbtxt"
+    (repo / "clip_resize" / "config.pbtxt").write_text(committed.read_text())
+    (repo / "clip_resize" / "1" / "model.onnx").write_bytes(b"")
+    (repo / "clip_resize" / "1" / "export.json").write_text('{"provenance": "x"}')
+    c = contract.load("clip_resize", repo)
+    block = tune.recommended_block(profiles.transform(c.config, "cpu"), tune.Point(8000, (2,), 3))
+    (repo / "clip_resize" / profiles.CPU_OVERRIDE).write_text(block)
+    cpu = profiles.derive("cpu", dest=tmp_path / "cpu", source=repo)
+    got = contract.load("clip_resize", cpu.path).config
+    assert got.dynamic_batching.max_queue_delay_microseconds == 8000
+    assert list(got.dynamic_batching.preferred_batch_size) == [2] and got.instance_group[0].count == 3
+    assert got.instance_group[0].kind == got.instance_group[0].KIND_CPU
+    gpu = profiles.derive("onnx-gpu", dest=tmp_path / "gpu", source=repo)
+    assert contract.load("clip_resize", gpu.path).config.dynamic_batching == c.config.dynamic_batching
+    (repo / "clip_resize" / profiles.CPU_OVERRIDE).write_text('max_batch_size: 4')
+    with pytest.raises(profiles.ProfileError, match="only dynamic_batching and instance_group"):
+        profiles.derive("cpu", dest=tmp_path / "cpu2", source=repo)

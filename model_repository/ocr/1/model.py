@@ -52,7 +52,8 @@ def _settings(config: dict, rec_cfg, k: int) -> "ocr.OcrSettings":
                 raise pb_utils.TritonModelException(
                     f"ocr: parameter {f.name}={params[f.name]!r} is not a {cast.__name__}") from exc
     crop_h, crop_w, _ = (int(d) for d in rec_cfg.input[0].dims)
-    return ocr.OcrSettings(**{**over, "max_lines": k, "rec_height": crop_h, "rec_width": crop_w})
+    steps = int(next(o for o in rec_cfg.output if o.name == "char_ids").dims[0])
+    return ocr.OcrSettings(**{**over, "max_lines": k, "rec_height": crop_h, "rec_width": crop_w, "rec_steps": steps})
 
 
 class TritonPythonModel:
@@ -90,7 +91,7 @@ class TritonPythonModel:
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         try:
-            result = self._run(np.concatenate(arrays))
+            result = self._run(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
         except (StepError, ocr.OcrError, ocr.OcrInputError) as exc:
             if len(arrays) == 1:
                 return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"ocr: {exc}"))]

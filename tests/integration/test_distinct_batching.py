@@ -1,0 +1,48 @@
+"""Batching never mixes requests up: 24 DIFFERENT real inputs per model, sent 12 at a time
+(so the dynamic batcher forms batches of different images) and one by one; every concurrent
+response equals the sequential response to its own input."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from serving import contract
+
+from . import real_images
+from .triton_calls import infer
+
+pytestmark = pytest.mark.integration
+COMMITTED = contract.load_all()
+# every model and pipeline with a batch axis (ensembles batch through the models they call)
+BATCHED = sorted(m for m, c in COMMITTED.items() if c.max_batch_size > 0)
+N, CONCURRENCY = 24, 12
+# analyze runs yolo, faces, ocr and MobileCLIP per request: on 2 shared CPU cores, 12 in flight
+# wait past its steps' queue deadline (10 s in the CPU profile) and are refused UNAVAILABLE, as
+# overload should be. 4 in flight still makes its steps batch requests of different images.
+IN_FLIGHT = {"analyze": 4}
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype == np.object_ or np.issubdtype(a.dtype, np.integer):
+        return a.shape == b.shape and bool((a == b).all())
+    # the same numbers up to float rounding of a different batch composition
+    return a.shape == b.shape and bool(np.allclose(a, b, atol=2e-3, rtol=1e-3))
+
+
+@pytest.mark.parametrize("model", BATCHED)
+def test_concurrent_responses_equal_their_own_sequential_ones(served, model):
+    served.need(model)
+    feeds = real_images.inputs(served.contracts[model].inputs, N)
+    client = served.grpc()
+    sequential = [infer(served, "grpc", model, f, client=client) for f in feeds]
+    with ThreadPoolExecutor(IN_FLIGHT.get(model, CONCURRENCY)) as pool:
+        concurrent = list(pool.map(lambda f: infer(served, "grpc", model, f), feeds))
+    # the inputs differ, so the answers must too (else this test could not catch a mix-up)
+    keys = {repr([v.tolist() if v.dtype == np.object_ else v.round(3).tolist() for v in r.values()])
+            for r in sequential}
+    assert len(keys) > N // 2, f"{model}: different inputs gave equal outputs"
+    wrong = [(i, name) for i in range(N) for name in sequential[i]
+             if not _same(concurrent[i][name], sequential[i][name])]
+    assert not wrong, f"{model}: concurrent responses differ from their sequential ones at {wrong[:5]}"
