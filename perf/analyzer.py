@@ -96,7 +96,8 @@ class Options:
     input_data: str = "zero"
     string_length: int = 128
     metrics_url: str | None = None
-    headers: tuple[str, ...] = ()      # "Header:Value", HTTP only (restricted shm API)
+    headers: tuple[str, ...] = ()      # "Header:Value" (HTTP headers; gRPC metadata over gRPC)
+    admin_key: str | None = None       # Triton's statistics API (and shm) sit behind it
     extra: tuple[str, ...] = ()
 
     def shape(self, steps: int = 1) -> est.LoadShape:
@@ -128,9 +129,29 @@ def command(opts: Options, csv_path: Path, load: est.TensorLoad | None = None) -
             cmd += ["--output-shared-memory-size", str(max(load.outputs, default=0) * opts.batch or 102400)]
     if opts.metrics_url:
         cmd += ["--collect-metrics", "--metrics-url", opts.metrics_url.removeprefix("http://")]
-    for h in opts.headers:
+    for h in opts.headers + admin_headers(opts.protocol, opts.admin_key):
         cmd += ["-H", h]
     return cmd + list(opts.extra)
+
+
+def admin_headers(protocol: str, admin_key: str | None) -> tuple[str, ...]:
+    """perf_analyzer reads Triton's statistics each window: behind the admin key on a hardened
+    server. Its -H goes out as an HTTP header, or as gRPC metadata (which Triton expects
+    prefixed, see serving/tritonserver.py)."""
+    from serving.tritonserver import ADMIN_HEADER, GRPC_ADMIN_METADATA
+
+    if not admin_key:
+        return ()
+    return (f"{GRPC_ADMIN_METADATA if protocol == 'grpc' else ADMIN_HEADER}:{admin_key}",)
+
+
+def redacted(cmd: list[str]) -> str:
+    """The command line for logs and reports, admin key values hidden."""
+    out, hide = [], False
+    for a in cmd:
+        out.append(a.split(":", 1)[0] + ":***" if hide and "admin-key:" in a else a)
+        hide = a == "-H"
+    return " ".join(out)
 
 
 @dataclass
@@ -161,7 +182,10 @@ def run(opts: Options, load: est.TensorLoad, cap_bytes: int, out_dir: Path, time
         tail = "\n".join((stdout + err_path.read_text(errors="replace")).splitlines()[-15:])
         if "stable measurement" in tail:
             why += "; on a shared machine raise --stability (STABILITY=50) or --request-count"
-        raise RunFailed(f"perf_analyzer failed ({why}); command: {' '.join(cmd)}\n{tail}")
+        if "restricted, expecting header" in tail:
+            why += ("; Triton's statistics API is behind its admin key: pass --admin-key or set "
+                    "VISIONSERVE_TRITON_ADMIN_KEY")
+        raise RunFailed(f"perf_analyzer failed ({why}); command: {redacted(cmd)}\n{tail}")
     records = parse_csv(csv_path.read_text(), model=opts.model, batch=opts.batch, stdout=stdout)
     for r in records:
         r.extra.update(peak_rss_bytes=capped.peak_rss_bytes, cap=capped.cap.describe(),
@@ -261,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--estimate-only", action="store_true", help="print the estimate and exit")
     ap.add_argument("--reports", type=Path, default=report.REPORTS_DIR)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--admin-key", default=os.environ.get("VISIONSERVE_TRITON_ADMIN_KEY") or None,
+                    help="Triton's admin key (statistics are restricted; default $VISIONSERVE_TRITON_ADMIN_KEY)")
     a = ap.parse_args(argv)
     try:
         cap = parse_bytes(a.mem) if a.mem else default_cap()
@@ -270,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                        concurrency=parse_range(a.concurrency), shared_memory=a.shared_memory,
                        max_threads=a.max_threads, measurement_request_count=a.request_count,
                        stability_percentage=a.stability,
-                       metrics_url=a.metrics_url)
+                       metrics_url=a.metrics_url, admin_key=a.admin_key)
         estimate = est.check(load, opts.shape(), cap)
         print(f"pre-flight estimate {estimate.describe()} <= cap {human_bytes(cap)}")
         if a.estimate_only:
@@ -287,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     meta = {"tool": "perf_analyzer (tritonclient 2.50.0 wheel)", "model": a.model, "triton": a.url,
-            "command": " ".join(res.command), "memory cap": res.capped.cap.describe(),
+            "command": redacted(res.command), "memory cap": res.capped.cap.describe(),
             "pre-flight estimate": res.estimate.describe(),
             "peak RSS of perf_analyzer": human_bytes(res.capped.peak_rss_bytes),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

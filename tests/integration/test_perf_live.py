@@ -34,7 +34,7 @@ def test_perf_analyzer_runs_under_a_cap_and_is_parsed(served, tmp_path):
     # Stability 1000%: CI shares 2 noisy cores; this checks it runs capped and parses, not the numbers.
     opts = analyzer.Options(model=MODEL, url=served.server.grpc_url, batch=2, concurrency=(1, 2, 1),
                             measurement_request_count=20, max_trials=6, stability_percentage=1000,
-                            metrics_url=served.server.metrics_url)
+                            metrics_url=served.server.metrics_url, admin_key=served.server.admin_key)
     run = analyzer.run(opts, load, CAP, tmp_path, timeout_s=300)
     assert run.capped.returncode == 0 and run.capped.cap.bytes == CAP
     assert human_bytes(CAP) in run.capped.cap.describe()

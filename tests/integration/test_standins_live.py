@@ -52,7 +52,9 @@ def test_concurrent_requests_share_one_execution(stand_in):
     import json
 
     def stats():
-        with urllib.request.urlopen(f"http://{stand_in.http_url}/v2/models/yolo/stats", timeout=10) as r:
+        req = urllib.request.Request(f"http://{stand_in.http_url}/v2/models/yolo/stats",
+                                     headers=stand_in.admin_headers)        # statistics are restricted
+        with urllib.request.urlopen(req, timeout=10) as r:
             s = json.loads(r.read())["model_stats"][0]
         return s["inference_count"], s["execution_count"]
 
