@@ -56,7 +56,7 @@ def _stages(text: str) -> dict[str, str]:
     """Stage name (or index) -> its instructions."""
     out, name, body = {}, None, []
     for line in text.splitlines():
-        m = re.match(r"FROM\s+\S+(?:\s+AS\s+(\S+))?", line, re.I)
+        m = re.match(r"FROM\s+(?:--\S+\s+)*\S+(?:\s+AS\s+(\S+))?", line, re.I)
         if m:
             if name is not None:
                 out[name] = "\n".join(body)
@@ -79,20 +79,86 @@ def test_gateway_image_is_slim_multistage_nonroot():
     assert not any(r.startswith(("torch", "ultralytics", "timm")) for r in req)
 
 
-def test_triton_image_pins_ngc_and_matching_tensorrt():
-    text = (DOCKER / "triton.Dockerfile").read_text()
-    triton = re.search(r"ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:(\d\d\.\d\d)-py3", text)
-    trt_img = re.search(r"ARG TENSORRT_IMAGE=nvcr.io/nvidia/tensorrt:(\d\d\.\d\d)-py3", text)
-    assert triton and trt_img and triton.group(1) == trt_img.group(1) == "24.10"
-    assert re.search(r"ARG TRT_VERSION=10\.5\.0\b", text)        # TensorRT of the 24.10 containers
+# The 2025 Triton security fixes (HTTP request memory handling, shared-memory registration
+# checks) shipped from NGC release 25.07; TensorRT 11 (strongly typed only) is refused by
+# the plan builder, so the release must still carry TensorRT 10 (asserted at image build).
+FIRST_FIXED_RELEASE = (25, 7)
+
+
+def triton_image_violations(text: str) -> list[str]:
+    """Policy of docker/triton.Dockerfile; one message per broken point."""
+    bad = []
+    rel = re.search(r"^ARG NGC_RELEASE=(\d\d)\.(\d\d)$", text, re.M)
+    if not rel:
+        bad.append("no ARG NGC_RELEASE=YY.MM")
+    elif (int(rel.group(1)), int(rel.group(2))) < FIRST_FIXED_RELEASE:
+        bad.append(f"NGC release {rel.group(1)}.{rel.group(2)} predates the 2025 security fixes (25.07)")
+    for image in ("tritonserver", "tensorrt"):
+        if not re.search(rf"^ARG \w+=nvcr\.io/nvidia/{image}:\$\{{NGC_RELEASE\}}-py3$", text, re.M):
+            bad.append(f"the {image} image is not the one NGC_RELEASE names")
+    if re.search(r"TRT_VERSION|-bindings==\d", text):
+        bad.append("a TensorRT version is written down instead of read from the image")
     stages = _stages(text)
-    assert set(stages) >= {"onnx", "gpu", "cpu"}
-    assert "TORCH_INDEX" not in stages["gpu"] + stages["cpu"]      # torch only in the onnx stage
-    assert "export.txt" not in stages["gpu"] and "export.txt" not in stages["cpu"]
-    assert re.search(r"^USER\s+1000:1000", stages["gpu"], re.M)
-    assert re.search(r"^USER\s+10001", stages["cpu"], re.M)
-    assert 'ENTRYPOINT ["python3", "/opt/visionserve/docker/triton_entrypoint.py"]' in stages["gpu"]
-    assert '"serving", "serve", "--host", "0.0.0.0"' in stages["cpu"]
+    gpu = stages.get("gpu", "")
+    lib = gpu.find("tensorrt_versions.py library")
+    install = gpu.find("-bindings==${trt}")
+    check = gpu.find("tensorrt_versions.py check")
+    if not (0 <= lib < install < check):
+        bad.append("the gpu stage does not install the bindings of the library Triton loads, then assert they agree")
+    if 'ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3", "/opt/visionserve/docker/triton_entrypoint.py"]' \
+            not in gpu:
+        bad.append("the gpu image does not chain NGC's entrypoint before ours")
+    if re.search(r"x86_64|amd64|aarch64", "\n".join(line for line in text.splitlines()
+                                                     if not line.lstrip().startswith("#"))):
+        bad.append("an architecture is hard-coded (multi-arch builds would break)")
+    if "--platform=$BUILDPLATFORM" not in text.split("AS onnx")[0].splitlines()[-1]:
+        bad.append("the onnx stage does not run on the build platform")
+    if not re.search(r"^USER\s+1000:1000", gpu, re.M) or not re.search(r"^USER\s+10001", stages.get("cpu", ""), re.M):
+        bad.append("a served image runs as root")
+    if "TORCH_INDEX" in gpu + stages.get("cpu", "") or "export.txt" in gpu + stages.get("cpu", ""):
+        bad.append("torch reaches a served image")
+    if '"serving", "serve", "--host", "0.0.0.0"' not in stages.get("cpu", ""):
+        bad.append("the cpu image does not run the embedded profile")
+    return bad
+
+
+def test_triton_image_policy_holds():
+    assert set(_stages((DOCKER / "triton.Dockerfile").read_text())) >= {"onnx", "tensorrt", "gpu", "cpu"}
+    assert triton_image_violations((DOCKER / "triton.Dockerfile").read_text()) == []
+
+
+@pytest.mark.parametrize("old, new, caught", [
+    ("ARG NGC_RELEASE=25.12", "ARG NGC_RELEASE=24.10", "predates the 2025 security fixes"),
+    ("tensorrt:${NGC_RELEASE}-py3", "tensorrt:24.10-py3", "the tensorrt image is not the one"),
+    ('-bindings==${trt}.*"', '-bindings==10.5.0"', "written down"),
+    ("    && python3 docker/tensorrt_versions.py check \\\n", "", "then assert they agree"),
+    ('ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3"', 'ENTRYPOINT ["python3"', "NGC's entrypoint"),
+    ('"$(uname -m)"-linux-gnu', "x86_64-linux-gnu", "architecture is hard-coded"),
+    ("FROM --platform=$BUILDPLATFORM ${PYTHON_IMAGE} AS onnx", "FROM ${PYTHON_IMAGE} AS onnx", "build platform"),
+    ("USER 1000:1000", "USER root", "runs as root"),
+])
+def test_triton_image_policy_catches(old, new, caught):
+    text = (DOCKER / "triton.Dockerfile").read_text()
+    assert old in text
+    assert any(caught in v for v in triton_image_violations(text.replace(old, new)))
+
+
+def test_tensorrt_versions_assertion(monkeypatch, capsys):
+    tv = _load_script("tensorrt_versions")
+    ldd = ("\tlinux-vdso.so.1 (0x00007ffd)\n"
+           "\tlibnvinfer.so.10 => /usr/lib/aarch64-linux-gnu/libnvinfer.so.10 (0x00007f12)\n"
+           "\tlibcudart.so.13 => not found\n")
+    assert tv.parse_ldd(ldd, "libnvinfer.so") == Path("/usr/lib/aarch64-linux-gnu/libnvinfer.so.10")
+    assert tv.parse_ldd(ldd, "libcudart.so") is None
+    same = {"library": "10.14.1", "bindings": "10.14.1", "trtexec": "10.14.1", "parser": "10.14.1"}
+    assert tv.problems(same) == []
+    assert "versions differ" in tv.problems({**same, "bindings": "10.13.3"})[0]
+    assert tv.problems({**same, "trtexec": None}) == ["trtexec: no TensorRT version found"]
+    for versions, code, said in ((same, 0, ""), ({**same, "parser": "10.13.0"}, 1, "versions differ"),
+                                 ({k: "11.4.0" for k in same}, 1, "removed BuilderFlag.FP16")):
+        monkeypatch.setattr(tv, "collect", lambda v=versions: v)
+        assert tv.main(["check"]) == code
+        assert said in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
