@@ -1,7 +1,8 @@
 """Entrypoint of the GPU Triton image: content-keyed TensorRT plans, then tritonserver.
 
     triton_entrypoint.py build      find or build this image's plans for this GPU in the plan
-                                    store, mark them used, exit (plan-build Job, init container)
+                                    store, mark them used, exit (plan-build Job, init container);
+                                    with --gc, then gc (the Job)
     triton_entrypoint.py serve      find the plans (building missing ones unless
                                     VISIONSERVE_PLANS=require), assemble the served repository
                                     from their keys, exec tritonserver
@@ -233,6 +234,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--served", type=Path, default=DEFAULT_SERVED, help="where served repositories are assembled")
     p.add_argument("--keep", type=int, default=int(os.environ.get("VISIONSERVE_PLAN_KEEP", "3")),
                    help="gc: keys kept per GPU kind and model (most recently used)")
+    p.add_argument("--gc", action="store_true", help="build: then gc (the plan-build Job)")
     p.add_argument("--peers", type=int, default=1, help="preflight: pods running it at once (a Job's parallelism)")
     p.add_argument("--run-id", default=os.environ.get("VISIONSERVE_PREFLIGHT_RUN", ""),
                    help="preflight: shared by the peers of one run (e.g. the Job's uid)")
@@ -258,6 +260,10 @@ def _run(args) -> list[str] | None:
         return _serve(args)
     if args.mode == "build":
         find_plans(args.store, args.source, engine_args, build=True, record=True)
+        if args.gc:
+            from export.engines.store import PlanStore
+
+            PlanStore(args.store).gc(args.keep, log.info)
     elif args.mode == "keys":
         for row in plan_keys(args.store, args.source, engine_args):
             print(json.dumps(row))

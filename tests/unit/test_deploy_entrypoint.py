@@ -123,11 +123,11 @@ def test_keys_and_gc(entrypoint, host, tmp_path, capsys):
     assert [(r["model"], r["published"]) for r in rows] == [("tinydet", False), ("tinyface", False)]
     assert rows[1]["key"].startswith("nvidia-h100-80gb-hbm3-sm90/tinyface/trt10.3.0-")
     run(entrypoint, "build", store, v1, served)
-    run(entrypoint, "build", store, v2, served)
-    assert run(entrypoint, "gc", store, v1, served, "--keep", "1") == 0
+    assert run(entrypoint, "build", store, v2, served, "--gc", "--keep", "1") == 0      # the Job's way
     names = [n for _, m, n in PlanStore(store).keys() if m == "tinyface"]
     assert len(names) == 1 and names[0] != rows[1]["key"].rsplit("/", 1)[1]     # v1's went, v2's stayed
     capsys.readouterr()
+    assert run(entrypoint, "gc", store, v1, served, "--keep", "1") == 0 and len(PlanStore(store).keys()) == 2
     assert run(entrypoint, "keys", store, v2, served) == 0
     assert all(json.loads(line)["published"] for line in capsys.readouterr().out.splitlines())
 
