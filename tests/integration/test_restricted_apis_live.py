@@ -12,7 +12,9 @@ from perf import analyzer
 from perf import estimate as est
 from perf.errors import RunFailed
 from serving import standins
-from serving.tritonserver import GRPC_ADMIN_METADATA, TritonInstall, TritonServer, TritonServerError, free_port
+from serving.tritonserver import GRPC_ADMIN_METADATA
+
+from tests.integration.conftest import require_triton, running
 
 pytestmark = pytest.mark.integration
 MODEL = "arcface"
@@ -20,22 +22,15 @@ MODEL = "arcface"
 
 @pytest.fixture(scope="module")
 def hardened(tmp_path_factory):
-    try:
-        TritonInstall.locate()
-    except TritonServerError as exc:
-        pytest.skip(str(exc))
+    require_triton()
     root = tmp_path_factory.mktemp("restricted")
     repo = standins.write_fixed_time_repository(root / "repo", {MODEL: 2})
     # This checks access, not overload: no queue deadline to trip on a busy shared machine.
     cfg = standins.contract.load(MODEL, repo).config
     cfg.dynamic_batching.ClearField("default_queue_policy")
     (repo / MODEL / "config.pbtxt").write_text(standins.contract.to_text(cfg))
-    server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=root / "triton.log")
-    server.start(120)
-    try:
+    with running(repo, root / "triton.log", 120) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _http(server, path, headers=None) -> int:

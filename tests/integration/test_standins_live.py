@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from serving import standins
-from tests.integration.conftest import require_triton
-from serving.tritonserver import TritonServer, free_port
+from tests.integration.conftest import require_triton, running
 
 BATCH_MS = 50   # under the committed 200 ms queue deadline: nothing is rejected
 
@@ -19,12 +18,8 @@ def stand_in(tmp_path_factory):
     require_triton()
     root = tmp_path_factory.mktemp("standin")
     repo = standins.write_fixed_time_repository(root / "repo", {"yolo": BATCH_MS})
-    server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=root / "triton.log")
-    server.start(120)
-    try:
+    with running(repo, root / "triton.log", 120) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _infer(url: str, n: int = 1):
