@@ -85,6 +85,10 @@ def test_build_then_a_read_only_serve_assembles_the_repository_from_keys(entrypo
         assert (repo / model / "1" / "model.onnx").resolve() == (src / model / "1" / "model.onnx").resolve()
         assert not (repo / model / "config.pbtxt").is_symlink()
     assert (repo / "pyonly" / "1" / "model.py").is_symlink() and not (repo / "pyonly" / "1" / "model.plan").exists()
+    from export.engines.check import check_repository
+
+    checks = check_repository(repo, H100, trt_version="10.3.0")      # what serving code checks before Triton
+    assert [c.status for c in checks] == ["ok", "ok"], [c.message for c in checks]
     cmd = execs[-1]
     assert cmd[0] == "/opt/tritonserver/bin/tritonserver" and "--model-control-mode=none" in cmd
 
