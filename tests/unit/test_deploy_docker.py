@@ -277,10 +277,50 @@ def test_prometheus_scrapes_the_services(compose):
     # every Triton container answers the alias `triton`: each one is scraped
     assert jobs["triton"]["dns_sd_configs"] == [{"names": ["triton"], "type": "A", "port": 8002,
                                                  "refresh_interval": "15s"}]
-    assert jobs["gateway"]["static_configs"][0]["targets"] == ["gateway:8080"]
+    assert jobs["gateway"]["static_configs"][0]["targets"] == ["gateway:8081"]     # its metrics port
     assert cfg["rule_files"] == ["/etc/prometheus/alerts.yml"]
     mounts = compose["services"]["prometheus"]["volumes"]
     assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
+
+
+def compose_exposure_violations(compose: dict, prometheus: dict) -> list[str]:
+    """The gateway publishes its API only; /metrics on its own port, scraped by Prometheus on
+    the compose network; docs off; every Triton gets one GPU it sees as device 0."""
+    bad = []
+    gateway = compose["services"]["gateway"]
+    env = gateway.get("environment", {})
+    if str(env.get("VISIONSERVE_GATEWAY_METRICS_PORT")) != "8081":
+        bad.append("the gateway's metrics port is not 8081")
+    if str(env.get("VISIONSERVE_GATEWAY_DOCS", "false")).lower() not in ("false", "0", ""):
+        bad.append("the gateway serves /docs")
+    if [str(p).rsplit(":", 1)[-1] for p in gateway.get("ports", [])] != ["8080"]:
+        bad.append(f"the gateway publishes {gateway.get('ports')}, want its API (8080) only")
+    targets = {t for j in prometheus["scrape_configs"] if j["job_name"] == "gateway"
+               for c in j.get("static_configs", []) for t in c["targets"]}
+    if targets != {"gateway:8081"}:
+        bad.append(f"Prometheus scrapes the gateway at {sorted(targets)}, not its metrics port")
+    for name, svc in compose["services"].items():
+        if name.startswith("triton") and "CUDA_VISIBLE_DEVICES" in svc.get("environment", {}):
+            bad.append(f"{name} sets CUDA_VISIBLE_DEVICES: its one GPU is device 0 in the container")
+    return bad
+
+
+@pytest.mark.parametrize("breaking, said", [
+    (lambda c, p: c["services"]["gateway"]["ports"].append("8081:8081"), "want its API (8080) only"),
+    (lambda c, p: c["services"]["gateway"]["environment"].update(VISIONSERVE_GATEWAY_DOCS="true"), "/docs"),
+    (lambda c, p: c["services"]["gateway"]["environment"].pop("VISIONSERVE_GATEWAY_METRICS_PORT"), "not 8081"),
+    (lambda c, p: p["scrape_configs"][1]["static_configs"][0].update(targets=["gateway:8080"]), "metrics port"),
+    (lambda c, p: c["services"]["triton-1"].setdefault("environment", {}).update(CUDA_VISIBLE_DEVICES="1"),
+     "CUDA_VISIBLE_DEVICES"),
+], ids=["published", "docs", "port", "scrape", "cuda-visible-devices"])
+def test_compose_exposure_policy(compose, breaking, said):
+    import copy
+
+    prometheus = yaml.safe_load((DOCKER / "prometheus/prometheus.yml").read_text())
+    assert compose_exposure_violations(compose, prometheus) == []
+    c, p = copy.deepcopy(compose), copy.deepcopy(prometheus)
+    breaking(c, p)
+    assert any(said in v for v in compose_exposure_violations(c, p))
 
 
 def test_compose_alerts_are_the_kubernetes_alerts():
