@@ -30,7 +30,7 @@ k8s-validate: k8s-render  ## strict schema validation of the rendered overlays a
 	$(PY) -m pytest -q tests/unit/test_deploy_k8s.py
 
 test-deploy: setup  ## the docker/ and k8s/ tests only
-	$(PY) -m pytest -q tests/unit/test_deploy_docker.py tests/unit/test_deploy_k8s.py
+	$(PY) -m pytest -q tests/unit/test_deploy_docker.py tests/unit/test_deploy_k8s.py tests/unit/test_deploy_entrypoint.py tests/unit/test_engines_store.py
 
 images:  ## build the images (needs a Docker engine; ./weights holds real weights, else SYNTHETIC)
 	$(DOCKER) build -f docker/gateway.Dockerfile -t $(IMAGE_PREFIX)-gateway:$(IMAGE_TAG) .
