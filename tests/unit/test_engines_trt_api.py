@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import types
-from pathlib import Path
 
 import onnx
 import pytest
