@@ -4,6 +4,9 @@
 #   docker build -f docker/gateway.Dockerfile -t visionserve-gateway .
 #   docker run --rm -p 8080:8080 -e VISIONSERVE_GATEWAY_TRITON_GRPC=triton:8001 visionserve-gateway
 #
+# Multi-arch: nothing names an architecture (python:3.11-slim is amd64 + arm64; arm64 wheels
+# of every dependency were not checked here).
+#
 # Settings are VISIONSERVE_GATEWAY_* environment variables (gateway/settings.py). The image
 # carries model_repository/*/config.pbtxt: the contract the gateway checks Triton against.
 ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
@@ -30,7 +33,8 @@ COPY serving/ serving/
 COPY gateway/ gateway/
 COPY model_repository/ model_repository/
 USER 10001:10001
-EXPOSE 8080
+# 8080: the API; 8081: /metrics only (VISIONSERVE_GATEWAY_METRICS_PORT), not for clients.
+EXPOSE 8080 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
 ENTRYPOINT ["python", "-m", "gateway"]

@@ -4,28 +4,40 @@
 #
 #   docker build -f docker/triton.Dockerfile --target gpu -t visionserve-triton:gpu .
 #   docker build -f docker/triton.Dockerfile --target cpu -t visionserve-triton:cpu .
+#   docker buildx build --platform linux/amd64,linux/arm64 -f docker/triton.Dockerfile --target gpu ...
 #
 # Stages:
-#   onnx  python:3.11 + torch (CPU wheels): `python -m export` writes the batch-dynamic ONNX of
-#         every model into model_repository/. Torch lives only here, never in a served image.
-#   gpu   NGC Triton 24.10 (Triton 2.51.0, CUDA 12.6.2, TensorRT 10.5.0): the production
-#         repository; at start docker/triton_entrypoint.py builds or reuses the FP16 plans for
-#         the GPU it finds (cache volume keyed by GPU kind + TensorRT version, locked), then
-#         execs tritonserver with the hardened flags.
+#   onnx  python:3.11 + torch (CPU wheels), on the BUILD platform (its output is portable):
+#         `python -m export` writes the batch-dynamic ONNX of every model into
+#         model_repository/. Torch lives only here, never in a served image.
+#   gpu   NGC Triton 25.12 (Triton 2.64.0, CUDA 13.1, Python 3.12, TensorRT 10.x: the build
+#         prints and asserts the exact one): the first release line with the 2025 security
+#         fixes (HTTP request memory handling, shared-memory registration checks; fixed from
+#         25.07) on TensorRT 10, which the plan recipe needs (TensorRT 11 removed FP16 flags).
+#         At start docker/triton_entrypoint.py finds or builds the FP16 plans of this image for
+#         the GPU it finds in the content-keyed plan store (a volume), assembles the served
+#         repository from their keys and execs tritonserver with the hardened flags. NGC's
+#         /opt/nvidia/nvidia_entrypoint.sh runs first (CUDA forward compatibility).
 #   cpu   python:3.11-slim + the tritonserver 2.51 shipped in the nvidia-pytriton wheel:
 #         `python -m serving serve`, the embedded CPU profile (python backend + ONNX Runtime).
+#
+# One release number picks both NGC images (Triton, and TensorRT for trtexec + the ONNX
+# parser); the TensorRT Python bindings are installed at the version of the library Triton
+# loads, and the build fails unless bindings, library, trtexec and parser agree.
+# Multi-arch: the NGC images and python:3.11-slim are published for linux/amd64 and
+# linux/arm64 (nothing here names an architecture).
 #
 # Real weights: put them in ./weights before building (the exporter searches it); models
 # without real weights are exported with deterministic random weights and listed as
 # SYNTHETIC in the build log. --build-arg WEIGHTS_POLICY=require-real makes that an error.
 
 ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
-ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
-# Same YY.MM as TRITON_IMAGE = same TensorRT (10.5.0): trtexec and the ONNX parser come from it.
-ARG TENSORRT_IMAGE=nvcr.io/nvidia/tensorrt:24.10-py3
+ARG NGC_RELEASE=25.12
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:${NGC_RELEASE}-py3
+ARG TENSORRT_IMAGE=nvcr.io/nvidia/tensorrt:${NGC_RELEASE}-py3
 
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS onnx
+FROM --platform=$BUILDPLATFORM ${PYTHON_IMAGE} AS onnx
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG WEIGHTS_POLICY=warn
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -53,45 +65,54 @@ RUN PYTHONPATH=/src /opt/export/bin/python -m export \
 
 # ---------------------------------------------------------------------------------------------
 FROM ${TENSORRT_IMAGE} AS tensorrt
+# trtexec and the ONNX parser of the release's TensorRT, wherever this architecture keeps them.
+RUN mkdir -p /export/lib \
+    && cp /usr/src/tensorrt/bin/trtexec /export/ \
+    && cp -P /usr/lib/"$(uname -m)"-linux-gnu/libnvonnxparser.so* /export/lib/
 
 # ---------------------------------------------------------------------------------------------
 FROM ${TRITON_IMAGE} AS gpu
-ARG TRT_VERSION=10.5.0
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     HOME=/tmp VISIONSERVE_HOME=/opt/visionserve PYTHONPATH=/opt/visionserve \
-    VISIONSERVE_ENGINE_CACHE=/var/cache/visionserve TRITON_HOME=/opt/tritonserver
-# trtexec + the ONNX parser of the same TensorRT (the Triton image carries only what its
-# TensorRT backend needs to run plans).
-COPY --from=tensorrt /usr/src/tensorrt/bin/trtexec /usr/local/bin/trtexec
-COPY --from=tensorrt /usr/lib/x86_64-linux-gnu/libnvonnxparser.so.10* /usr/local/lib/
+    VISIONSERVE_PLAN_STORE=/var/cache/visionserve TRITON_HOME=/opt/tritonserver
+COPY --from=tensorrt /export/trtexec /usr/local/bin/trtexec
+COPY --from=tensorrt /export/lib/ /usr/local/lib/
 COPY --from=onnx /reqs/base.txt /tmp/reqs/base.txt
+WORKDIR /opt/visionserve
+COPY --from=onnx /src/serving/ serving/
+COPY --from=onnx /src/export/ export/
+COPY --from=onnx /src/docker/triton_entrypoint.py /src/docker/tensorrt_versions.py docker/
 # The python-backend models (faces, ocr, clip_tokenizer) import `serving`: its base
-# dependencies go into the python the backend runs (the system python 3.10). No torch.
-# The TensorRT Python bindings (for the builder and the parity check through Polygraphy)
-# come as NVIDIA's bindings-only wheel; `tensorrt` is the same two-line shim the
-# `tensorrt-cu12` package installs, without its libs download (the image has the libs).
+# dependencies go into the python the backend runs (the system python). No torch. The
+# TensorRT Python bindings (the builder, and the parity check through Polygraphy) are NVIDIA's
+# bindings-only wheel at the version of the library Triton loads (CUDA major from the image's
+# CUDA_VERSION); `tensorrt` is the two-line shim the `tensorrt-cuXX` package installs, without
+# its libs download (the image has the libs). Then the assertion: bindings == library ==
+# trtexec == ONNX parser, and a TensorRT the plan builder supports.
 # hadolint ignore=DL3013
 RUN ldconfig \
-    && python3 -m pip install --no-cache-dir -r /tmp/reqs/base.txt \
-       "onnx>=1.16,<1.23" "polygraphy>=0.49,<0.54" "tensorrt-cu12-bindings==${TRT_VERSION}" \
+    && : "${CUDA_VERSION:?the NGC image sets CUDA_VERSION (it picks the bindings wheel)}" \
+    && export PIP_BREAK_SYSTEM_PACKAGES=1 \
+    && python3 -m pip install --no-cache-dir -r /tmp/reqs/base.txt "onnx>=1.16,<1.23" "polygraphy>=0.49,<0.54" \
+    && trt="$(python3 docker/tensorrt_versions.py library)" \
+    && python3 -m pip install --no-cache-dir "tensorrt-cu${CUDA_VERSION%%.*}-bindings==${trt}.*" \
     && site="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
     && mkdir -p "${site}/tensorrt" \
     && printf 'from tensorrt_bindings import *\nfrom tensorrt_bindings import __version__\n' \
        > "${site}/tensorrt/__init__.py" \
+    && python3 docker/tensorrt_versions.py check \
     && rm -rf /tmp/reqs \
     && mkdir -p /var/cache/visionserve && chown 1000:1000 /var/cache/visionserve
-WORKDIR /opt/visionserve
-COPY --from=onnx /src/serving/ serving/
-COPY --from=onnx /src/export/ export/
 COPY --from=onnx /src/model_repository/ model_repository/
-COPY --from=onnx /src/docker/triton_entrypoint.py docker/triton_entrypoint.py
 # uid 1000 is the NGC image's triton-server user.
 USER 1000:1000
 VOLUME ["/var/cache/visionserve"]
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30m --retries=3 \
     CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4)"]
-ENTRYPOINT ["python3", "/opt/visionserve/docker/triton_entrypoint.py"]
+# NGC's entrypoint first (CUDA forward-compatibility libraries on older drivers, its checks),
+# then ours; exec all the way down, so tritonserver gets SIGTERM itself.
+ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3", "/opt/visionserve/docker/triton_entrypoint.py"]
 CMD ["serve"]
 
 # ---------------------------------------------------------------------------------------------

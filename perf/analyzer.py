@@ -96,9 +96,8 @@ class Options:
     input_data: str = "zero"           # zero | random | a directory | a JSON file (the CLI writes the real scene)
     string_length: int = 128
     metrics_url: str | None = None
-    # "Header:Value" sent with every request, as an HTTP header or as gRPC metadata (the
-    # shipped perf_analyzer passes -H on both): the restricted shared-memory API's admin key.
-    headers: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()      # "Header:Value" (HTTP headers; gRPC metadata over gRPC)
+    admin_key: str | None = None       # Triton's statistics and shm APIs sit behind it
     extra: tuple[str, ...] = ()
 
     def shape(self, steps: int = 1) -> est.LoadShape:
@@ -130,9 +129,29 @@ def command(opts: Options, csv_path: Path, load: est.TensorLoad | None = None) -
             cmd += ["--output-shared-memory-size", str(max(load.outputs, default=0) * opts.batch or 102400)]
     if opts.metrics_url:
         cmd += ["--collect-metrics", "--metrics-url", opts.metrics_url.removeprefix("http://")]
-    for h in opts.headers:
+    for h in opts.headers + admin_headers(opts.protocol, opts.admin_key):
         cmd += ["-H", h]
     return cmd + list(opts.extra)
+
+
+def admin_headers(protocol: str, admin_key: str | None) -> tuple[str, ...]:
+    """perf_analyzer reads Triton's statistics each window: behind the admin key on a hardened
+    server. Its -H goes out as an HTTP header, or as gRPC metadata (which Triton expects
+    prefixed, see serving/tritonserver.py)."""
+    from serving.tritonserver import ADMIN_HEADER, GRPC_ADMIN_METADATA
+
+    if not admin_key:
+        return ()
+    return (f"{GRPC_ADMIN_METADATA if protocol == 'grpc' else ADMIN_HEADER}:{admin_key}",)
+
+
+def redacted(cmd: list[str]) -> str:
+    """The command line for logs and reports, admin key values hidden."""
+    out, hide = [], False
+    for a in cmd:
+        out.append(a.split(":", 1)[0] + ":***" if hide and "admin-key:" in a else a)
+        hide = a == "-H"
+    return " ".join(out)
 
 
 @dataclass
@@ -163,7 +182,10 @@ def run(opts: Options, load: est.TensorLoad, cap_bytes: int, out_dir: Path, time
         tail = "\n".join((stdout + err_path.read_text(errors="replace")).splitlines()[-15:])
         if "stable measurement" in tail:
             why += "; on a shared machine raise --stability (STABILITY=50) or --request-count"
-        raise RunFailed(f"perf_analyzer failed ({why}); command: {' '.join(cmd)}\n{tail}")
+        if "restricted, expecting header" in tail:
+            why += ("; Triton's statistics API is behind its admin key: pass --admin-key or set "
+                    "VISIONSERVE_TRITON_ADMIN_KEY")
+        raise RunFailed(f"perf_analyzer failed ({why}); command: {redacted(cmd)}\n{tail}")
     records = parse_csv(csv_path.read_text(), model=opts.model, batch=opts.batch, stdout=stdout)
     for r in records:
         r.extra.update(peak_rss_bytes=capped.peak_rss_bytes, cap=capped.cap.describe(),
@@ -256,9 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mem", default=None, help="memory cap, e.g. 4G (default min(4G, MemAvailable/2))")
     ap.add_argument("--shared-memory", default="none", choices=est.SHM_MODES,
                     help="system/cuda on either protocol; a hardened Triton needs --admin-key for its shm API")
-    ap.add_argument("--admin-key", default=os.environ.get("VISIONSERVE_TRITON_ADMIN_KEY"),
-                    help="key of the restricted APIs (default $VISIONSERVE_TRITON_ADMIN_KEY); sent as the "
-                         "admin-key header over HTTP, as triton-grpc-protocol-admin-key metadata over gRPC")
+    ap.add_argument("--admin-key", default=os.environ.get("VISIONSERVE_TRITON_ADMIN_KEY") or None,
+                    help="key of the restricted APIs: statistics, shared memory (default "
+                         "$VISIONSERVE_TRITON_ADMIN_KEY); sent as the admin-key header over HTTP, as "
+                         "triton-grpc-protocol-admin-key metadata over gRPC")
     ap.add_argument("--input-data", default="scene",
                     help="scene (default: perf.scene's real frame, captions and landmarks as a JSON), "
                          "zero, random, a directory or a JSON file")
@@ -277,16 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         require_loopback(a.url)
         model_contract = contract.load(a.model, a.repository)
         load = est.TensorLoad.from_contract(model_contract)
-        headers = ()
-        if a.admin_key:
-            name = "triton-grpc-protocol-admin-key" if a.protocol == "grpc" else "admin-key"
-            headers = (f"{name}:{a.admin_key}",)
         opts = Options(model=a.model, url=a.url, protocol=a.protocol, batch=a.batch, input_data=a.input_data,
-                       headers=headers,
                        concurrency=parse_range(a.concurrency), shared_memory=a.shared_memory,
                        max_threads=a.max_threads, measurement_request_count=a.request_count,
                        stability_percentage=a.stability,
-                       metrics_url=a.metrics_url)
+                       metrics_url=a.metrics_url, admin_key=a.admin_key)
         estimate = est.check(load, opts.shape(), cap)
         print(f"pre-flight estimate {estimate.describe()} <= cap {human_bytes(cap)}")
         if a.estimate_only:
@@ -306,9 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     meta = {"tool": "perf_analyzer (tritonclient 2.50.0 wheel)", "model": a.model, "triton": a.url,
-            "command": " ".join(h if not a.admin_key else h.replace(a.admin_key, "<admin key>")
-                                for h in res.command),
-            "input data": a.input_data, "memory cap": res.capped.cap.describe(),
+            "command": redacted(res.command), "input data": a.input_data,
+            "memory cap": res.capped.cap.describe(),
             "pre-flight estimate": res.estimate.describe(),
             "peak RSS of perf_analyzer": human_bytes(res.capped.peak_rss_bytes),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

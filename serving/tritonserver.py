@@ -46,10 +46,12 @@ from pathlib import Path
 from .contract import REPO_ROOT
 
 BACKENDS_DIR = REPO_ROOT / "build" / "triton-backends"
-RESTRICTED_APIS = ("model-repository", "shared-memory")
+# Behind the admin key: control, memory registration, and what reveals or changes internals.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "statistics", "trace", "logging")
 # Pings accepted this often (ms), with or without calls; the gateway pings every 10 s.
 MIN_PING_INTERVAL_MS = 5000
 ADMIN_HEADER = "admin-key"
+GRPC_ADMIN_METADATA = f"triton-grpc-protocol-{ADMIN_HEADER}"   # the same key over gRPC
 
 
 class TritonServerError(RuntimeError):

@@ -19,7 +19,7 @@ from . import trt_api, trtexec
 from .build import DEFAULT_CACHE_DIR, Options, Outcome, build_model, engine_models
 from .check import check_repository
 from .errors import EngineError, TensorRTUnavailable
-from .gpu import current_gpu, tensorrt_version
+from .gpu import current_gpu, require_supported_tensorrt, tensorrt_version
 from .request import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_MB
 
 log = logging.getLogger("export.engines")
@@ -97,6 +97,7 @@ def main(argv=None) -> int:
         builder, candidate = pick_builder(args.builder)    # first: "no TensorRT" is the likelier news
         gpu = current_gpu(args.device)
         trt = tensorrt_version()
+        require_supported_tensorrt(trt, "this host's tensorrt module / libnvinfer")
         opts = Options(repository=args.repository, max_batch=args.max_batch, force=args.force,
                        parity=not args.no_parity, default_plan=not args.no_default_plan,
                        workspace_mb=args.workspace_mb, opt_level=args.opt_level, device=args.device,

@@ -135,32 +135,49 @@ def build_model(model: str, gpu: GpuInfo, trt_version: str | None, opts: Options
             log(f"  {model}: built meanwhile by another process; up to date")
             _place_default(p, opts, log)
             return Outcome(model, "up-to-date", p.target, p.target.stat().st_size, 0.0, "", tuple(warns))
-        log(f"  {model}: building {p.target.name} ({'; '.join(reasons) if not opts.force else 'forced'}); "
-            f"profile batch {prof.min_batch}/{prof.opt_batch}/{prof.max_batch}, "
-            f"{'FP16' if p.precision.fp16 else 'FP32'}, {len(p.precision.fp32_nodes)} nodes kept FP32 "
-            f"{p.precision.reasons}")
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f".engine-{model}-", dir=p.target.parent) as tmp:
-            marked = precision_mod.marked_copy(p.onnx, Path(tmp) / ONNX_NAME, p.precision)
-            cache = Path(opts.timing_cache_dir) / f"{gpu.sm}-trt{trt_version or 'unknown'}.cache"
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            out = builder(BuildRequest(model, marked, prof, p.precision, cache, opts.workspace_mb,
-                                       opts.opt_level, opts.device, log))
-            try:
-                assert_raw_plan(out.plan)
-            except ValueError as exc:
-                raise EngineError(f"{model}: {exc}") from exc
-            report = _parity(p, out.plan, opts, candidate, log)
-        seconds = time.perf_counter() - t0
+        log(f"  {model}: building {p.target.name} ({'; '.join(reasons) if not opts.force else 'forced'})")
+        out, report, seconds = compile_plan(p, gpu, trt_version, opts, builder=builder, candidate=candidate,
+                                            log=log, workdir=p.target.parent)
         place_bytes(out.plan, p.target)
-        sc = Sidecar(model=model, tensorrt_version=out.tensorrt_version, gpu_name=gpu.name,
-                     compute_capability=gpu.compute_capability, onnx_sha256=p.onnx_sha256,
-                     plan_sha256=sha256_file(p.target), build_flags=p.flags, builder=out.builder,
-                     build_seconds=round(seconds, 2), parity=report,
-                     built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        write_sidecar(p.target, sc)
+        write_sidecar(p.target, make_sidecar(p, gpu, out, sha256_file(p.target), seconds, report))
     _place_default(p, opts, log)
     return Outcome(model, "built", p.target, len(out.plan), seconds, report.get("figures", ""), tuple(warns))
+
+
+def compile_plan(p: Plan, gpu: GpuInfo, trt_version: str | None, opts: Options, *, builder: Builder,
+                 candidate: Candidate | None, log: Callable[[str], None], workdir: Path
+                 ) -> tuple[BuildOutput, dict, float]:
+    """Mark the FP32 nodes, build, refuse framework headers, check parity; places nothing.
+
+    `workdir` holds the marked ONNX copy while TensorRT reads it (a writable folder on the
+    same volume as the result, or any scratch folder). Returns (output, parity report, seconds).
+    """
+    prof = p.profile
+    log(f"  {p.model}: profile batch {prof.min_batch}/{prof.opt_batch}/{prof.max_batch}, "
+        f"{'FP16' if p.precision.fp16 else 'FP32'}, {len(p.precision.fp32_nodes)} nodes kept FP32 "
+        f"{p.precision.reasons}")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f".engine-{p.model}-", dir=workdir) as tmp:
+        marked = precision_mod.marked_copy(p.onnx, Path(tmp) / ONNX_NAME, p.precision)
+        cache = Path(opts.timing_cache_dir) / f"{gpu.sm}-trt{trt_version or 'unknown'}.cache"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        out = builder(BuildRequest(p.model, marked, prof, p.precision, cache, opts.workspace_mb,
+                                   opts.opt_level, opts.device, log))
+        try:
+            assert_raw_plan(out.plan)
+        except ValueError as exc:
+            raise EngineError(f"{p.model}: {exc}") from exc
+        report = _parity(p, out.plan, opts, candidate, log)
+    return out, report, time.perf_counter() - t0
+
+
+def make_sidecar(p: Plan, gpu: GpuInfo, out: BuildOutput, plan_sha256: str, seconds: float, report: dict,
+                 plan_key: str = "") -> Sidecar:
+    return Sidecar(model=p.model, tensorrt_version=out.tensorrt_version, gpu_name=gpu.name,
+                   compute_capability=gpu.compute_capability, onnx_sha256=p.onnx_sha256,
+                   plan_sha256=plan_sha256, build_flags=p.flags, builder=out.builder,
+                   build_seconds=round(seconds, 2), parity=report, plan_key=plan_key,
+                   built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 def _parity(p: Plan, plan: bytes, opts: Options, candidate: Candidate | None, log) -> dict:

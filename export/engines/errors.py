@@ -15,6 +15,10 @@ class TensorRTUnavailable(EngineError):
     """Neither the TensorRT Python API nor a trtexec binary can be used on this host."""
 
 
+class UnsupportedTensorRT(EngineError):
+    """This TensorRT's major version lacks what the plan recipe needs (e.g. TensorRT 11)."""
+
+
 class NoGpu(EngineError):
     """No CUDA device is visible, so nothing can be built or checked against one."""
 

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from .errors import NoGpu
+from .errors import NoGpu, UnsupportedTensorRT
 
 _CU_ATTR_CC_MAJOR, _CU_ATTR_CC_MINOR = 75, 76   # CUdevice_attribute values (stable since CUDA 5)
 
@@ -108,6 +108,35 @@ def version_from_int(n: int) -> str:
     if n >= 10000:
         return f"{n // 10000}.{(n // 100) % 100}.{n % 100}"
     return f"{n // 1000}.{(n // 100) % 10}.{n % 100}"
+
+
+# The recipe needs weak typing: BuilderFlag.FP16 / --fp16 with per-layer FP32 constraints.
+# TensorRT 11 removed both (strongly typed networks only); 8.6 is the oldest with the
+# builder optimisation level and memory-pool APIs build.py uses.
+OLDEST_TENSORRT = (8, 6)
+NEWEST_TENSORRT_MAJOR = 10
+_REMOVED_IN = {11: "TensorRT 11 removed BuilderFlag.FP16 / trtexec --fp16 and per-layer precision constraints "
+                   "(every network is strongly typed)"}
+
+
+def require_supported_tensorrt(version: str | None, source: str) -> None:
+    """Refuse a TensorRT the plan recipe cannot drive, naming it and why (UnsupportedTensorRT)."""
+    if version is None:
+        return
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if not m:
+        raise UnsupportedTensorRT(f"cannot read the TensorRT version {version!r} reported by {source}")
+    major, minor = int(m.group(1)), int(m.group(2))
+    if (major, minor) >= OLDEST_TENSORRT and major <= NEWEST_TENSORRT_MAJOR:
+        return
+    why = _REMOVED_IN.get(major, "newer than the recipe knows" if major > NEWEST_TENSORRT_MAJOR
+                          else "older than the builder APIs the recipe uses")
+    raise UnsupportedTensorRT(
+        f"TensorRT {version} ({source}) is not supported by the plan builder: {why}. The recipe builds FP16 "
+        f"plans with FP32 head, tail and face_align layers (docs/engines.md) and needs TensorRT "
+        f"{OLDEST_TENSORRT[0]}.{OLDEST_TENSORRT[1]} to {NEWEST_TENSORRT_MAJOR}.x: build in the image of "
+        "docker/triton.Dockerfile (its build asserts the TensorRT it carries) or an NGC TensorRT container "
+        "of the same release")
 
 
 def tensorrt_version() -> str | None:

@@ -17,6 +17,7 @@ import fcntl
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -27,38 +28,76 @@ def lock_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.lock")
 
 
+@dataclass
+class Deadline:
+    """One budget for all the lock waits of a run, so a start that meets several held
+    locks fails after `seconds` in total, not after one timeout per lock."""
+
+    seconds: float
+    setting: str = ""              # where the budget is set, named in the error
+    start: float = field(default_factory=time.monotonic)
+
+    def remaining(self) -> float:
+        return max(0.0, self.start + self.seconds - time.monotonic())
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+
 @contextlib.contextmanager
 def target_lock(target: Path, timeout_s: float = 3600.0, poll_s: float = 0.5,
-                on_wait: Callable[[str], None] | None = None) -> Iterator[Path]:
-    """Hold the exclusive build lock of `target`; report (once) who we are waiting for."""
+                on_wait: Callable[[str], None] | None = None, deadline: Deadline | None = None,
+                shared: bool = False) -> Iterator[Path]:
+    """Hold the exclusive build lock of `target`; report (once) who we are waiting for.
+
+    Waits at most `timeout_s`, and never past `deadline` when one is given. `shared` takes
+    the lock shared instead (many holders at once, excluding an exclusive one); shared
+    holders do not write their name into the file.
+    """
     path = lock_path(Path(target))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout_s
+        t0 = time.monotonic()
+        limit = min(timeout_s, deadline.remaining()) if deadline is not None else timeout_s
         told = False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if not told and on_wait is not None:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                    on_wait(f"{target}: waiting for the build lock held by {holder}")
+                    on_wait(f"{target}: waiting for the build lock held by {_holder(fd)}")
                     told = True
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(f"{target}: build lock {path} still held after {timeout_s:.0f} s; "
-                                      "another build is running (or hung) - wait, or stop it") from None
+                if time.monotonic() - t0 >= limit:
+                    raise LockTimeout(_timeout_message(target, path, _holder(fd), time.monotonic() - t0,
+                                                       timeout_s, deadline)) from None
                 time.sleep(poll_s)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
+        if not shared:
+            os.ftruncate(fd, 0)
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename} since {since}".encode(), 0)
         try:
             yield path
         finally:
-            os.ftruncate(fd, 0)
+            if not shared:
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _timeout_message(target: Path, path: Path, holder: str, waited: float, timeout_s: float,
+                     deadline: Deadline | None) -> str:
+    if deadline is not None and deadline.remaining() <= 0:
+        budget = (f"the overall deadline of {deadline.seconds:.0f} s for lock waits"
+                  f"{f' ({deadline.setting})' if deadline.setting else ''} is spent")
+    else:
+        budget = f"gave up after {timeout_s:.0f} s"
+    return (f"{target}: waited {waited:.0f} s for the build lock {path}, still held by {holder}; {budget}. "
+            "Another build of the same plan is running (or hung): find that process (pod, node) and wait for "
+            "it or stop it; a crashed holder's lock is released by the kernel (NFS: when its lease expires)")
 
 
 def temp_name(target: Path) -> Path:

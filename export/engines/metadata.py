@@ -88,6 +88,7 @@ class Sidecar:
     build_seconds: float = 0.0
     parity: dict = field(default_factory=dict)
     built_at: str = ""
+    plan_key: str = ""             # the plan store's key folder (export/engines/store.py), when stored
     schema: int = SIDECAR_SCHEMA
 
     def to_json(self) -> str:

@@ -10,7 +10,9 @@ from .profiles import Profile
 
 DEFAULT_WORKSPACE_MB = 8192
 DEFAULT_OPT_LEVEL = 3      # TensorRT's default builder optimisation level
-RECIPE_VERSION = 1         # bump when how plans are built changes (part of build flags)
+# Bump when how plans are built changes (part of the build flags, so older plans go
+# stale). 2: TF32 cleared (TensorRT 10 enables it by default).
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class BuildOutput:
 def build_flags(profile: Profile, precision: PrecisionPlan, workspace_mb: int, opt_level: int) -> dict:
     """Everything that shapes the plan besides TensorRT, GPU and ONNX (compared for staleness)."""
     return {"recipe": RECIPE_VERSION, "profile": profile.as_dict(), **precision.flags(),
-            "workspace_mb": workspace_mb, "opt_level": opt_level, "timing_cache": True}
+            "tf32": False, "workspace_mb": workspace_mb, "opt_level": opt_level, "timing_cache": True}
 
 
 _FRAMEWORK_HEADER_HINT = ("the plan starts with a length-prefixed JSON header (an Ultralytics .engine?): "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 from .errors import BuildFailed, EngineError, TensorRTUnavailable
+from .gpu import require_supported_tensorrt
 from .lock import place_bytes, target_lock
 from .request import BuildOutput, BuildRequest
 
@@ -64,33 +65,49 @@ def _keep_fp32(trt, network, mark: str) -> int:
     return n
 
 
+def configure(trt, builder, network, req: BuildRequest):
+    """The builder config of `req`: workspace, optimisation level, precision, profile.
+
+    TF32 is cleared on every plan: TensorRT 10 enables it by default, and it would run the
+    layers kept FP32 (head normalisation, decode, NMS, face_align's geometry) with a
+    10-bit mantissa in their convolutions and matrix products.
+    """
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, req.workspace_mb << 20)
+    config.builder_optimization_level = req.opt_level
+    config.clear_flag(trt.BuilderFlag.TF32)
+    if req.precision.fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        pinned = _keep_fp32(trt, network, req.fp32_pattern.rstrip("*"))
+        req.log(f"  {req.model}: FP16 with {pinned} layers pinned to FP32 "
+                f"({len(req.precision.fp32_nodes)} ONNX nodes marked), TF32 off")
+    else:
+        req.log(f"  {req.model}: FP32 only, TF32 off")
+    profile = builder.create_optimization_profile()
+    for s in req.profile.inputs:
+        profile.set_shape(s.name, s.min, s.opt, s.max)
+    config.add_optimization_profile(profile)
+    return config
+
+
 def build(req: BuildRequest) -> BuildOutput:
     trt = import_tensorrt()
+    version = ".".join(trt.__version__.split(".")[:3])
+    require_supported_tensorrt(version, "the tensorrt Python module")
     if req.device != 0:
         # TensorRT builds on the current CUDA device; choosing it is the environment's job here.
         raise EngineError(f"{req.model}: with the TensorRT Python API pick the GPU with "
                           f"CUDA_VISIBLE_DEVICES={req.device} (and --device 0), not --device {req.device}")
     logger = _make_logger(trt, req.log)
     builder = trt.Builder(logger)
-    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    flags = 0 if int(version.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(req.onnx)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BuildFailed(f"{req.model}: TensorRT's ONNX parser refused {req.onnx.name}: {errs}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, req.workspace_mb << 20)
-    config.builder_optimization_level = req.opt_level
-    if req.precision.fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pinned = _keep_fp32(trt, network, req.fp32_pattern.rstrip("*"))
-        req.log(f"  {req.model}: FP16 with {pinned} layers pinned to FP32 "
-                f"({len(req.precision.fp32_nodes)} ONNX nodes marked)")
-    profile = builder.create_optimization_profile()
-    for s in req.profile.inputs:
-        profile.set_shape(s.name, s.min, s.opt, s.max)
-    config.add_optimization_profile(profile)
+    config = configure(trt, builder, network, req)
 
     cache_bytes = req.timing_cache.read_bytes() if req.timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
@@ -102,7 +119,7 @@ def build(req: BuildRequest) -> BuildOutput:
         raise BuildFailed(f"{req.model}: TensorRT could not build the network (see the tensorrt: lines above)")
     req.log(f"  {req.model}: engine built in {time.perf_counter() - t0:.1f} s")
     _save_timing_cache(trt, config, req)
-    return BuildOutput(bytes(serialized), ".".join(trt.__version__.split(".")[:3]), "tensorrt-python")
+    return BuildOutput(bytes(serialized), version, "tensorrt-python")
 
 
 def _save_timing_cache(trt, config, req: BuildRequest) -> None:

@@ -16,8 +16,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .errors import BuildFailed, TensorRTUnavailable
-from .gpu import tensorrt_version, version_from_int
+from .errors import BuildFailed, TensorRTUnavailable, UnsupportedTensorRT
+from .gpu import require_supported_tensorrt, tensorrt_version, version_from_int
 from .lock import place_file, target_lock
 from .profiles import trtexec_shapes
 from .request import BuildOutput, BuildRequest
@@ -42,7 +42,10 @@ def command(exe: Path | str, req: BuildRequest, plan_out: Path, cache_file: Path
             f"--memPoolSize=workspace:{req.workspace_mb}M",
             f"--builderOptimizationLevel={req.opt_level}",
             f"--timingCacheFile={cache_file}", f"--device={req.device}",
-            "--skipInference"]
+            "--skipInference",
+            # TensorRT 10 runs FP32 convolutions/matmuls as TF32 unless told not to; the layers
+            # kept FP32 (and FP32-only models) must compute in FP32.
+            "--noTF32"]
     if req.precision.fp16:
         # trtexec applies a named precision only to float layers' compute; marked layers
         # computing in FP32 hand FP32 to their (also marked) consumers.
@@ -54,6 +57,16 @@ def parse_version(log_text: str) -> str | None:
     """`&&&& RUNNING TensorRT.trtexec [TensorRT v100300] ...` -> "10.3.0"."""
     m = _VERSION_RE.search(log_text)
     return version_from_int(int(m.group(1))) if m else None
+
+
+def _refuse_unsupported(proc: subprocess.Popen, version: str, exe: Path) -> None:
+    """Stop trtexec as soon as its banner names a TensorRT the recipe cannot drive."""
+    try:
+        require_supported_tensorrt(version, f"trtexec at {exe}")
+    except UnsupportedTensorRT:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def build(req: BuildRequest, exe: Path | None = None) -> BuildOutput:
@@ -70,17 +83,18 @@ def build(req: BuildRequest, exe: Path | None = None) -> BuildOutput:
         req.log(f"  {req.model}: {' '.join(argv)}")
         t0 = time.perf_counter()
         tail: deque[str] = deque(maxlen=40)
-        head = ""
+        banner = None
         with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
             for line in proc.stdout:
-                head = head or line
                 tail.append(line.rstrip())
+                if banner is None and (banner := parse_version(line)) is not None:
+                    _refuse_unsupported(proc, banner, exe)
                 if "[E]" in line or "[W]" in line:
                     req.log(f"  trtexec: {line.rstrip()}")
         if proc.returncode != 0 or not plan_out.is_file():
             raise BuildFailed(f"{req.model}: trtexec exited {proc.returncode}:\n" + "\n".join(tail))
         req.log(f"  {req.model}: engine built in {time.perf_counter() - t0:.1f} s")
-        version = parse_version(head) or parse_version("\n".join(tail)) or tensorrt_version()
+        version = banner or tensorrt_version()
         if version is None:
             raise BuildFailed(f"{req.model}: cannot tell which TensorRT version trtexec used (no "
                               "'[TensorRT vNNNNNN]' in its log, no libnvinfer loadable); the sidecar needs it")

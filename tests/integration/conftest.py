@@ -8,11 +8,13 @@ exactly what is missing and the command that builds it.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -94,6 +96,17 @@ def require_triton() -> None:
         pytest.skip(str(exc))
 
 
+@contextlib.contextmanager
+def running(repo: Path, log: Path, timeout_s: float = START_TIMEOUT_S) -> Iterator[TritonServer]:
+    """A hardened tritonserver on `repo`, on free loopback ports, stopped afterwards."""
+    server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=log)
+    server.start(timeout_s)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory) -> Served:
     require_triton()
@@ -104,12 +117,8 @@ def served(tmp_path_factory) -> Served:
                     + " (make export-onnx)")
     contracts = contract.load_all(derived.path)
     probe_source = _add_queue_probe(derived.path, contracts)
-    server = TritonServer(derived.path, free_port(), free_port(), free_port(), log_path=root / "triton.log")
-    server.start(START_TIMEOUT_S)
-    try:
+    with running(derived.path, root / "triton.log") as server:
         yield Served(server, derived, contracts, probe_source)
-    finally:
-        server.stop()
 
 
 def sample_inputs(c: contract.ModelContract, batch: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -246,7 +246,8 @@ def test_an_expired_request_is_not_executed(tmp_path):
 
             def stats():
                 url = f"http://{server.http_url}/v2/models/{MODEL}/stats"
-                with urllib.request.urlopen(url, timeout=5) as resp:
+                req = urllib.request.Request(url, headers=server.admin_headers)   # statistics are restricted
+                with urllib.request.urlopen(req, timeout=5) as resp:
                     s = json.loads(resp.read())["model_stats"][0]
                 return int(s["execution_count"]), int(s["inference_stats"]["fail"]["count"])
 

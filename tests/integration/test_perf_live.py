@@ -34,7 +34,7 @@ def test_perf_analyzer_runs_under_a_cap_and_is_parsed(served, tmp_path):
     # Stability 1000%: CI shares 2 noisy cores; this checks it runs capped and parses, not the numbers.
     opts = analyzer.Options(model=MODEL, url=served.server.grpc_url, batch=2, concurrency=(1, 2, 1),
                             measurement_request_count=20, max_trials=6, stability_percentage=1000,
-                            metrics_url=served.server.metrics_url)
+                            metrics_url=served.server.metrics_url, admin_key=served.server.admin_key)
     run = analyzer.run(opts, load, CAP, tmp_path, timeout_s=300)
     assert run.capped.returncode == 0 and run.capped.cap.bytes == CAP
     assert human_bytes(CAP) in run.capped.cap.describe()
@@ -79,7 +79,8 @@ def test_bench_models_tiny_sweep_writes_a_report(served, tmp_path):
 def test_perf_analyzer_feeds_the_real_scene_through_grpc_shared_memory(served, tmp_path):
     """The default input (perf.scene's frame as real-input JSON) reaches every step of the faces
     pipeline (arcface runs, as it never does on black frames), over gRPC with system shared
-    memory against the hardened server: the admin key goes as gRPC metadata with -H."""
+    memory against the hardened server: the admin key goes as gRPC metadata with -H
+    (analyzer.admin_headers)."""
     from perf import scene
 
     served.need("faces")
@@ -90,7 +91,7 @@ def test_perf_analyzer_feeds_the_real_scene_through_grpc_shared_memory(served, t
     opts = analyzer.Options(model="faces", url=served.server.grpc_url, batch=1, concurrency=(1, 1, 1),
                             shared_memory="system", input_data=str(data), measurement_request_count=4,
                             max_trials=4, stability_percentage=1000,
-                            headers=(f"triton-grpc-protocol-admin-key:{served.server.admin_key}",))
+                            admin_key=served.server.admin_key)
     run = analyzer.run(opts, est.TensorLoad.from_contract(c), CAP, tmp_path, timeout_s=300)
     assert run.records and run.records[0].throughput > 0
     assert "--shared-memory" in run.command and str(data) in run.command

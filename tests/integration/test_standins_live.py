@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from serving import standins
-from tests.integration.conftest import require_triton
-from serving.tritonserver import TritonServer, free_port
+from tests.integration.conftest import require_triton, running
 
 BATCH_MS = 50   # under the committed 200 ms queue deadline: nothing is rejected
 
@@ -19,12 +18,8 @@ def stand_in(tmp_path_factory):
     require_triton()
     root = tmp_path_factory.mktemp("standin")
     repo = standins.write_fixed_time_repository(root / "repo", {"yolo": BATCH_MS})
-    server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=root / "triton.log")
-    server.start(120)
-    try:
+    with running(repo, root / "triton.log", 120) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _infer(url: str, n: int = 1):
@@ -52,7 +47,9 @@ def test_concurrent_requests_share_one_execution(stand_in):
     import json
 
     def stats():
-        with urllib.request.urlopen(f"http://{stand_in.http_url}/v2/models/yolo/stats", timeout=10) as r:
+        req = urllib.request.Request(f"http://{stand_in.http_url}/v2/models/yolo/stats",
+                                     headers=stand_in.admin_headers)        # statistics are restricted
+        with urllib.request.urlopen(req, timeout=10) as r:
             s = json.loads(r.read())["model_stats"][0]
         return s["inference_count"], s["execution_count"]
 

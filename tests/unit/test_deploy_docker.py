@@ -56,7 +56,7 @@ def _stages(text: str) -> dict[str, str]:
     """Stage name (or index) -> its instructions."""
     out, name, body = {}, None, []
     for line in text.splitlines():
-        m = re.match(r"FROM\s+\S+(?:\s+AS\s+(\S+))?", line, re.I)
+        m = re.match(r"FROM\s+(?:--\S+\s+)*\S+(?:\s+AS\s+(\S+))?", line, re.I)
         if m:
             if name is not None:
                 out[name] = "\n".join(body)
@@ -79,20 +79,86 @@ def test_gateway_image_is_slim_multistage_nonroot():
     assert not any(r.startswith(("torch", "ultralytics", "timm")) for r in req)
 
 
-def test_triton_image_pins_ngc_and_matching_tensorrt():
-    text = (DOCKER / "triton.Dockerfile").read_text()
-    triton = re.search(r"ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:(\d\d\.\d\d)-py3", text)
-    trt_img = re.search(r"ARG TENSORRT_IMAGE=nvcr.io/nvidia/tensorrt:(\d\d\.\d\d)-py3", text)
-    assert triton and trt_img and triton.group(1) == trt_img.group(1) == "24.10"
-    assert re.search(r"ARG TRT_VERSION=10\.5\.0\b", text)        # TensorRT of the 24.10 containers
+# The 2025 Triton security fixes (HTTP request memory handling, shared-memory registration
+# checks) shipped from NGC release 25.07; TensorRT 11 (strongly typed only) is refused by
+# the plan builder, so the release must still carry TensorRT 10 (asserted at image build).
+FIRST_FIXED_RELEASE = (25, 7)
+
+
+def triton_image_violations(text: str) -> list[str]:
+    """Policy of docker/triton.Dockerfile; one message per broken point."""
+    bad = []
+    rel = re.search(r"^ARG NGC_RELEASE=(\d\d)\.(\d\d)$", text, re.M)
+    if not rel:
+        bad.append("no ARG NGC_RELEASE=YY.MM")
+    elif (int(rel.group(1)), int(rel.group(2))) < FIRST_FIXED_RELEASE:
+        bad.append(f"NGC release {rel.group(1)}.{rel.group(2)} predates the 2025 security fixes (25.07)")
+    for image in ("tritonserver", "tensorrt"):
+        if not re.search(rf"^ARG \w+=nvcr\.io/nvidia/{image}:\$\{{NGC_RELEASE\}}-py3$", text, re.M):
+            bad.append(f"the {image} image is not the one NGC_RELEASE names")
+    if re.search(r"TRT_VERSION|-bindings==\d", text):
+        bad.append("a TensorRT version is written down instead of read from the image")
     stages = _stages(text)
-    assert set(stages) >= {"onnx", "gpu", "cpu"}
-    assert "TORCH_INDEX" not in stages["gpu"] + stages["cpu"]      # torch only in the onnx stage
-    assert "export.txt" not in stages["gpu"] and "export.txt" not in stages["cpu"]
-    assert re.search(r"^USER\s+1000:1000", stages["gpu"], re.M)
-    assert re.search(r"^USER\s+10001", stages["cpu"], re.M)
-    assert 'ENTRYPOINT ["python3", "/opt/visionserve/docker/triton_entrypoint.py"]' in stages["gpu"]
-    assert '"serving", "serve", "--host", "0.0.0.0"' in stages["cpu"]
+    gpu = stages.get("gpu", "")
+    lib = gpu.find("tensorrt_versions.py library")
+    install = gpu.find("-bindings==${trt}")
+    check = gpu.find("tensorrt_versions.py check")
+    if not (0 <= lib < install < check):
+        bad.append("the gpu stage does not install the bindings of the library Triton loads, then assert they agree")
+    if 'ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3", "/opt/visionserve/docker/triton_entrypoint.py"]' \
+            not in gpu:
+        bad.append("the gpu image does not chain NGC's entrypoint before ours")
+    if re.search(r"x86_64|amd64|aarch64", "\n".join(line for line in text.splitlines()
+                                                     if not line.lstrip().startswith("#"))):
+        bad.append("an architecture is hard-coded (multi-arch builds would break)")
+    if "--platform=$BUILDPLATFORM" not in text.split("AS onnx")[0].splitlines()[-1]:
+        bad.append("the onnx stage does not run on the build platform")
+    if not re.search(r"^USER\s+1000:1000", gpu, re.M) or not re.search(r"^USER\s+10001", stages.get("cpu", ""), re.M):
+        bad.append("a served image runs as root")
+    if "TORCH_INDEX" in gpu + stages.get("cpu", "") or "export.txt" in gpu + stages.get("cpu", ""):
+        bad.append("torch reaches a served image")
+    if '"serving", "serve", "--host", "0.0.0.0"' not in stages.get("cpu", ""):
+        bad.append("the cpu image does not run the embedded profile")
+    return bad
+
+
+def test_triton_image_policy_holds():
+    assert set(_stages((DOCKER / "triton.Dockerfile").read_text())) >= {"onnx", "tensorrt", "gpu", "cpu"}
+    assert triton_image_violations((DOCKER / "triton.Dockerfile").read_text()) == []
+
+
+@pytest.mark.parametrize("old, new, caught", [
+    ("ARG NGC_RELEASE=25.12", "ARG NGC_RELEASE=24.10", "predates the 2025 security fixes"),
+    ("tensorrt:${NGC_RELEASE}-py3", "tensorrt:24.10-py3", "the tensorrt image is not the one"),
+    ('-bindings==${trt}.*"', '-bindings==10.5.0"', "written down"),
+    ("    && python3 docker/tensorrt_versions.py check \\\n", "", "then assert they agree"),
+    ('ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3"', 'ENTRYPOINT ["python3"', "NGC's entrypoint"),
+    ('"$(uname -m)"-linux-gnu', "x86_64-linux-gnu", "architecture is hard-coded"),
+    ("FROM --platform=$BUILDPLATFORM ${PYTHON_IMAGE} AS onnx", "FROM ${PYTHON_IMAGE} AS onnx", "build platform"),
+    ("USER 1000:1000", "USER root", "runs as root"),
+])
+def test_triton_image_policy_catches(old, new, caught):
+    text = (DOCKER / "triton.Dockerfile").read_text()
+    assert old in text
+    assert any(caught in v for v in triton_image_violations(text.replace(old, new)))
+
+
+def test_tensorrt_versions_assertion(monkeypatch, capsys):
+    tv = _load_script("tensorrt_versions")
+    ldd = ("\tlinux-vdso.so.1 (0x00007ffd)\n"
+           "\tlibnvinfer.so.10 => /usr/lib/aarch64-linux-gnu/libnvinfer.so.10 (0x00007f12)\n"
+           "\tlibcudart.so.13 => not found\n")
+    assert tv.parse_ldd(ldd, "libnvinfer.so") == Path("/usr/lib/aarch64-linux-gnu/libnvinfer.so.10")
+    assert tv.parse_ldd(ldd, "libcudart.so") is None
+    same = {"library": "10.14.1", "bindings": "10.14.1", "trtexec": "10.14.1", "parser": "10.14.1"}
+    assert tv.problems(same) == []
+    assert "versions differ" in tv.problems({**same, "bindings": "10.13.3"})[0]
+    assert tv.problems({**same, "trtexec": None}) == ["trtexec: no TensorRT version found"]
+    for versions, code, said in ((same, 0, ""), ({**same, "parser": "10.13.0"}, 1, "versions differ"),
+                                 ({k: "11.4.0" for k in same}, 1, "removed BuilderFlag.FP16")):
+        monkeypatch.setattr(tv, "collect", lambda v=versions: v)
+        assert tv.main(["check"]) == code
+        assert said in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -211,10 +277,50 @@ def test_prometheus_scrapes_the_services(compose):
     # every Triton container answers the alias `triton`: each one is scraped
     assert jobs["triton"]["dns_sd_configs"] == [{"names": ["triton"], "type": "A", "port": 8002,
                                                  "refresh_interval": "15s"}]
-    assert jobs["gateway"]["static_configs"][0]["targets"] == ["gateway:8080"]
+    assert jobs["gateway"]["static_configs"][0]["targets"] == ["gateway:8081"]     # its metrics port
     assert cfg["rule_files"] == ["/etc/prometheus/alerts.yml"]
     mounts = compose["services"]["prometheus"]["volumes"]
     assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
+
+
+def compose_exposure_violations(compose: dict, prometheus: dict) -> list[str]:
+    """The gateway publishes its API only; /metrics on its own port, scraped by Prometheus on
+    the compose network; docs off; every Triton gets one GPU it sees as device 0."""
+    bad = []
+    gateway = compose["services"]["gateway"]
+    env = gateway.get("environment", {})
+    if str(env.get("VISIONSERVE_GATEWAY_METRICS_PORT")) != "8081":
+        bad.append("the gateway's metrics port is not 8081")
+    if str(env.get("VISIONSERVE_GATEWAY_DOCS", "false")).lower() not in ("false", "0", ""):
+        bad.append("the gateway serves /docs")
+    if [str(p).rsplit(":", 1)[-1] for p in gateway.get("ports", [])] != ["8080"]:
+        bad.append(f"the gateway publishes {gateway.get('ports')}, want its API (8080) only")
+    targets = {t for j in prometheus["scrape_configs"] if j["job_name"] == "gateway"
+               for c in j.get("static_configs", []) for t in c["targets"]}
+    if targets != {"gateway:8081"}:
+        bad.append(f"Prometheus scrapes the gateway at {sorted(targets)}, not its metrics port")
+    for name, svc in compose["services"].items():
+        if name.startswith("triton") and "CUDA_VISIBLE_DEVICES" in svc.get("environment", {}):
+            bad.append(f"{name} sets CUDA_VISIBLE_DEVICES: its one GPU is device 0 in the container")
+    return bad
+
+
+@pytest.mark.parametrize("breaking, said", [
+    (lambda c, p: c["services"]["gateway"]["ports"].append("8081:8081"), "want its API (8080) only"),
+    (lambda c, p: c["services"]["gateway"]["environment"].update(VISIONSERVE_GATEWAY_DOCS="true"), "/docs"),
+    (lambda c, p: c["services"]["gateway"]["environment"].pop("VISIONSERVE_GATEWAY_METRICS_PORT"), "not 8081"),
+    (lambda c, p: p["scrape_configs"][1]["static_configs"][0].update(targets=["gateway:8080"]), "metrics port"),
+    (lambda c, p: c["services"]["triton-1"].setdefault("environment", {}).update(CUDA_VISIBLE_DEVICES="1"),
+     "CUDA_VISIBLE_DEVICES"),
+], ids=["published", "docs", "port", "scrape", "cuda-visible-devices"])
+def test_compose_exposure_policy(compose, breaking, said):
+    import copy
+
+    prometheus = yaml.safe_load((DOCKER / "prometheus/prometheus.yml").read_text())
+    assert compose_exposure_violations(compose, prometheus) == []
+    c, p = copy.deepcopy(compose), copy.deepcopy(prometheus)
+    breaking(c, p)
+    assert any(said in v for v in compose_exposure_violations(c, p))
 
 
 def test_compose_alerts_are_the_kubernetes_alerts():
@@ -227,100 +333,3 @@ def test_compose_alerts_are_the_kubernetes_alerts():
     assert names >= {"TritonQueueTimeHigh", "TritonErrorRateHigh", "TritonGpuMemoryNearFull", "TritonNotReady"}
     for rule in compose_rules:
         assert k8s_rules.get(rule["alert"]) == rule, f"{rule['alert']} differs between compose and k8s"
-
-
-# -- the GPU image's entrypoint ----------------------------------------------------------------
-@pytest.fixture()
-def entrypoint():
-    return _load_script("triton_entrypoint")
-
-
-def _source_repo(root: Path) -> Path:
-    src = root / "image_repo"
-    for model, files in (("yolo", ("model.onnx", "export.json")), ("faces", ("model.py",)), ("analyze", ())):
-        (src / model / "1").mkdir(parents=True)
-        (src / model / "config.pbtxt").write_text(f'name: "{model}"\n')
-        for f in files:
-            (src / model / "1" / f).write_text(f"{model}/{f}")
-    return src
-
-
-def test_assemble_links_image_files_and_keeps_built_plans(entrypoint, tmp_path):
-    src, dest = _source_repo(tmp_path), tmp_path / "cache" / "sm90-trt10.5.0" / "repository"
-    assert entrypoint.assemble(src, dest) == ["analyze", "faces", "yolo"]
-    onnx = dest / "yolo" / "1" / "model.onnx"
-    assert onnx.is_symlink() and onnx.read_text() == "yolo/model.onnx"
-    assert (dest / "yolo" / "config.pbtxt").read_text() == 'name: "yolo"\n'
-    assert not (dest / "yolo" / "config.pbtxt").is_symlink()
-    assert (dest / "analyze" / "1").is_dir()                         # ensembles keep their empty version
-    (dest / "yolo" / "1" / "model.plan").write_bytes(b"plan")        # what export.engines writes
-    (dest / "yolo" / "1" / "model.sm90.plan.json").write_text("{}")
-    # a new image: faces gone, yolo's export.json gone, config changed
-    import shutil
-    shutil.rmtree(src / "faces")
-    (src / "yolo" / "1" / "export.json").unlink()
-    (src / "yolo" / "config.pbtxt").write_text('name: "yolo"\nmax_batch_size: 8\n')
-    assert entrypoint.assemble(src, dest) == ["analyze", "yolo"]
-    assert not (dest / "faces").exists()
-    assert not (dest / "yolo" / "1" / "export.json").exists()
-    assert (dest / "yolo" / "1" / "model.plan").read_bytes() == b"plan"
-    assert (dest / "yolo" / "1" / "model.sm90.plan.json").exists()
-    assert "max_batch_size: 8" in (dest / "yolo" / "config.pbtxt").read_text()
-    with pytest.raises(entrypoint.EntrypointError, match="no model"):
-        entrypoint.assemble(tmp_path / "nothing", dest)
-
-
-def test_cache_key(entrypoint):
-    assert entrypoint.cache_key("sm90", "10.5.0") == "sm90-trt10.5.0"
-    with pytest.raises(entrypoint.EntrypointError, match="TensorRT version"):
-        entrypoint.cache_key("sm90", None)
-
-
-def test_prepare_builds_into_the_folder_of_this_gpu(entrypoint, tmp_path, monkeypatch):
-    import export.engines as engines
-    import export.engines.__main__ as engines_cli
-
-    calls = []
-    monkeypatch.setattr(engines, "current_gpu", lambda *a: engines.GpuInfo("NVIDIA H100 80GB HBM3", "9.0"))
-    monkeypatch.setattr(engines, "tensorrt_version", lambda: "10.5.0")
-    monkeypatch.setattr(engines_cli, "main", lambda argv: calls.append(argv) or 0)
-    src = _source_repo(tmp_path)
-    repo = entrypoint.prepare(tmp_path / "cache", src, ["--max-batch", "8"])
-    assert repo == tmp_path / "cache" / "sm90-trt10.5.0" / "repository"
-    assert (repo / "yolo" / "1" / "model.onnx").is_symlink()
-    assert calls == [["--repository", str(repo), "--timing-cache-dir",
-                      str(tmp_path / "cache" / "sm90-trt10.5.0" / "timing-cache"), "--max-batch", "8"]]
-    monkeypatch.setattr(engines_cli, "main", lambda argv: 2)
-    with pytest.raises(entrypoint.EntrypointError, match="exit 2"):
-        entrypoint.prepare(tmp_path / "cache", src, [])
-
-
-def test_prepare_without_gpu_says_what_to_do(entrypoint, tmp_path, monkeypatch):
-    import export.engines as engines
-
-    def no_gpu(*_):
-        raise engines.NoGpu("no CUDA device 0 visible here")
-
-    monkeypatch.setattr(engines, "current_gpu", no_gpu)
-    with pytest.raises(entrypoint.EntrypointError, match="nvidia.com/gpu"):
-        entrypoint.prepare(tmp_path / "cache", _source_repo(tmp_path), [])
-    assert entrypoint.main(["build", "--cache", str(tmp_path / "c"), "--source", str(tmp_path)]) == 2
-
-
-def test_triton_command_has_the_embedded_hardening(entrypoint, tmp_path):
-    from serving.tritonserver import TritonInstall, TritonServer
-
-    cmd = entrypoint.triton_command(tmp_path, "k3y", ["--log-verbose=1"])
-    assert cmd[0] == "/opt/tritonserver/bin/tritonserver"
-    assert "--model-control-mode=none" in cmd and "--strict-readiness=true" in cmd
-    assert "--http-restricted-api=model-repository,shared-memory:admin-key=k3y" in cmd
-    assert "--grpc-restricted-protocol=model-repository,shared-memory:admin-key=k3y" in cmd
-    assert {"--http-address=0.0.0.0", "--grpc-address=0.0.0.0", "--metrics-address=0.0.0.0"} <= set(cmd)
-    assert f"--model-repository={tmp_path.resolve()}" in cmd and cmd[-1] == "--log-verbose=1"
-    # the same flags as the embedded default, apart from where things are and the bind address
-    fake = TritonInstall(Path("/x/tritonserver"), Path("/x"), Path("/x"), Path("/x"))
-    embedded = TritonServer(tmp_path, admin_key="k3y").command(fake)
-
-    def flags(c):
-        return {f.split("=")[0] for f in c[1:]}
-    assert flags(embedded) <= flags(cmd)

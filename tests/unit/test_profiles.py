@@ -178,8 +178,8 @@ def test_server_command_is_hardened_and_loopback_only(tmp_path):
     for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
                  "--http-port=18000", "--grpc-port=18001", "--metrics-port=18002"):
         assert flag in cmd
-    assert "--http-restricted-api=model-repository,shared-memory:admin-key=k3y" in cmd
-    assert "--grpc-restricted-protocol=model-repository,shared-memory:admin-key=k3y" in cmd
+    restricted = "model-repository,shared-memory,statistics,trace,logging:admin-key=k3y"
+    assert f"--http-restricted-api={restricted}" in cmd and f"--grpc-restricted-protocol={restricted}" in cmd
     assert s.grpc_url == "127.0.0.1:18001" and s.metrics_url == "http://127.0.0.1:18002/metrics"
     assert TritonServer(tmp_path).admin_key != TritonServer(tmp_path).admin_key   # random by default
 
