@@ -126,3 +126,21 @@ def test_cli_flags_reach_the_derived_configs(source, tmp_path):
     cfg = contract.load("arcface", tmp_path / "c").config
     assert cfg.parameters["cpu_runtime"].string_value == "onnxruntime"
     assert cfg.parameters["cpu_threads"].string_value == "3"
+
+
+def test_gateway_models_listing_shows_the_cpu_runtime(source, tmp_path):
+    """GET /v1/models reports what each model (and each pipeline's steps) runs with."""
+    from gateway.testing import FakeBackend
+    from tests.unit.test_gateway_app import client
+
+    cpu = CpuSettings().resolve(cores=2, bf16=True, have_openvino=True)
+    d = profiles.derive("cpu", dest=tmp_path / "cpu", source=source, cpu=cpu)
+    with client(FakeBackend(repository=d.path, models=("yolo", "faces", "scrfd", "face_align", "arcface"))) as c:
+        r = c.get("/v1/models")
+    assert r.status_code == 200, r.text
+    by = {m["name"]: m for m in r.json()["models"]}
+    assert by["yolo"]["cpu_runtime"] == {"runtime": "openvino", "precision": "bf16", "threads": "2",
+                                         "fallback": "onnxruntime"}
+    steps = by["faces"]["component_cpu_runtimes"]
+    assert steps["arcface"]["precision"] == "bf16" and steps["face_align"]["precision"] == "f32"
+    assert by["faces"]["cpu_runtime"] is None          # a BLS pipeline runs no graph of its own
