@@ -133,6 +133,14 @@ def command(opts: Options, csv_path: Path, load: est.TensorLoad | None = None) -
     return cmd + list(opts.extra)
 
 
+def variable_shapes(c: contract.ModelContract) -> tuple[str, ...]:
+    """`--shape name:d1,d2,..` for inputs with variable dims (perf_analyzer needs them), at the
+    range's max: the heaviest request the model takes."""
+    at_max = c.with_variable_dims("max")
+    return tuple(f"--shape={t.name}:{','.join(map(str, m.dims))}"
+                 for t, m in zip(c.inputs, at_max.inputs) if any(d < 0 for d in t.dims))
+
+
 @dataclass
 class AnalyzerRun:
     records: list[ResultRecord]
@@ -265,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cap = parse_bytes(a.mem) if a.mem else default_cap()
         require_loopback(a.url)
-        load = est.TensorLoad.from_contract(contract.load(a.model, a.repository))
-        opts = Options(model=a.model, url=a.url, protocol=a.protocol, batch=a.batch,
+        c = contract.load(a.model, a.repository)
+        load = est.TensorLoad.from_contract(c)
+        opts = Options(model=a.model, url=a.url, protocol=a.protocol, batch=a.batch, extra=variable_shapes(c),
                        concurrency=parse_range(a.concurrency), shared_memory=a.shared_memory,
                        max_threads=a.max_threads, measurement_request_count=a.request_count,
                        stability_percentage=a.stability,

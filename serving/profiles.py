@@ -181,6 +181,8 @@ def _to_onnx_gpu(cfg: mc.ModelConfig, engine_cache: str) -> None:
     # One engine profile covering every batch the dynamic batcher can form, so a new
     # batch size never triggers an engine rebuild under load.
     opt_batch = max(cfg.dynamic_batching.preferred_batch_size or [cfg.max_batch_size])
+    at = {w: contract.ModelContract(cfg.name, Path(cfg.name), cfg).with_variable_dims(w).config
+          for w in ("min", "opt", "max")}   # variable dims (face_align's faces) span their range
     params = {
         "precision_mode": "FP16",
         "max_workspace_size_bytes": TRT_WORKSPACE_BYTES,
@@ -188,9 +190,9 @@ def _to_onnx_gpu(cfg: mc.ModelConfig, engine_cache: str) -> None:
         "trt_engine_cache_path": f"{engine_cache}/{cfg.name}",
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": f"{engine_cache}/{cfg.name}",
-        "trt_profile_min_shapes": _shapes(cfg, 1),
-        "trt_profile_opt_shapes": _shapes(cfg, opt_batch),
-        "trt_profile_max_shapes": _shapes(cfg, cfg.max_batch_size),
+        "trt_profile_min_shapes": _shapes(at["min"], 1),
+        "trt_profile_opt_shapes": _shapes(at["opt"], opt_batch),
+        "trt_profile_max_shapes": _shapes(at["max"], cfg.max_batch_size),
     }
     for k, v in params.items():
         trt.parameters[k] = v
