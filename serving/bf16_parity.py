@@ -7,10 +7,11 @@ win back). serving/profiles.py forces f32 for those; tests/unit/test_cpu_bf16_pa
 holds every other model to its row on real images; `make bench-cpu` reports the same.
 (To move into the per-family records of export/registry.py once they exist.)
 
-- detections: every reference detection that is not a near-tie (score at least
-  `score_atol` above the candidate's lowest kept score) must have a candidate box of the
-  same class with IoU >= `min_iou` and |score difference| <= `score_atol`; counts may
-  differ only by boxes within `score_atol` of the cut.
+- detections: every reference detection at least `score_atol` above the cut (the
+  graph's score threshold, or the K-th score of a full top-K list) must have a
+  candidate box of the same class with IoU >= `min_iou` and |score difference| <=
+  `score_atol`, and the other way round; so counts may differ only by boxes within
+  `score_atol` of the cut.
 - embeddings: per-row cosine similarity >= `min_cosine`.
 - ocr: the strings read from rendered text are identical (checked on the whole pipeline).
 """
@@ -71,13 +72,13 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
-def compare_detections(ref: dict, got: dict, tol: Bf16Tolerance = DETECTIONS) -> Verdict:
+def compare_detections(ref: dict, got: dict, tol: Bf16Tolerance = DETECTIONS, threshold: float = 0.0) -> Verdict:
     """One image's padded detector outputs (boxes [K,4], scores [K], num_detections, classes?).
 
     Matched both ways: every reference detection clear of the candidate's cut, and every
     candidate detection clear of the reference's cut, needs a partner of the same class
     with IoU >= min_iou and |score difference| <= score_atol. The cut is the K-th score
-    when the list is full (top-K), else the lowest score either side kept (the threshold)."""
+    when the list is full (top-K), else the score threshold baked into the graph."""
     k = len(np.ravel(ref["scores"]))
     sides = []
     for a, b in ((ref, got), (got, ref)):
@@ -85,8 +86,7 @@ def compare_detections(ref: dict, got: dict, tol: Bf16Tolerance = DETECTIONS) ->
         sides.append((np.asarray(a["boxes"])[:n], np.asarray(a["scores"])[:n],
                       np.asarray(a["classes"])[:n] if "classes" in a else np.zeros(n, int)))
     (rb, rs, rc), (gb, gs, gc) = sides
-    floor = min([float(x.min()) for x in (rs, gs) if len(x)], default=0.0)
-    cut = {0: float(gs.min()) if len(gs) == k else floor, 1: float(rs.min()) if len(rs) == k else floor}
+    cut = {0: float(gs.min()) if len(gs) == k else threshold, 1: float(rs.min()) if len(rs) == k else threshold}
     worst_iou, worst_ds, why = 1.0, 0.0, []
     for side, ((ab, as_, ac), (bb, bs, bc)) in enumerate((((rb, rs, rc), (gb, gs, gc)), ((gb, gs, gc), (rb, rs, rc)))):
         stable = as_ >= cut[side] + tol.score_atol
