@@ -39,7 +39,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from . import contract
 from .contract import MODEL_REPOSITORY, REPO_ROOT
 from .bf16_parity import GEOMETRY
-from .cpu_machine import CpuSettings, ResolvedCpu
+from .cpu_machine import ONNXRUNTIME_MODELS, CpuSettings, ResolvedCpu
 
 PROFILES = ("cpu", "openvino", "onnx-gpu")
 CPU_PROFILES = ("cpu", "openvino")
@@ -128,6 +128,9 @@ def _to_cpu(cfg: mc.ModelConfig) -> None:
 
 def _python_runner(cfg: mc.ModelConfig, cpu: ResolvedCpu, openvino_cache: Path | None) -> None:
     cfg.backend = "python"
+    if cfg.name in ONNXRUNTIME_MODELS and cpu.runtime == "openvino":
+        cpu = cpu.with_runtime("onnxruntime", "f32")
+        cfg.parameters["cpu_runtime_why"].string_value = ONNXRUNTIME_MODELS[cfg.name]
     if cfg.name in GEOMETRY:       # pixel-coordinate arithmetic: never bf16
         cpu = cpu.with_runtime(cpu.runtime, "f32")
         cfg.parameters["cpu_precision_why"].string_value = "f32 always: " + GEOMETRY[cfg.name]
