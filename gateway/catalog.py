@@ -75,7 +75,7 @@ def cpu_runtime(parameters: dict) -> dict | None:
     """What a CPU-profile model runs with (serving/profiles.py records it), None elsewhere."""
     if "cpu_runtime" not in parameters:
         return None
-    keys = ("cpu_runtime", "cpu_precision", "cpu_threads", "cpu_fallback")
+    keys = ("cpu_runtime", "cpu_precision", "cpu_threads", "cpu_slots", "cpu_fallback")
     return {k.removeprefix("cpu_"): parameters[k] for k in keys if k in parameters}
 
 

@@ -8,9 +8,11 @@
 2. Served, today's settings: the cpu profile as it was (ONNX Runtime, ONE intra-op thread
    per model), through the embedded tritonserver at saturation (batch-1 requests at
    concurrency 16 per model, 8 per pipeline, like bench_models).
-3. Served, the new default (serving/cpu_machine.py: OpenVINO, every usable core).
-4. Pipelines only, the new runtime with ONE thread per model: do concurrent steps with
-   every core each oversubscribe the machine? (`--no-one-thread` skips it.)
+3. Served, the new default (serving/cpu_machine.py: OpenVINO, every usable core per
+   model, one graph execution at a time across the server: cpu_runner.ExecutionSlots).
+4. Pipelines only, two variants of the new runtime without the execution limit: every
+   core per model (do concurrent steps oversubscribe?) and ONE thread per model.
+   (`--no-variants` skips them.)
 
 Targets (issue 15): served >= 0.9 x best bare for every network model; every pipeline
 >= 2x today's img/s at c=8. Both servers run one after the other (a whole repository
@@ -39,7 +41,7 @@ PIPELINES = ("faces", "detect_embed", "ocr", "analyze", "text_embed")
 # c=8 throughput before this change, as the issue states it (2-core machine, ORT 1 thread).
 ISSUE_TODAY = {"faces": 5.7, "detect_embed": 5.3, "ocr": 8.2, "analyze": 2.9, "text_embed": 26.0}
 MODEL_TARGET, PIPELINE_TARGET = 0.9, 2.0
-TODAY = CpuSettings("onnxruntime", "f32", threads=1)
+TODAY = CpuSettings("onnxruntime", "f32", threads=1, slots=0)    # as before: no execution limit
 
 
 def network_models() -> list[str]:
@@ -94,7 +96,7 @@ def _best(points: list[BarePoint], model: str, **where) -> BarePoint | None:
     return max(pts, key=lambda p: p.items_per_s, default=None)
 
 
-def tables(bare, today, new, models, pipelines, resolved, one=None) -> str:
+def tables(bare, today, new, models, pipelines, resolved, variants=None) -> str:
     f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     lines = [f"Served with: {resolved.describe()}; today: onnxruntime f32, 1 thread per model.", "",
              "| model | bare ORT 1t b1 (today's path) | best bare (runtime prec threads batch) | served today | "
@@ -110,14 +112,17 @@ def tables(bare, today, new, models, pipelines, resolved, one=None) -> str:
                      f"{'-' if ratio is None else f'{ratio:.2f}'} | "
                      f"{'-' if ratio is None else ('PASS' if ratio >= MODEL_TARGET else 'MISS')} |")
     if pipelines:
-        lines += ["", "| pipeline (c=8) | served today (this run) | served new | new, 1 thread per model | "
-                  "new / today | issue's today | new / issue's today | target >= 2x |", "|---|---|---|---|---|---|---|---|"]
+        variants = variants or {}
+        lines += ["", "| pipeline (c=8) | served today (this run) | served new | new, every core, no limit | "
+                  "new, 1 thread, no limit | new / today | issue's today | new / issue's today | target >= 2x |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for p in pipelines:
             old, cur = today.get(p, {}).get("items_per_s"), new.get(p, {}).get("items_per_s")
             r_run = cur / old if cur and old else None
             r_issue = cur / ISSUE_TODAY[p] if cur and p in ISSUE_TODAY else None
             verdict = "-" if r_run is None else ("PASS" if r_run >= PIPELINE_TARGET else "MISS")
-            lines.append(f"| {p} | {f(old)} | {f(cur)} | {f((one or {}).get(p, {}).get('items_per_s'))} | "
+            var = [f(variants.get(v, {}).get(p, {}).get("items_per_s")) for v in ("new-no-limit", "new-1-thread")]
+            lines.append(f"| {p} | {f(old)} | {f(cur)} | {var[0]} | {var[1]} | "
                          f"{'-' if r_run is None else f'{r_run:.2f}x'} | "
                          f"{ISSUE_TODAY.get(p, '-')} | {'-' if r_issue is None else f'{r_issue:.2f}x'} | {verdict} |")
     return "\n".join(lines)
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bare-seconds", type=float, default=2.0, help="per bare point")
     ap.add_argument("--seconds", type=float, default=4.0, help="per served model/pipeline")
     ap.add_argument("--no-today", action="store_true", help="skip the today's-settings server")
-    ap.add_argument("--no-one-thread", action="store_true", help="skip the pipelines at 1 thread per model")
+    ap.add_argument("--no-variants", action="store_true", help="skip the pipeline variants (step 4)")
     ap.add_argument("--reports", type=Path, default=report.REPORTS_DIR)
     a = ap.parse_args(argv)
     models = [m for m in (a.models.split(",") if a.models else network_models()) if m]
@@ -150,19 +155,21 @@ def main(argv: list[str] | None = None) -> int:
         bare = bare_phase(models, cores, bf16, [int(b) for b in a.batches.split(",")], a.bare_seconds, progress)
         today = {} if a.no_today else served_phase("today", TODAY, models, pipelines, a.seconds, out, progress)
         new = served_phase("new", CpuSettings.from_env(), models, pipelines, a.seconds, out, progress)
-        one = {} if a.no_one_thread or not pipelines else served_phase(
-            "new-1-thread", CpuSettings(resolved.runtime, resolved.precision, 1), [], pipelines, a.seconds, out,
-            progress)
+        variants = {}
+        for label, threads in (("new-no-limit", None), ("new-1-thread", 1)):
+            if pipelines and not a.no_variants:
+                variants[label] = served_phase(label, CpuSettings(resolved.runtime, resolved.precision, threads, 0),
+                                               [], pipelines, a.seconds, out, progress)
     except (TritonServerError, profiles.ProfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text = tables(bare, today, new, models, pipelines, resolved, one)
+    text = tables(bare, today, new, models, pipelines, resolved, variants)
     meta = {"cores": cores, "native_bf16": bf16, "new": resolved.describe(), "seconds": time.monotonic() - t0,
             "command": " ".join(["python -m perf.bench_cpu", *(argv if argv is not None else sys.argv[1:])]),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     (out / "results.json").write_text(json.dumps({"meta": meta, "bare": [asdict(p) for p in bare],
                                                   "served_today": today, "served_new": new,
-                                                  "served_new_one_thread": one}, indent=2))
+                                                  "served_new_variants": variants}, indent=2))
     (out / "summary.md").write_text(f"# bench-cpu\n\n{json.dumps(meta)}\n\n{text}\n")
     print(text)
     print(f"\n{meta['seconds'] / 60:.1f} min; report: {out}/summary.md")

@@ -88,6 +88,7 @@ class CpuSettings:
     runtime: str = "openvino"          # preferred runtime; onnxruntime is always the fallback
     precision: str = "auto"            # auto = bf16 where the CPU has it natively, else f32
     threads: int | None = None         # per model instance; None = every usable core
+    slots: int | None = None           # executions at once across models; None = cores // threads, 0 = no limit
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
@@ -96,6 +97,8 @@ class CpuSettings:
             raise CpuSettingsError(f"unknown CPU precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         if self.threads is not None and self.threads < 1:
             raise CpuSettingsError(f"CPU threads must be >= 1, got {self.threads}")
+        if self.slots is not None and self.slots < 0:
+            raise CpuSettingsError(f"CPU slots must be >= 0 (0 = no limit), got {self.slots}")
 
     @classmethod
     def from_env(cls, env=None) -> "CpuSettings":
@@ -127,7 +130,9 @@ class CpuSettings:
                                    "f32 or auto")
         else:
             precision = self.precision
-        return ResolvedCpu(runtime, precision, self.threads or cores, cores, tuple(notes),
+        threads = self.threads or cores
+        slots = max(1, cores // threads) if self.slots is None else self.slots
+        return ResolvedCpu(runtime, precision, threads, cores, tuple(notes), slots=slots,
                            threads_fixed=self.threads is not None, precision_fixed=self.precision != "auto")
 
 
@@ -139,18 +144,21 @@ class ResolvedCpu:
     threads: int
     cores: int
     notes: tuple[str, ...] = ()
+    slots: int = 0                     # graph executions at once across the server's models; 0 = no limit
     threads_fixed: bool = False        # the user chose the thread count (else: every usable core)
     precision_fixed: bool = False      # the user chose the precision (else: auto)
 
     def parameters(self) -> dict[str, str]:
         return {"cpu_runtime": self.runtime, "cpu_precision": self.precision,
-                "cpu_threads": str(self.threads), "cpu_fallback": "onnxruntime"}
+                "cpu_threads": str(self.threads), "cpu_slots": str(self.slots), "cpu_fallback": "onnxruntime"}
 
     def with_runtime(self, runtime: str, precision: str = "f32") -> "ResolvedCpu":
         return replace(self, runtime=runtime, precision=precision)
 
     def describe(self) -> str:
-        return f"{self.runtime} {self.precision}, {self.threads} threads per model ({self.cores} usable cores)"
+        slots = f"{self.slots} at a time" if self.slots else "no execution limit"
+        return (f"{self.runtime} {self.precision}, {self.threads} threads per model, {slots} "
+                f"({self.cores} usable cores)")
 
 
 def add_arguments(parser) -> None:
@@ -163,7 +171,9 @@ def add_arguments(parser) -> None:
                         help=f"auto = bf16 where the CPU has it natively (OpenVINO), else f32 (env {ENV_PRECISION})")
     parser.add_argument("--cpu-threads", type=int, default=env.threads,
                         help=f"threads per model (default: every usable core; env {ENV_THREADS})")
+    parser.add_argument("--cpu-slots", type=int, default=None,
+                        help="graph executions at once across all models (default cores // threads; 0 = no limit)")
 
 
 def from_args(args) -> CpuSettings:
-    return CpuSettings(args.cpu_runtime, args.cpu_precision, args.cpu_threads)
+    return CpuSettings(args.cpu_runtime, args.cpu_precision, args.cpu_threads, args.cpu_slots)

@@ -143,3 +143,47 @@ def _openvino(path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...], pre
 
     return Runner("openvino", precision, threads, outputs, run, ov.get_version().split("-")[0],
                   extra={"compiled": compiled})
+
+
+class ExecutionSlots:
+    """At most `permits` graph executions at a time across every model process of one server.
+
+    Each model's pool has every usable core, so a single busy route uses the whole machine;
+    when a pipeline runs several steps at once (analyze: yolo, faces, ocr, mobileclip),
+    they take turns instead of running 4 x cores threads on the cores. permits = cores //
+    threads (1 with the default). Lock files in the served repository (`folder`),
+    flock'ed: released by the kernel if a process dies, nothing to clean up."""
+
+    def __init__(self, folder: Path | str, permits: int):
+        import os
+
+        self.permits = max(1, int(permits))
+        self._fds = [os.open(str(Path(folder) / f".cpu-slot-{i}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+                     for i in range(self.permits)]
+
+    def __enter__(self):
+        import fcntl
+        import os
+
+        for fd in self._fds:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._held = fd
+                return self
+            except BlockingIOError:
+                continue
+        self._held = self._fds[os.getpid() % self.permits]
+        fcntl.flock(self._held, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self._held, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        import os
+
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []

@@ -11,6 +11,8 @@ serving/cpu_machine.py), all optional:
                   the graph falls back to ONNX Runtime, logged as a warning with the reason
   cpu_precision   bf16 or f32 (default f32); bf16 is OpenVINO's, where the CPU has it natively
   cpu_threads     threads of this model's pool (default 1)
+  cpu_slots       at most this many graph executions at once across the server's models
+                  (cores // threads; 0 = no limit, the default): see cpu_runner.ExecutionSlots
   openvino_cache  OpenVINO's compiled-model cache folder (faster restarts); none by default
   onnx_file       graph file name in the version folder (default model.onnx)
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from serving.cpu_runner import RunnerError, open_runner
+from serving.cpu_runner import ExecutionSlots, RunnerError, open_runner
 
 
 def _param(config: dict, key: str, default: str) -> str:
@@ -46,6 +48,9 @@ class TritonPythonModel:
         except (RunnerError, KeyError, RuntimeError) as exc:
             raise pb_utils.TritonModelException(
                 f"{self.name}: cannot run {path}: {exc}. Re-export it: make export-onnx MODELS={self.name}") from exc
+        slots = int(_param(config, "cpu_slots", "0"))
+        # the served repository folder: every model process of this server shares its lock files
+        self.slots = ExecutionSlots(Path(args["model_repository"]).parent, slots) if slots > 0 else None
         level = pb_utils.Logger.WARNING if self.runner.fallback_reason else pb_utils.Logger.INFO
         pb_utils.Logger.log(f"{self.name}: {self.runner.description}", level)
         # Config dtypes are what Triton promises clients; cast graph outputs to them.
@@ -61,7 +66,11 @@ class TritonPythonModel:
         try:
             feed = {n: (arrays[0][i] if len(arrays) == 1 else np.concatenate([a[i] for a in arrays]))
                     for i, n in enumerate(self.inputs)}
-            results = self.runner.run(feed)
+            if self.slots is None:
+                results = self.runner.run(feed)
+            else:
+                with self.slots:
+                    results = self.runner.run(feed)
         except Exception as exc:  # noqa: BLE001 - a runtime failure fails this batch, not the server
             err = pb_utils.TritonError(f"{self.name}: {self.runner.runtime} failed on a batch of {sum(sizes)}: {exc}")
             return [pb_utils.InferenceResponse(error=err) for _ in requests]
@@ -78,3 +87,5 @@ class TritonPythonModel:
 
     def finalize(self):
         self.runner = None
+        if self.slots is not None:
+            self.slots.close()
