@@ -11,7 +11,29 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf import json_format, text_format
-from tritonclient.grpc import model_config_pb2 as mc
+
+
+def _model_config_schema():
+    """Triton's ModelConfig proto from tritonclient. Its grpc package needs grpcio and
+    rapidjson to import; the schema alone needs protobuf, so a host with tritonclient
+    installed without those (a GPU box running perf.gpu_ceiling) loads the file directly."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+        return model_config_pb2
+    except ImportError:
+        import importlib.util
+
+        spec = importlib.util.find_spec("tritonclient")
+        if spec is None or not spec.submodule_search_locations:
+            raise
+        path = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+        schema = importlib.util.spec_from_file_location("tritonclient_model_config_pb2", path)
+        module = importlib.util.module_from_spec(schema)
+        schema.loader.exec_module(module)
+        return module
+
+
+mc = _model_config_schema()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"

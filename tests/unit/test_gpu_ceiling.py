@@ -38,3 +38,25 @@ def test_time_budget_and_refusals(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert gpu_ceiling.main(["--out", str(out)]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_imports_on_a_gpu_host_without_grpcio_or_rapidjson():
+    """The lent GPU hosts have torch, numpy, protobuf and (carried) tritonclient, but neither
+    grpcio nor python-rapidjson: the tool and the contract it reads must import there."""
+    import subprocess
+    import sys
+
+    from serving.contract import REPO_ROOT
+
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('grpc', 'rapidjson'):\n"
+            "            raise ImportError('blocked: ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import perf.gpu_ceiling, perf.ceiling_models\n"
+            "from serving import contract\n"
+            "print(contract.load('face_align').variable_dim_range)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(1, 4, 64)"
