@@ -87,7 +87,7 @@ def build_module(in_h: int, in_w: int, size: int):
             # pixel -> GridSample's normalised coords (align_corners=False): g = (2z + 1)/W - 1
             row_x = torch.stack([ip, -iq, cx], -1) * (2.0 / in_w)
             row_y = torch.stack([iq, ip, cy], -1) * (2.0 / in_h)
-            shift = torch.tensor([0.0, 0.0, 1.0])
+            shift = torch.tensor([0.0, 0.0, 1.0], device=landmarks.device)   # runs on a GPU too
             row_x = row_x + shift * (1.0 / in_w - 1.0)
             row_y = row_y + shift * (1.0 / in_h - 1.0)
             theta_t = torch.stack([row_x, row_y], -1)                 # [B,K,3,2]: affine_grid's theta^T

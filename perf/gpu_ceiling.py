@@ -188,6 +188,10 @@ def run(families, batches, device: str, iters: int, warmup: int, budget_s: float
                 result.points.append(Point(name, b, note="out of GPU memory"))
                 torch.cuda.empty_cache()
                 break
+            except Exception as exc:  # noqa: BLE001 - one family failing on this device ends that family only
+                result.points.append(Point(name, b, note=f"failed: {type(exc).__name__}: {str(exc)[:200]}"))
+                progress(f"{name} b={b}: failed: {exc}")
+                break
             result.points.append(p)
             progress(f"{name} b={b}: {p.ms_per_batch:.3f} ms/batch, {p.items_per_s:,.0f}/s")
         cand.module = None
