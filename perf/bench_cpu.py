@@ -10,9 +10,9 @@
    concurrency 16 per model, 8 per pipeline, like bench_models).
 3. Served, the new default (serving/cpu_machine.py: OpenVINO, every usable core per
    model, one graph execution at a time across the server: cpu_runner.ExecutionSlots).
-4. Pipelines only, two variants of the new runtime without the execution limit: every
-   core per model (do concurrent steps oversubscribe?) and ONE thread per model.
-   (`--no-variants` skips them.)
+4. Pipelines only, variants of the new runtime (`--variants`, default: every core per
+   model without the execution limit, and ONE thread per model): do concurrent steps
+   oversubscribe the machine?
 
 Targets (issue 15): served >= 0.9 x best bare for every network model; every pipeline
 >= 2x today's img/s at c=8. Both servers run one after the other (a whole repository
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -48,46 +49,56 @@ def network_models() -> list[str]:
     return sorted(n for n, c in contract.load_all().items() if c.kind == "network")
 
 
-def bare_phase(models, cores: int, bf16: bool, batches, seconds: float, progress) -> list[BarePoint]:
+def bare_points(m: str, cores: int, bf16: bool, batches, seconds: float, progress) -> list[BarePoint]:
     combos = [("onnxruntime", "f32"), ("openvino", "f32")] + ([("openvino", "bf16")] if bf16 else [])
     points = []
-    for m in models:
-        for runtime, precision in combos:
-            if precision == "bf16" and m in GEOMETRY:
-                continue
-            for threads in sorted({1, cores}):
-                got = measure(m, runtime, precision, threads, batches, seconds)
-                points += got
-                progress(f"bare {m} {runtime} {precision} {threads}t: "
-                         + ", ".join(f"b{p.batch} {p.items_per_s:.1f}/s" for p in got))
+    for runtime, precision in combos:
+        if precision == "bf16" and m in GEOMETRY:
+            continue
+        for threads in sorted({1, cores}):
+            got = measure(m, runtime, precision, threads, batches, seconds)
+            points += got
+            progress(f"bare {m} {runtime} {precision} {threads}t: "
+                     + ", ".join(f"b{p.batch} {p.items_per_s:.1f}/s" for p in got))
     return points
 
 
-def served_phase(label: str, settings: CpuSettings, models, pipelines, seconds: float, root: Path,
-                 progress) -> dict[str, dict]:
-    """{target: {"items_per_s", "avg_batch", "concurrency", "errors"}} through a fresh tritonserver."""
-    derived = profiles.derive("cpu", dest=root / label, models=list(models) + list(pipelines), skip_missing=True,
-                              cpu=settings)
+@contextlib.contextmanager
+def served(label: str, settings: CpuSettings, targets, root: Path, seconds: float, progress):
+    """A fresh tritonserver on a derived repository with `targets`; yields measure(target) ->
+    {"items_per_s", "avg_batch", "concurrency", "errors", "p50_ms"} (None when left out)."""
+    derived = profiles.derive("cpu", dest=root / label, models=list(targets), skip_missing=True, cpu=settings)
     for m, why in derived.skipped.items():
         progress(f"{label}: left out {m}: {why}")
     server = TritonServer(derived.path, free_port(), free_port(), free_port(), log_path=root / f"{label}.log")
     progress(f"{label}: starting tritonserver ({derived.cpu.describe()})")
-    out = {}
+
+    def measure_target(target: str) -> dict | None:
+        if target not in derived.models:
+            return None
+        conc = 8 if target in PIPELINES else 16
+        sweep = Sweep(url=server.grpc_url, metrics_url=server.metrics_url, batches=(1,), concurrencies=(conc,),
+                      requests=100_000, seconds=seconds, warmup=conc, progress=False)
+        (rec,) = asyncio.run(bench_model(target, sweep))
+        progress(f"{label}: {target} c={conc}: {rec.throughput:.1f}/s (avg batch {rec.avg_batch or 0:.1f}, "
+                 f"{rec.errors} errors)")
+        return {"items_per_s": rec.throughput, "avg_batch": rec.avg_batch, "concurrency": conc,
+                "errors": rec.errors, "p50_ms": rec.p50_ms}
+
     server.start(900)
     try:
-        for target in [*models, *pipelines]:
-            if target not in derived.models:
-                continue
-            conc = 8 if target in PIPELINES else 16
-            sweep = Sweep(url=server.grpc_url, metrics_url=server.metrics_url, batches=(1,),
-                          concurrencies=(conc,), requests=100_000, seconds=seconds, warmup=conc, progress=False)
-            (rec,) = asyncio.run(bench_model(target, sweep))
-            out[target] = {"items_per_s": rec.throughput, "avg_batch": rec.avg_batch, "concurrency": conc,
-                           "errors": rec.errors, "p50_ms": rec.p50_ms}
-            progress(f"{label}: {target} c={conc}: {rec.throughput:.1f}/s (avg batch {rec.avg_batch or 0:.1f}, "
-                     f"{rec.errors} errors)")
+        yield measure_target
     finally:
         server.stop()
+
+
+def parse_variants(text: str) -> list[tuple[str, int | None, int]]:
+    """"no-limit=all:0,one-thread=1:0" -> [(label, threads or None for all cores, slots)]."""
+    out = []
+    for item in filter(None, text.split(",")):
+        label, spec = item.split("=")
+        threads, slots = spec.split(":")
+        out.append((label, None if threads == "all" else int(threads), int(slots)))
     return out
 
 
@@ -98,6 +109,7 @@ def _best(points: list[BarePoint], model: str, **where) -> BarePoint | None:
 
 def tables(bare, today, new, models, pipelines, resolved, variants=None) -> str:
     f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    today, new = {k: v or {} for k, v in today.items()}, {k: v or {} for k, v in new.items()}
     lines = [f"Served with: {resolved.describe()}; today: onnxruntime f32, 1 thread per model.", "",
              "| model | bare ORT 1t b1 (today's path) | best bare (runtime prec threads batch) | served today | "
              "served new (avg batch) | new / best bare | target >= 0.9 |", "|---|---|---|---|---|---|---|"]
@@ -113,16 +125,16 @@ def tables(bare, today, new, models, pipelines, resolved, variants=None) -> str:
                      f"{'-' if ratio is None else ('PASS' if ratio >= MODEL_TARGET else 'MISS')} |")
     if pipelines:
         variants = variants or {}
-        lines += ["", "| pipeline (c=8) | served today (this run) | served new | new, every core, no limit | "
-                  "new, 1 thread, no limit | new / today | issue's today | new / issue's today | target >= 2x |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        heads = "".join(f" new, {v} |" for v in variants)
+        lines += ["", f"| pipeline (c=8) | served today (this run) | served new |{heads} new / today | issue's today | "
+                  "new / issue's today | target >= 2x |", "|---|---|---|" + "---|" * len(variants) + "---|---|---|---|"]
         for p in pipelines:
             old, cur = today.get(p, {}).get("items_per_s"), new.get(p, {}).get("items_per_s")
             r_run = cur / old if cur and old else None
             r_issue = cur / ISSUE_TODAY[p] if cur and p in ISSUE_TODAY else None
             verdict = "-" if r_run is None else ("PASS" if r_run >= PIPELINE_TARGET else "MISS")
-            var = [f(variants.get(v, {}).get(p, {}).get("items_per_s")) for v in ("new-no-limit", "new-1-thread")]
-            lines.append(f"| {p} | {f(old)} | {f(cur)} | {var[0]} | {var[1]} | "
+            var = "".join(f" {f((variants[v].get(p) or {}).get('items_per_s'))} |" for v in variants)
+            lines.append(f"| {p} | {f(old)} | {f(cur)} |{var} "
                          f"{'-' if r_run is None else f'{r_run:.2f}x'} | "
                          f"{ISSUE_TODAY.get(p, '-')} | {'-' if r_issue is None else f'{r_issue:.2f}x'} | {verdict} |")
     return "\n".join(lines)
@@ -136,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bare-seconds", type=float, default=2.0, help="per bare point")
     ap.add_argument("--seconds", type=float, default=4.0, help="per served model/pipeline")
     ap.add_argument("--no-today", action="store_true", help="skip the today's-settings server")
-    ap.add_argument("--no-variants", action="store_true", help="skip the pipeline variants (step 4)")
+    ap.add_argument("--variants", default="no-limit=all:0,one-slot=all:1,one-thread=1:0",
+                    help="pipeline variants of the new runtime, label=threads:slots (threads 'all' = every core; "
+                         "slots 0 = no limit); '' for none")
     ap.add_argument("--reports", type=Path, default=report.REPORTS_DIR)
     a = ap.parse_args(argv)
     models = [m for m in (a.models.split(",") if a.models else network_models()) if m]
@@ -152,14 +166,25 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"{cores} usable cores, native bf16: {bf16}; new default: {resolved.describe()}")
     t0 = time.monotonic()
     try:
-        bare = bare_phase(models, cores, bf16, [int(b) for b in a.batches.split(",")], a.bare_seconds, progress)
-        today = {} if a.no_today else served_phase("today", TODAY, models, pipelines, a.seconds, out, progress)
-        new = served_phase("new", CpuSettings.from_env(), models, pipelines, a.seconds, out, progress)
+        # each model's bare points and its served point back to back: the ratio of two
+        # measurements minutes apart on a shared machine would mostly measure the neighbours
+        bare, new = [], {}
+        batches = [int(b) for b in a.batches.split(",")]
+        with served("new", CpuSettings.from_env(), models + pipelines, out, a.seconds, progress) as run:
+            for m in models:
+                bare += bare_points(m, cores, bf16, batches, a.bare_seconds, progress)
+                new[m] = run(m)
+            for p in pipelines:
+                new[p] = run(p)
+        today = {}
+        if not a.no_today:
+            with served("today", TODAY, models + pipelines, out, a.seconds, progress) as run:
+                today = {t: run(t) for t in models + pipelines}
         variants = {}
-        for label, threads in (("new-no-limit", None), ("new-1-thread", 1)):
-            if pipelines and not a.no_variants:
-                variants[label] = served_phase(label, CpuSettings(resolved.runtime, resolved.precision, threads, 0),
-                                               [], pipelines, a.seconds, out, progress)
+        for label, threads, slots in (parse_variants(a.variants) if pipelines else []):
+            settings = CpuSettings(resolved.runtime, resolved.precision, threads, slots)
+            with served(label, settings, pipelines, out, a.seconds, progress) as run:
+                variants[label] = {p: run(p) for p in pipelines}
     except (TritonServerError, profiles.ProfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ def _model_config_schema():
     try:
         from tritonclient.grpc import model_config_pb2
         return model_config_pb2
-    except ImportError:
+    except (ImportError, RuntimeError):   # tritonclient.grpc turns a missing grpc into RuntimeError
         import importlib.util
 
         spec = importlib.util.find_spec("tritonclient")

@@ -150,8 +150,8 @@ class ExecutionSlots:
 
     Each model's pool has every usable core, so a single busy route uses the whole machine;
     when a pipeline runs several steps at once (analyze: yolo, faces, ocr, mobileclip),
-    they take turns instead of running 4 x cores threads on the cores. permits = cores //
-    threads (1 with the default). Lock files in the served repository (`folder`),
+    at most `permits` of them run (2 with the default: one fills the other's serial gaps)
+    instead of 4 x cores threads on the cores. Lock files in the served repository (`folder`),
     flock'ed: released by the kernel if a process dies, nothing to clean up."""
 
     def __init__(self, folder: Path | str, permits: int):

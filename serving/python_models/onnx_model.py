@@ -12,7 +12,8 @@ serving/cpu_machine.py), all optional:
   cpu_precision   bf16 or f32 (default f32); bf16 is OpenVINO's, where the CPU has it natively
   cpu_threads     threads of this model's pool (default 1)
   cpu_slots       at most this many graph executions at once across the server's models
-                  (cores // threads; 0 = no limit, the default): see cpu_runner.ExecutionSlots
+                  (the profile writes 2 x cores // threads; 0 = no limit, the default here):
+                  see cpu_runner.ExecutionSlots
   openvino_cache  OpenVINO's compiled-model cache folder (faster restarts); none by default
   onnx_file       graph file name in the version folder (default model.onnx)
 """

@@ -40,8 +40,8 @@ def test_native_bf16_from_cpu_flags(tmp_path):
 def test_resolve_picks_bf16_only_where_native_and_with_openvino():
     auto = CpuSettings()
     r = auto.resolve(cores=8, bf16=True, have_openvino=True)
-    assert (r.runtime, r.precision, r.threads, r.slots) == ("openvino", "bf16", 8, 1)
-    assert CpuSettings(threads=2).resolve(cores=8, bf16=True, have_openvino=True).slots == 4   # cores // threads
+    assert (r.runtime, r.precision, r.threads, r.slots) == ("openvino", "bf16", 8, 2)
+    assert CpuSettings(threads=2).resolve(cores=8, bf16=True, have_openvino=True).slots == 8   # 2 x cores // threads
     assert CpuSettings(slots=0).resolve(cores=8, bf16=True, have_openvino=True).slots == 0     # no limit
     assert auto.resolve(cores=8, bf16=False, have_openvino=True).precision == "f32"
     fallback = auto.resolve(cores=2, bf16=True, have_openvino=False)
@@ -78,7 +78,7 @@ def test_cpu_configs_record_runtime_precision_and_threads(name):
     assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
     assert p["cpu_runtime"] == ("onnxruntime" if name in cpu_machine.ONNXRUNTIME_MODELS else "openvino")
     assert ("cpu_runtime_why" in p) == (name in cpu_machine.ONNXRUNTIME_MODELS)
-    assert p["cpu_threads"] == "6" and p["cpu_slots"] == "1" and p["cpu_fallback"] == "onnxruntime"
+    assert p["cpu_threads"] == "6" and p["cpu_slots"] == "2" and p["cpu_fallback"] == "onnxruntime"
     # geometry graphs never run in bf16, and say why
     assert p["cpu_precision"] == ("f32" if name in GEOMETRY else "bf16")
     assert ("cpu_precision_why" in p) == (name in GEOMETRY)
@@ -144,7 +144,7 @@ def test_gateway_models_listing_shows_the_cpu_runtime(source, tmp_path):
     assert r.status_code == 200, r.text
     by = {m["name"]: m for m in r.json()["models"]}
     assert by["yolo"]["cpu_runtime"] == {"runtime": "openvino", "precision": "bf16", "threads": "2",
-                                         "slots": "1", "fallback": "onnxruntime"}
+                                         "slots": "2", "fallback": "onnxruntime"}
     steps = by["faces"]["component_cpu_runtimes"]
     assert steps["arcface"]["precision"] == "bf16" and steps["face_align"]["precision"] == "f32"
     assert by["faces"]["cpu_runtime"] is None          # a BLS pipeline runs no graph of its own

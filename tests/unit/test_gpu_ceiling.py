@@ -52,7 +52,7 @@ def test_imports_on_a_gpu_host_without_grpcio_or_rapidjson():
             "class Block:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
             "        if name.split('.')[0] in ('grpc', 'rapidjson'):\n"
-            "            raise ImportError('blocked: ' + name)\n"
+            "            raise ModuleNotFoundError('blocked: ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
             "import perf.gpu_ceiling, perf.ceiling_models\n"
             "from serving import contract\n"
