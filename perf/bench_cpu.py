@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from serving import contract, cpu_machine, profiles
-from serving.bf16_parity import GEOMETRY
+from serving.bf16_parity import never_bf16
 from serving.cpu_machine import CpuSettings
 from serving.tritonserver import TritonServer, TritonServerError, free_port
 
@@ -53,7 +53,7 @@ def bare_points(m: str, cores: int, bf16: bool, batches, seconds: float, progres
     combos = [("onnxruntime", "f32"), ("openvino", "f32")] + ([("openvino", "bf16")] if bf16 else [])
     points = []
     for runtime, precision in combos:
-        if precision == "bf16" and m in GEOMETRY:
+        if precision == "bf16" and never_bf16(m):
             continue
         for threads in sorted({1, cores}):
             got = measure(m, runtime, precision, threads, batches, seconds)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bare-seconds", type=float, default=2.0, help="per bare point")
     ap.add_argument("--seconds", type=float, default=4.0, help="per served model/pipeline")
     ap.add_argument("--no-today", action="store_true", help="skip the today's-settings server")
-    ap.add_argument("--variants", default="no-limit=all:0,one-slot=all:1,one-thread=1:0",
+    ap.add_argument("--variants", default="no-limit=all:0,one-thread=1:0",
                     help="pipeline variants of the new runtime, label=threads:slots (threads 'all' = every core; "
                          "slots 0 = no limit); '' for none")
     ap.add_argument("--reports", type=Path, default=report.REPORTS_DIR)

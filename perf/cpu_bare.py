@@ -1,6 +1,6 @@
 """Bare CPU runtime throughput of one exported graph: the ceiling `make bench-cpu` holds the
 served figures against. Same runner as the served path (serving/cpu_runner.py), same
-inputs as the load generator (a real photo with a caption, tokens of a sentence)."""
+inputs as the load generators (perf/scene.py: a real scene with faces, objects, text)."""
 from __future__ import annotations
 
 import time
@@ -11,7 +11,7 @@ import numpy as np
 from serving import contract
 from serving.cpu_runner import open_runner
 
-from .bench_models import SAMPLE_TEXT, sample_frame
+from . import scene
 
 
 @dataclass(frozen=True)
@@ -30,30 +30,8 @@ class BarePoint:
 
 
 def model_inputs(c: contract.ModelContract, batch: int) -> dict[str, np.ndarray]:
-    """Realistic inputs from the contract (variable dims at their opt size)."""
-    import cv2
-
-    c = c.with_variable_dims("opt")
-    feed = {}
-    for spec in c.inputs:
-        shape = (batch, *spec.dims)
-        if spec.dtype == np.uint8 and len(spec.dims) == 3:
-            h, w, _ = spec.dims
-            frame = sample_frame(640, 640)
-            feed[spec.name] = np.ascontiguousarray(np.broadcast_to(cv2.resize(frame, (w, h)), shape))
-        elif spec.name == "tokens":
-            from serving.clip_tokenizer import ClipTokenizer
-
-            feed[spec.name] = np.repeat(ClipTokenizer()([SAMPLE_TEXT.decode()]), batch, 0).astype(spec.dtype)
-        elif spec.name == "landmarks":
-            from export.face_align import template
-
-            size = c.output("crops").dims[1]
-            lmk = template(size) * 1.2 + np.array([250.0, 150.0])
-            feed[spec.name] = np.broadcast_to(lmk, shape).astype(np.float32).copy()
-        else:
-            feed[spec.name] = np.zeros(shape, spec.dtype)
-    return feed
+    """The load generators' real scene (perf.scene), variable dims at their opt size."""
+    return scene.inputs_for(c.with_variable_dims("opt").inputs, batch)
 
 
 def measure(model: str, runtime: str, precision: str, threads: int, batches, seconds: float,

@@ -1,11 +1,10 @@
-"""bf16 on the CPU: per-family tolerances against ONNX Runtime f32, and the checks that apply them.
+"""bf16 on the CPU: the checks that hold OpenVINO bf16 to ONNX Runtime f32.
 
-ONE table (TABLE) says, per model, how its bf16 outputs may differ from f32 and which
-models never run in bf16 (GEOMETRY: their whole graph is coordinate arithmetic in
-640-px space, where bf16's 8-bit mantissa moves a pixel by up to 2; nothing heavy to
-win back). serving/profiles.py forces f32 for those; tests/unit/test_cpu_bf16_parity.py
-holds every other model to its row on real images; `make bench-cpu` reports the same.
-(To move into the per-family records of export/registry.py once they exist.)
+The tolerances live in each family's record (export/registry.py, `Tolerances.bf16`,
+type export.tolerances.Bf16), with the models that never run in bf16 (`never`: their
+whole graph is coordinate arithmetic in 640-px space, where bf16's 8-bit mantissa moves
+a pixel by up to 2; nothing heavy to win back). serving/profiles.py forces f32 for those;
+tests/unit/test_cpu_bf16_parity.py holds every other model to its record on real images.
 
 - detections: every reference detection at least `score_atol` above the cut (the
   graph's score threshold, or the K-th score of a full top-K list) must have a
@@ -21,38 +20,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Bf16Tolerance:
-    kind: str                        # "detections", "embeddings", "ocr_det", "ocr_rec"
-    min_iou: float = 0.9
-    score_atol: float = 0.05
-    min_cosine: float = 0.99
+from export.tolerances import BF16_DETECTIONS, BF16_EMBEDDINGS, Bf16
 
 
-DETECTIONS = Bf16Tolerance("detections", min_iou=0.9, score_atol=0.05)
-EMBEDDINGS = Bf16Tolerance("embeddings", min_cosine=0.99)
+def tolerance(model: str) -> Bf16:
+    """The model's bf16 record (export/registry.py: its family's Tolerances.bf16)."""
+    from export import registry
 
-TABLE: dict[str, Bf16Tolerance] = {
-    "scrfd": DETECTIONS,
-    "centerface": DETECTIONS,
-    "yolo": DETECTIONS,
-    "centernet": DETECTIONS,
-    "arcface": EMBEDDINGS,
-    "mobileclip_image": EMBEDDINGS,
-    "mobileclip_text": EMBEDDINGS,
-    "ppocr_det": Bf16Tolerance("ocr_det"),     # strings identical, through the whole OCR pipeline
-    "ppocr_rec": Bf16Tolerance("ocr_rec"),
-}
-# Always f32 (the reason is shown in the derived config and the docs).
-GEOMETRY = {
-    "face_align": "similarity solve and sampling grid in 640-px coordinates",
-    "clip_resize": "bilinear resize weights in pixel coordinates; no compute to win back",
-}
+    return registry.record(model).tolerances.bf16
 
 
-def allows_bf16(model: str) -> bool:
-    return model not in GEOMETRY
+def never_bf16(model: str) -> str:
+    """Why `model` is never run in bf16 ("" when it may be); unknown models: never."""
+    from export import registry
+
+    if model not in registry.MODELS:
+        return "not an exported family"
+    return tolerance(model).never
 
 
 @dataclass(frozen=True)
@@ -72,7 +56,7 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
-def compare_detections(ref: dict, got: dict, tol: Bf16Tolerance = DETECTIONS, threshold: float = 0.0) -> Verdict:
+def compare_detections(ref: dict, got: dict, tol: Bf16 = BF16_DETECTIONS, threshold: float = 0.0) -> Verdict:
     """One image's padded detector outputs (boxes [K,4], scores [K], num_detections, classes?).
 
     Matched both ways: every reference detection clear of the candidate's cut, and every
@@ -109,7 +93,7 @@ def compare_detections(ref: dict, got: dict, tol: Bf16Tolerance = DETECTIONS, th
     return Verdict(not why, figures, "; ".join(why))
 
 
-def compare_embeddings(ref: np.ndarray, got: np.ndarray, tol: Bf16Tolerance = EMBEDDINGS) -> Verdict:
+def compare_embeddings(ref: np.ndarray, got: np.ndarray, tol: Bf16 = BF16_EMBEDDINGS) -> Verdict:
     r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
     den = np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1)
     cos = np.where(den > 0, (r * g).sum(-1) / np.maximum(den, 1e-30), 1.0)

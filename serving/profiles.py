@@ -38,7 +38,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from . import contract
 from .contract import MODEL_REPOSITORY, REPO_ROOT
-from .bf16_parity import GEOMETRY
+from .bf16_parity import never_bf16
 from .cpu_machine import ONNXRUNTIME_MODELS, CpuSettings, ResolvedCpu
 
 PROFILES = ("cpu", "openvino", "onnx-gpu")
@@ -131,9 +131,10 @@ def _python_runner(cfg: mc.ModelConfig, cpu: ResolvedCpu, openvino_cache: Path |
     if cfg.name in ONNXRUNTIME_MODELS and cpu.runtime == "openvino":
         cpu = cpu.with_runtime("onnxruntime", "f32")
         cfg.parameters["cpu_runtime_why"].string_value = ONNXRUNTIME_MODELS[cfg.name]
-    if cfg.name in GEOMETRY:       # pixel-coordinate arithmetic: never bf16
+    never = never_bf16(cfg.name)
+    if never:       # e.g. pixel-coordinate arithmetic (its family record says why)
         cpu = cpu.with_runtime(cpu.runtime, "f32")
-        cfg.parameters["cpu_precision_why"].string_value = "f32 always: " + GEOMETRY[cfg.name]
+        cfg.parameters["cpu_precision_why"].string_value = "f32 always: " + never
     for key, value in cpu.parameters().items():
         cfg.parameters[key].string_value = value
     if openvino_cache and cpu.runtime == "openvino":
@@ -148,10 +149,11 @@ def _native_openvino(cfg: mc.ModelConfig, cpu: ResolvedCpu) -> None:
     picks it by itself on CPUs with native bf16; HINT_BF16 only when asked explicitly.
     The backend has no parameter that forces f32, so the geometry models (never bf16) run
     in Triton's onnxruntime backend on the CPU instead (NGC images ship both)."""
-    if cfg.name in GEOMETRY:
+    never = never_bf16(cfg.name)
+    if never:
         cfg.backend = ""
         cfg.platform = "onnxruntime_onnx"
-        cfg.parameters["cpu_precision_why"].string_value = "f32 always (onnxruntime): " + GEOMETRY[cfg.name]
+        cfg.parameters["cpu_precision_why"].string_value = "f32 always (onnxruntime): " + never
         return
     cfg.backend = "openvino"
     cfg.default_model_filename = "model.onnx"

@@ -1,5 +1,5 @@
 """OpenVINO (bf16 and f32) against ONNX Runtime f32 on real images, held to the per-family
-tolerances of serving/bf16_parity.py: detections matched at IoU >= 0.9 within a score bound,
+bf16 tolerances of export/registry.py (applied by serving/bf16_parity.py): detections matched at IoU >= 0.9 within a score bound,
 embeddings at cosine >= 0.99, OCR strings identical on rendered text.
 
 bf16 runs wherever OpenVINO compiles it (emulated on CPUs without native bf16, so the
@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from export.tolerances import BF16_DETECTIONS, Bf16
 from serving import bf16_parity as bp
 from serving import contract
 from serving.cpu_runner import RunnerError, open_runner
@@ -51,8 +52,22 @@ def real_frames(h: int, w: int) -> np.ndarray:
                      for im in (data.astronaut(), data.chelsea(), data.coffee())])
 
 
+DETECTORS = ["scrfd", "centerface", "yolo", "centernet"]
+EMBEDDERS = ["arcface", "mobileclip_image", "mobileclip_text"]
+
+
+def test_every_bf16_model_is_checked_here():
+    """Each family record's bf16 kind has its test below (or the record says why never)."""
+    from export import registry
+
+    kinds = {m: bp.tolerance(m).kind for m in registry.MODELS if not bp.never_bf16(m)}
+    assert sorted(m for m, k in kinds.items() if k == "detections") == sorted(DETECTORS)
+    assert sorted(m for m, k in kinds.items() if k == "embeddings") == sorted(EMBEDDERS)
+    assert sorted(m for m, k in kinds.items() if k == "ocr") == ["ppocr_det", "ppocr_rec"]
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("model", ["scrfd", "centerface", "yolo", "centernet"])
+@pytest.mark.parametrize("model", DETECTORS)
 def test_detections_match(model, precision):
     prov = _provenance(model)
     if "synthetic" in prov:
@@ -64,7 +79,7 @@ def test_detections_match(model, precision):
     frames = real_frames(h, w)
     ref = outputs(model, "onnxruntime", "f32", {"images": frames})
     got = outputs(model, "openvino", precision, {"images": frames})
-    tol = bp.TABLE[model]
+    tol = bp.tolerance(model)
     for i in range(len(frames)):
         v = bp.compare_detections({k: a[i] for k, a in ref.items()}, {k: a[i] for k, a in got.items()}, tol,
                                   threshold=c.float_parameter("score_threshold", 0.0))
@@ -91,7 +106,7 @@ def _face_crops() -> np.ndarray:
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("model", ["arcface", "mobileclip_image", "mobileclip_text"])
+@pytest.mark.parametrize("model", EMBEDDERS)
 def test_embeddings_match(model, precision):
     if model == "arcface":
         feed = {"faces": _face_crops()}
@@ -103,7 +118,7 @@ def test_embeddings_match(model, precision):
         feed = {"tokens": ClipTokenizer()(["a photo of an astronaut", "a cat on a sofa", "a cup of coffee"])}
     ref = outputs(model, "onnxruntime", "f32", feed)["embeddings"]
     got = outputs(model, "openvino", precision, feed)["embeddings"]
-    v = bp.compare_embeddings(ref, got, bp.TABLE[model])
+    v = bp.compare_embeddings(ref, got, bp.tolerance(model))
     assert v.passed, f"{model} {precision}: {v.why}"
 
 
@@ -139,14 +154,14 @@ def test_detection_matching_rule():
         return {"boxes": b, "scores": s, "classes": c, "num_detections": np.array([n])}
 
     ref = dets([[0, 0, 100, 100], [200, 200, 300, 300]], [0.9, 0.6], [1, 2])
-    cmp = lambda a, b, tol=bp.DETECTIONS: bp.compare_detections(a, b, tol, threshold=0.5)  # noqa: E731
+    cmp = lambda a, b, tol=BF16_DETECTIONS: bp.compare_detections(a, b, tol, threshold=0.5)  # noqa: E731
     assert cmp(ref, dets([[1, 1, 101, 100], [200, 201, 300, 300]], [0.89, 0.61], [1, 2])).passed
     moved = cmp(ref, dets([[30, 0, 130, 100], [200, 200, 300, 300]], [0.9, 0.6], [1, 2]))
     assert not moved.passed and "IoU" in moved.why
     assert not cmp(ref, dets([[0, 0, 100, 100], [200, 200, 300, 300]], [0.7, 0.6], [1, 2])).passed
     assert not cmp(ref, dets([[0, 0, 100, 100], [200, 200, 300, 300]], [0.9, 0.6], [3, 2])).passed
     # a box near the threshold may appear or vanish; a confident one may not
-    assert cmp(ref, dets([[0, 0, 100, 100]], [0.9], [1]), bp.Bf16Tolerance("d", score_atol=0.4)).passed
+    assert cmp(ref, dets([[0, 0, 100, 100]], [0.9], [1]), Bf16("detections", score_atol=0.4)).passed
     assert not cmp(ref, dets([[0, 0, 100, 100]], [0.9], [1])).passed
     assert bp.compare_embeddings(np.eye(2), np.eye(2) * 3).passed
     assert not bp.compare_embeddings(np.eye(2), np.array([[1.0, 0.2], [0.0, 1.0]])).passed

@@ -6,7 +6,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from serving import contract, cpu_machine, profiles
-from serving.bf16_parity import GEOMETRY
+from serving.bf16_parity import never_bf16
 from serving.cpu_machine import CpuSettings, CpuSettingsError
 from tests.unit.test_profiles import source  # noqa: F401  (fixture: committed configs + stand-in artifacts)
 
@@ -80,8 +80,8 @@ def test_cpu_configs_record_runtime_precision_and_threads(name):
     assert ("cpu_runtime_why" in p) == (name in cpu_machine.ONNXRUNTIME_MODELS)
     assert p["cpu_threads"] == "6" and p["cpu_slots"] == "2" and p["cpu_fallback"] == "onnxruntime"
     # geometry graphs never run in bf16, and say why
-    assert p["cpu_precision"] == ("f32" if name in GEOMETRY else "bf16")
-    assert ("cpu_precision_why" in p) == (name in GEOMETRY)
+    assert p["cpu_precision"] == ("f32" if never_bf16(name) else "bf16")
+    assert ("cpu_precision_why" in p) == bool(never_bf16(name))
     assert ("openvino_cache" in p) == (p["cpu_runtime"] == "openvino")
     ort = profiles.transform(COMMITTED[name].config, "cpu", cpu=CpuSettings("onnxruntime").resolve(cores=2))
     assert ort.parameters["cpu_runtime"].string_value == "onnxruntime" and "openvino_cache" not in ort.parameters
@@ -98,7 +98,7 @@ def test_native_openvino_variant_renders_and_parses(name):
     assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
     assert not cfg.HasField("optimization")
     p = {k: v.string_value for k, v in cfg.parameters.items()}
-    if name in GEOMETRY:
+    if never_bf16(name):
         assert (cfg.platform, cfg.backend) == ("onnxruntime_onnx", "")
         assert "PERFORMANCE_HINT" not in p
         return
