@@ -37,7 +37,11 @@ class Candidate:
 
 
 def _need(package: str, why: str) -> None:
-    if importlib.util.find_spec(package) is None:
+    try:
+        found = importlib.util.find_spec(package) is not None
+    except ImportError:
+        found = False
+    if not found:
         raise Unmeasurable(f"needs {package} ({why}), which is not installed here: pip install {package}")
 
 
