@@ -73,7 +73,7 @@ def _derive(args) -> profiles.Derived:
                               skip_missing=getattr(args, "skip_missing", False), engine_cache=args.engine_cache,
                               cpu=cpu_machine.from_args(args))
     log.info("derived the %s repository at %s (%d models)", args.profile, derived.path, len(derived.models))
-    if derived.cpu is not None:
+    if derived.cpu is not None and args.profile == "cpu":
         log.info("network models run %s", derived.cpu.describe())
         for note in derived.cpu.notes:
             log.warning("%s", note)
