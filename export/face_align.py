@@ -36,8 +36,8 @@ def template(size: int) -> np.ndarray:
 
 
 def geometry(job: ExportJob) -> dict[str, int]:
-    """Sizes from the contract: input frame, faces per frame, crop size."""
-    c = job.contract
+    """Sizes from the contract: input frame, faces per frame (the variable range's max), crop size."""
+    c = job.contract.with_variable_dims("max")
     names = [t.name for t in c.inputs]
     if len(names) != 2:
         raise ExportError(f"face_align: expected 2 inputs (images, landmarks), contract has {names}")
@@ -87,7 +87,7 @@ def build_module(in_h: int, in_w: int, size: int):
             # pixel -> GridSample's normalised coords (align_corners=False): g = (2z + 1)/W - 1
             row_x = torch.stack([ip, -iq, cx], -1) * (2.0 / in_w)
             row_y = torch.stack([iq, ip, cy], -1) * (2.0 / in_h)
-            shift = torch.tensor([0.0, 0.0, 1.0])
+            shift = torch.tensor([0.0, 0.0, 1.0], device=landmarks.device)   # runs on a GPU too
             row_x = row_x + shift * (1.0 / in_w - 1.0)
             row_y = row_y + shift * (1.0 / in_h - 1.0)
             theta_t = torch.stack([row_x, row_y], -1)                 # [B,K,3,2]: affine_grid's theta^T
@@ -116,7 +116,9 @@ def export(job: ExportJob) -> None:
     images = torch.zeros(2, g["in_h"], g["in_w"], 3, dtype=torch.uint8)
     landmarks = torch.from_numpy(np.broadcast_to(template(g["size"]), (2, g["faces"], 5, 2)).copy())
     job.progress(f"torch.onnx.export (opset {OPSET}), {g['faces']} faces x {g['size']}px per frame")
-    torch_to_onnx(module, (images, landmarks), job.out_path, [img.name, lmk.name], [out.name])
+    variable = {t.name: {i + 1: f"variable{i + 1}" for i, d in enumerate(t.dims) if d < 0}
+                for t in (lmk, out)}
+    torch_to_onnx(module, (images, landmarks), job.out_path, [img.name, lmk.name], [out.name], variable)
 
 
 def similarity_matrix(landmarks: np.ndarray, size: int) -> np.ndarray | None:
@@ -201,7 +203,7 @@ def smooth_images(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarra
 def sample_inputs(contract, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """For verify: photo-like frames and plausible landmarks (uniform noise makes any two
     bilinear samplers disagree by whole levels; random points are not faces)."""
-    img, lmk = contract.inputs
+    img, lmk = contract.with_variable_dims("max").inputs
     h, w = img.dims[:2]
     k, size = lmk.dims[0], contract.outputs[0].dims[1]
     landmarks = random_landmarks(rng, batch * k, (h, w), size).reshape(batch, k, 5, 2)

@@ -9,12 +9,14 @@ from .base import OPSET, ExportError
 
 
 
-def torch_to_onnx(module, args: tuple, path: Path, input_names, output_names) -> None:
-    """Export a torch module with a dynamic leading "batch" axis on every input and output."""
+def torch_to_onnx(module, args: tuple, path: Path, input_names, output_names,
+                  extra_axes: dict[str, dict[int, str]] | None = None) -> None:
+    """Export a torch module with a dynamic leading "batch" axis on every input and output
+    (plus `extra_axes`: tensor -> {axis: name} for variable per-item dims)."""
     import torch
 
     module.eval()
-    axes = {n: {0: "batch"} for n in (*input_names, *output_names)}
+    axes = {n: {0: "batch", **(extra_axes or {}).get(n, {})} for n in (*input_names, *output_names)}
     # TracerWarnings flag Python ints taken from static shapes (candidate counts): intended here.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -58,8 +60,11 @@ def set_io_dims(model, contract) -> None:
         shape = vi.type.tensor_type.shape
         del shape.dim[:]
         shape.dim.add().dim_param = "batch"
-        for d in spec.dims:
-            shape.dim.add().dim_value = d
+        for i, d in enumerate(spec.dims):
+            if d < 0:   # variable per-item dim (config -1): the same symbol at the same position
+                shape.dim.add().dim_param = f"variable{i + 1}"
+            else:
+                shape.dim.add().dim_value = d
 
 
 def load_onnx(path: Path):

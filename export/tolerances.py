@@ -35,6 +35,27 @@ DEFAULT_PARITY = ParitySpec({"*": Tolerance(atol=1e-2, rtol=1e-2)})
 
 
 @dataclass(frozen=True)
+class Bf16:
+    """OpenVINO bf16 on the CPU vs ONNX Runtime f32 (serving/bf16_parity.py applies it).
+
+    kind "detections": every detection clear of the cut (score threshold or K-th score) by
+    `score_atol` has a partner of the same class at IoU >= `min_iou` within `score_atol`, both
+    ways; "embeddings": per-row cosine >= `min_cosine`; "ocr": strings read from rendered
+    text identical. `never`: why this model is never run in bf16 (the CPU profile keeps f32)."""
+
+    kind: str = "embeddings"
+    min_iou: float = 0.9
+    score_atol: float = 0.05
+    min_cosine: float = 0.99
+    never: str = ""
+
+
+BF16_DETECTIONS = Bf16("detections")
+BF16_EMBEDDINGS = Bf16("embeddings")
+BF16_OCR = Bf16("ocr")
+
+
+@dataclass(frozen=True)
 class Tolerances:
     """Every tolerance one model is held to, one field per check."""
 
@@ -45,6 +66,8 @@ class Tolerances:
     batch: float = 1e-4
     # export.engines.parity: the FP16 TensorRT plan vs ONNX Runtime on the exported file.
     engine: ParitySpec = DEFAULT_PARITY
+    # serving's CPU profile: OpenVINO bf16 vs ONNX Runtime f32 on real images.
+    bf16: Bf16 = BF16_EMBEDDINGS
 
 
 _DETECTOR = {

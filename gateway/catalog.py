@@ -71,16 +71,26 @@ class ModelInfo:
         return self.parameters.get("weights_provenance")
 
 
+def cpu_runtime(parameters: dict) -> dict | None:
+    """What a CPU-profile model runs with (serving/profiles.py records it), None elsewhere."""
+    if "cpu_runtime" not in parameters:
+        return None
+    keys = ("cpu_runtime", "cpu_precision", "cpu_threads", "cpu_slots", "cpu_fallback")
+    return {k.removeprefix("cpu_"): parameters[k] for k in keys if k in parameters}
+
+
 class Catalog:
     """Route models Triton serves (checked), and the ones it does not (503 on use)."""
 
     def __init__(self, models: dict[str, ModelInfo], missing: tuple[str, ...] = (),
                  provenance: dict[str, str | None] | None = None,
-                 steps: dict[str, tuple[str, ...]] | None = None):
+                 steps: dict[str, tuple[str, ...]] | None = None,
+                 runtimes: dict[str, dict | None] | None = None):
         self.models = models
         self.missing = missing
         self.provenance = provenance or {}   # route models and their steps -> provenance
         self.steps = steps or {}             # pipeline -> the models it calls
+        self.runtimes = runtimes or {}       # route models and their steps -> CPU runtime (cpu profile)
 
     def components(self, name: str) -> list[str]:
         """All models a pipeline runs, depth first (analyze -> faces -> scrfd, ...)."""
@@ -125,9 +135,11 @@ class Catalog:
                     except ModelUnavailable:
                         configs[step] = {}
                     todo.append(step)
-        provenance = {n: c.get("parameters", {}).get("weights_provenance", {}).get("string_value")
-                      for n, c in configs.items()}
-        return cls(models, tuple(missing), provenance, steps)
+        params = {n: {k: v.get("string_value", "") for k, v in c.get("parameters", {}).items()}
+                  for n, c in configs.items()}
+        provenance = {n: p.get("weights_provenance") for n, p in params.items()}
+        runtimes = {n: cpu_runtime(p) for n, p in params.items()}
+        return cls(models, tuple(missing), provenance, steps, runtimes)
 
 
 def from_triton(metadata: dict, config: dict) -> ModelInfo:

@@ -154,6 +154,14 @@ def redacted(cmd: list[str]) -> str:
     return " ".join(out)
 
 
+def variable_shapes(c: contract.ModelContract) -> tuple[str, ...]:
+    """`--shape name:d1,d2,..` for inputs with variable dims (perf_analyzer needs them), at the
+    range's max: the heaviest request the model takes."""
+    at_max = c.with_variable_dims("max")
+    return tuple(f"--shape={t.name}:{','.join(map(str, m.dims))}"
+                 for t, m in zip(c.inputs, at_max.inputs) if any(d < 0 for d in t.dims))
+
+
 @dataclass
 class AnalyzerRun:
     records: list[ResultRecord]
@@ -301,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         model_contract = contract.load(a.model, a.repository)
         load = est.TensorLoad.from_contract(model_contract)
         opts = Options(model=a.model, url=a.url, protocol=a.protocol, batch=a.batch, input_data=a.input_data,
+                       extra=variable_shapes(model_contract),
                        concurrency=parse_range(a.concurrency), shared_memory=a.shared_memory,
                        max_threads=a.max_threads, measurement_request_count=a.request_count,
                        stability_percentage=a.stability,

@@ -37,6 +37,7 @@ class TensorLoad:
 
     @classmethod
     def from_contract(cls, contract, string_length: int = 128) -> "TensorLoad":
+        contract = contract.with_variable_dims("max")   # variable dims: the heaviest request
         def nbytes(spec):
             if spec.triton_dtype == "BYTES":  # 4-byte length prefix + the string, per element
                 n = 1

@@ -16,8 +16,12 @@ class StepError(RuntimeError):
     """A model called by a pipeline answered with an error or an unusable output."""
 
 
-def call(model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-    """One BLS request to `model`; outputs as numpy arrays in CPU memory."""
+def call(model: str, inputs: dict, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """One BLS request to `model`; outputs as numpy arrays in CPU memory.
+
+    An input may be a numpy array or a pb_utils.Tensor of that name (e.g. the pipeline's
+    own request tensor): a Tensor is passed through as it is, so an image batch already
+    in the python backend's shared memory is not copied again for each step."""
     import triton_python_backend_utils as pb_utils
 
     kwargs = {}
@@ -25,7 +29,7 @@ def call(model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> d
         kwargs["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
     request = pb_utils.InferenceRequest(
         model_name=model, requested_output_names=list(outputs),
-        inputs=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in inputs.items()], **kwargs)
+        inputs=[_as_input(pb_utils, k, v) for k, v in inputs.items()], **kwargs)
     response = request.exec()
     if response.has_error():
         raise StepError(f"{model}: {response.error().message()}")
@@ -40,11 +44,26 @@ def call(model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> d
     return result
 
 
-def call_chunked(model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str],
-                 limit: int) -> dict[str, np.ndarray]:
-    """`call` over a batch in chunks of at most `limit` rows (usually one chunk)."""
-    n = next(iter(inputs.values())).shape[0]
-    parts = [call(model, {k: v[i:i + limit] for k, v in inputs.items()}, outputs) for i in range(0, n, limit)]
+def _as_input(pb_utils, name: str, value):
+    if isinstance(value, np.ndarray):
+        return pb_utils.Tensor(name, np.ascontiguousarray(value))
+    if value.name() == name:       # a Tensor of the right name: no copy
+        return value
+    return pb_utils.Tensor(name, value.as_numpy())
+
+
+def rows(value) -> int:
+    return (value if isinstance(value, np.ndarray) else value.as_numpy()).shape[0]
+
+
+def call_chunked(model: str, inputs: dict, outputs: Sequence[str], limit: int) -> dict[str, np.ndarray]:
+    """`call` over a batch in chunks of at most `limit` rows (usually one chunk: then the
+    inputs go as they are, pass-through Tensors included; chunks slice numpy views)."""
+    n = rows(next(iter(inputs.values())))
+    if n <= limit:
+        return call(model, inputs, outputs)
+    arrays = {k: (v if isinstance(v, np.ndarray) else v.as_numpy()) for k, v in inputs.items()}
+    parts = [call(model, {k: v[i:i + limit] for k, v in arrays.items()}, outputs) for i in range(0, n, limit)]
     if len(parts) == 1:
         return parts[0]
     return {o: np.concatenate([p[o] for p in parts]) for o in outputs}

@@ -11,10 +11,36 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf import json_format, text_format
-from tritonclient.grpc import model_config_pb2 as mc
+
+
+def _model_config_schema():
+    """Triton's ModelConfig proto from tritonclient. Its grpc package needs grpcio and
+    rapidjson to import; the schema alone needs protobuf, so a host with tritonclient
+    installed without those (a GPU box running perf.gpu_ceiling) loads the file directly."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+        return model_config_pb2
+    except (ImportError, RuntimeError):   # tritonclient.grpc turns a missing grpc into RuntimeError
+        import importlib.util
+
+        spec = importlib.util.find_spec("tritonclient")
+        if spec is None or not spec.submodule_search_locations:
+            raise
+        path = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+        schema = importlib.util.spec_from_file_location("tritonclient_model_config_pb2", path)
+        module = importlib.util.module_from_spec(schema)
+        schema.loader.exec_module(module)
+        return module
+
+
+mc = _model_config_schema()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+# Config parameter "min:opt:max": the range of every variable (-1) per-item dim of a model
+# (face_align's faces per image). TensorRT profiles, parity inputs, memory estimates and
+# load generators take their sizes from it; Triton itself accepts any size.
+VARIABLE_DIM_RANGE = "variable_dim_range"
 
 # Triton TYPE_* -> numpy dtype (TYPE_STRING is object/bytes).
 _NP_DTYPES = {
@@ -101,6 +127,35 @@ class ModelContract:
 
     def version_dir(self, version: int = 1) -> Path:
         return self.path.parent / str(version)
+
+    @property
+    def variable_dim_range(self) -> tuple[int, int, int] | None:
+        """(min, opt, max) of the variable per-item dims, None when every dim is fixed."""
+        variable = any(d < 0 for t in (*self.config.input, *self.config.output) for d in t.dims)
+        text = self.parameter(VARIABLE_DIM_RANGE, "")
+        if not variable:
+            return None
+        try:
+            lo, opt, hi = (int(x) for x in text.split(":"))
+        except ValueError:
+            raise ContractError(f"{self.path}: variable dims need parameter {VARIABLE_DIM_RANGE!r} = "
+                                f"'min:opt:max' (got {text!r})") from None
+        if not 1 <= lo <= opt <= hi:
+            raise ContractError(f"{self.path}: {VARIABLE_DIM_RANGE} {text!r} must satisfy 1 <= min <= opt <= max")
+        return lo, opt, hi
+
+    def with_variable_dims(self, which: str = "max") -> "ModelContract":
+        """This contract with every -1 per-item dim set to the range's min, opt or max
+        (itself when nothing is variable): concrete shapes for tests, profiles, estimates."""
+        rng = self.variable_dim_range
+        if rng is None:
+            return self
+        size = dict(zip(("min", "opt", "max"), rng))[which]
+        cfg = mc.ModelConfig()
+        cfg.CopyFrom(self.config)
+        for t in (*cfg.input, *cfg.output):
+            t.dims[:] = [size if d < 0 else d for d in t.dims]
+        return ModelContract(self.name, self.path, cfg)
 
 
 def _spec(t) -> TensorSpec:

@@ -7,15 +7,23 @@ ONE transform here, never hand-copied:
   cpu       the embedded default (the tritonserver from the nvidia-pytriton wheel has
             only the python backend): every network model becomes a python-backend
             model running serving/python_models/onnx_model.py over its model.onnx with
-            ONNX Runtime on CPU, KIND_CPU, no CUDA graphs, warmup at batch 1.
+            OpenVINO (bf16 where the CPU has it natively, else f32; ONNX Runtime when
+            OpenVINO is absent or cannot compile the graph), every usable core per
+            model, KIND_CPU, no CUDA graphs, warmup at batch 1. The runtime, precision
+            and threads come from serving/cpu_machine.py and are recorded as config
+            parameters (cpu_runtime, cpu_precision, cpu_threads).
+  openvino  the same CPU choices for a Triton that has the native OpenVINO backend (NGC
+            Triton images ship it): backend "openvino" reading model.onnx directly,
+            parameters per Triton's openvino_backend (PERFORMANCE_HINT, NUM_STREAMS,
+            INFERENCE_NUM_THREADS, HINT_BF16); artifacts copied (shippable).
   onnx-gpu  a GPU Triton without prebuilt plans: platform onnxruntime_onnx, KIND_GPU,
             TensorRT EP in FP16 with an engine cache (CUDA EP runs what TensorRT cannot).
 
-Both keep names, inputs, outputs, max_batch_size, dynamic batching (queue policy
+All keep names, inputs, outputs, max_batch_size, dynamic batching (queue policy
 included), ensembles and BLS python models. Each model's weight provenance (from
 `<m>/1/export.json`) is injected as the config parameter "weights_provenance".
 
-    repo = derive("cpu", dest=Path("build/repositories/cpu"))
+    repo = derive("cpu", dest=Path("build/repositories/cpu"), cpu=CpuSettings(runtime="onnxruntime"))
 """
 from __future__ import annotations
 
@@ -30,8 +38,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from . import contract
 from .contract import MODEL_REPOSITORY, REPO_ROOT
+from .bf16_parity import never_bf16
+from .cpu_machine import ONNXRUNTIME_MODELS, CpuSettings, ResolvedCpu
 
-PROFILES = ("cpu", "onnx-gpu")
+PROFILES = ("cpu", "openvino", "onnx-gpu")
+CPU_PROFILES = ("cpu", "openvino")
 ONNX_RUNNER = Path(__file__).resolve().parent / "python_models" / "onnx_model.py"
 DERIVED_ROOT = REPO_ROOT / "build" / "repositories"
 
@@ -39,7 +50,8 @@ DERIVED_ROOT = REPO_ROOT / "build" / "repositories"
 # 20-100x slower; deadlines are raised to at least this. max_queue_size, the bound that
 # keeps latency from growing without limit, is kept as committed.
 CPU_MIN_QUEUE_TIMEOUT_US = 10_000_000
-CPU_INTRA_OP_THREADS = "1"
+# OpenVINO's compiled-model cache: restarts skip recompiling unchanged graphs.
+OPENVINO_CACHE = REPO_ROOT / "build" / "openvino-cache"
 
 # onnx-gpu: TensorRT EP options (Triton's onnxruntime backend parameter names).
 TRT_WORKSPACE_BYTES = str(2 << 30)
@@ -56,23 +68,32 @@ class Derived:
     path: Path
     models: tuple[str, ...]
     skipped: dict[str, str] = field(default_factory=dict)   # model -> why it was left out
+    cpu: ResolvedCpu | None = None                           # CPU profiles: what the models run with
 
 
 # -- the pure transform ------------------------------------------------------------------
 def transform(config: mc.ModelConfig, profile: str, provenance: str | None = None,
-              engine_cache: str = DEFAULT_ENGINE_CACHE) -> mc.ModelConfig:
-    """The derived config of one model (a new message; `config` is untouched)."""
+              engine_cache: str = DEFAULT_ENGINE_CACHE, cpu: ResolvedCpu | None = None,
+              openvino_cache: Path | None = OPENVINO_CACHE) -> mc.ModelConfig:
+    """The derived config of one model (a new message; `config` is untouched).
+
+    `cpu`: the resolved CPU runtime settings (default: CpuSettings() on this machine)."""
     if profile not in PROFILES:
         raise ProfileError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     out = mc.ModelConfig()
     out.CopyFrom(config)
     kind = _kind(config)
     if kind == "network":
-        if profile == "cpu":
+        if profile in CPU_PROFILES:
+            cpu = cpu or CpuSettings().resolve()
             _to_cpu(out)
+            if profile == "cpu":
+                _python_runner(out, cpu, openvino_cache)
+            else:
+                _native_openvino(out, cpu)
         else:
             _to_onnx_gpu(out, engine_cache)
-    if profile == "cpu" and kind != "ensemble" and out.HasField("dynamic_batching"):
+    if profile in CPU_PROFILES and kind != "ensemble" and out.HasField("dynamic_batching"):
         _raise_queue_timeouts(out.dynamic_batching)
     if provenance:
         out.parameters["weights_provenance"].string_value = provenance
@@ -89,7 +110,8 @@ def _kind(config: mc.ModelConfig) -> str:
 
 def _to_cpu(cfg: mc.ModelConfig) -> None:
     cfg.platform = ""
-    cfg.backend = "python"
+    # One instance per model: its pool has every usable core (a single busy route uses
+    # the whole machine); the dynamic batcher, not extra processes, fills it.
     del cfg.instance_group[:]
     cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     # CUDA graphs and GPU accelerators mean nothing to ONNX Runtime on CPU.
@@ -102,7 +124,46 @@ def _to_cpu(cfg: mc.ModelConfig) -> None:
         w.name = "zeros_batch_1"
     if len(cfg.model_warmup) > 1:
         del cfg.model_warmup[1:]
-    cfg.parameters["intra_op_threads"].string_value = CPU_INTRA_OP_THREADS
+
+
+def _python_runner(cfg: mc.ModelConfig, cpu: ResolvedCpu, openvino_cache: Path | None) -> None:
+    cfg.backend = "python"
+    if cfg.name in ONNXRUNTIME_MODELS and cpu.runtime == "openvino":
+        cpu = cpu.with_runtime("onnxruntime", "f32")
+        cfg.parameters["cpu_runtime_why"].string_value = ONNXRUNTIME_MODELS[cfg.name]
+    never = never_bf16(cfg.name)
+    if never:       # e.g. pixel-coordinate arithmetic (its family record says why)
+        cpu = cpu.with_runtime(cpu.runtime, "f32")
+        cfg.parameters["cpu_precision_why"].string_value = "f32 always: " + never
+    for key, value in cpu.parameters().items():
+        cfg.parameters[key].string_value = value
+    if openvino_cache and cpu.runtime == "openvino":
+        cfg.parameters["openvino_cache"].string_value = str(openvino_cache)
+
+
+def _native_openvino(cfg: mc.ModelConfig, cpu: ResolvedCpu) -> None:
+    """Triton's openvino backend (parameter names from its README). ONE stream with the
+    LATENCY hint, as in the python runner: batches come from Triton's dynamic batcher.
+    Threads: only when the user fixed them (the backend's default is every core of the
+    host it runs on, which is what the cpu profile derives here). bf16: OpenVINO already
+    picks it by itself on CPUs with native bf16; HINT_BF16 only when asked explicitly.
+    The backend has no parameter that forces f32, so the geometry models (never bf16) run
+    in Triton's onnxruntime backend on the CPU instead (NGC images ship both)."""
+    never = never_bf16(cfg.name)
+    if never:
+        cfg.backend = ""
+        cfg.platform = "onnxruntime_onnx"
+        cfg.parameters["cpu_precision_why"].string_value = "f32 always (onnxruntime): " + never
+        return
+    cfg.backend = "openvino"
+    cfg.default_model_filename = "model.onnx"
+    params = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    if cpu.threads_fixed:
+        params["INFERENCE_NUM_THREADS"] = str(cpu.threads)
+    if cpu.precision == "bf16" and cpu.precision_fixed:
+        params["HINT_BF16"] = "YES"
+    for key, value in params.items():
+        cfg.parameters[key].string_value = value
 
 
 def _raise_queue_timeouts(db: mc.ModelDynamicBatching) -> None:
@@ -125,6 +186,8 @@ def _to_onnx_gpu(cfg: mc.ModelConfig, engine_cache: str) -> None:
     # One engine profile covering every batch the dynamic batcher can form, so a new
     # batch size never triggers an engine rebuild under load.
     opt_batch = max(cfg.dynamic_batching.preferred_batch_size or [cfg.max_batch_size])
+    at = {w: contract.ModelContract(cfg.name, Path(cfg.name), cfg).with_variable_dims(w).config
+          for w in ("min", "opt", "max")}   # variable dims (face_align's faces) span their range
     params = {
         "precision_mode": "FP16",
         "max_workspace_size_bytes": TRT_WORKSPACE_BYTES,
@@ -132,9 +195,9 @@ def _to_onnx_gpu(cfg: mc.ModelConfig, engine_cache: str) -> None:
         "trt_engine_cache_path": f"{engine_cache}/{cfg.name}",
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": f"{engine_cache}/{cfg.name}",
-        "trt_profile_min_shapes": _shapes(cfg, 1),
-        "trt_profile_opt_shapes": _shapes(cfg, opt_batch),
-        "trt_profile_max_shapes": _shapes(cfg, cfg.max_batch_size),
+        "trt_profile_min_shapes": _shapes(at["min"], 1),
+        "trt_profile_opt_shapes": _shapes(at["opt"], opt_batch),
+        "trt_profile_max_shapes": _shapes(at["max"], cfg.max_batch_size),
     }
     for k, v in params.items():
         trt.parameters[k] = v
@@ -149,12 +212,16 @@ def _shapes(cfg: mc.ModelConfig, batch: int) -> str:
 # -- building a repository folder -----------------------------------------------------------
 def derive(profile: str, dest: Path | None = None, source: Path = MODEL_REPOSITORY,
            models: list[str] | None = None, skip_missing: bool = False,
-           engine_cache: str = DEFAULT_ENGINE_CACHE, copy: bool | None = None) -> Derived:
+           engine_cache: str = DEFAULT_ENGINE_CACHE, copy: bool | None = None,
+           cpu: CpuSettings | ResolvedCpu | None = None) -> Derived:
     """Build `dest` (default build/repositories/<profile>) from `source`.
 
     Artifacts are symlinked for "cpu" (served in place) and copied (hard-linked where
     possible) for "onnx-gpu", whose folder is meant to be shipped to a GPU host or
     mounted into a container where links to this checkout would dangle; `copy` overrides.
+
+    `cpu`: CPU runtime settings for the cpu/openvino profiles (default CpuSettings(),
+    resolved against this machine: usable cores, native bf16, openvino installed).
 
     `models`: only these (plus what their ensembles/pipelines call). A missing artifact
     raises ProfileError naming it and the command that builds it, unless `skip_missing`:
@@ -196,12 +263,15 @@ def derive(profile: str, dest: Path | None = None, source: Path = MODEL_REPOSITO
     tmp.mkdir(parents=True)
     kept = [m for m in wanted if m not in skipped]
     copy = profile != "cpu" if copy is None else copy
+    resolved = None
+    if profile in CPU_PROFILES:
+        resolved = cpu if isinstance(cpu, ResolvedCpu) else (cpu or CpuSettings()).resolve()
     for m in kept:
-        _write_model(contracts[m], tmp / m, profile, engine_cache, copy)
+        _write_model(contracts[m], tmp / m, profile, engine_cache, copy, resolved)
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
-    return Derived(profile, dest, tuple(kept), skipped)
+    return Derived(profile, dest, tuple(kept), skipped, resolved)
 
 
 def _dependencies(c: contract.ModelContract) -> tuple[str, ...]:
@@ -264,7 +334,8 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
             shutil.copy2(src, dst)
 
 
-def _write_model(c: contract.ModelContract, out: Path, profile: str, engine_cache: str, copy: bool) -> None:
+def _write_model(c: contract.ModelContract, out: Path, profile: str, engine_cache: str, copy: bool,
+                 cpu: ResolvedCpu | None) -> None:
     version = out / "1"
     version.mkdir(parents=True)
     src = c.version_dir()
@@ -279,7 +350,7 @@ def _write_model(c: contract.ModelContract, out: Path, profile: str, engine_cach
         for item in sorted(src.iterdir()):
             if item.name != "__pycache__":
                 _place(item, version / item.name, copy)
-    cfg = transform(c.config, profile, provenance(c), engine_cache)
+    cfg = transform(c.config, profile, provenance(c), engine_cache, cpu)
     if profile == "cpu":
         cfg = cpu_override(c, cfg)
     (out / "config.pbtxt").write_text(

@@ -21,7 +21,7 @@ import sys
 import threading
 from pathlib import Path
 
-from . import profiles
+from . import cpu_machine, profiles
 from .contract import REPO_ROOT
 from .tritonserver import TritonServer, TritonServerError
 
@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="onnx-gpu: TensorRT EP engine cache folder (as the GPU server sees it)")
         s.add_argument("--skip-missing", action="store_true",
                        help="leave out models whose artifacts are missing (and pipelines needing them)")
+        cpu_machine.add_arguments(s)
         if name == "derive":
             continue
         s.add_argument("--host", default="127.0.0.1", help="address Triton binds (default loopback only)")
@@ -69,8 +70,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _derive(args) -> profiles.Derived:
     derived = profiles.derive(args.profile, dest=args.dest, source=args.source,
-                              skip_missing=getattr(args, "skip_missing", False), engine_cache=args.engine_cache)
+                              skip_missing=getattr(args, "skip_missing", False), engine_cache=args.engine_cache,
+                              cpu=cpu_machine.from_args(args))
     log.info("derived the %s repository at %s (%d models)", args.profile, derived.path, len(derived.models))
+    if derived.cpu is not None and args.profile == "cpu":
+        log.info("network models run %s", derived.cpu.describe())
+        for note in derived.cpu.notes:
+            log.warning("%s", note)
     for model, why in derived.skipped.items():
         log.warning("left out %s: %s", model, why)
     return derived
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             print(d.path)
             return 0
         return _serve(args, with_gateway=args.command == "run")
-    except (profiles.ProfileError, UsageError, TritonServerError) as exc:
+    except (profiles.ProfileError, cpu_machine.CpuSettingsError, UsageError, TritonServerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -2,7 +2,7 @@
 
 One profile per model, per input: min batch 1, opt = the batch the dynamic batcher
 usually forms, max = the config's max_batch_size; the other dims are the config's
-fixed per-item dims. Nothing here is restated from the config, so editing
+per-item dims (a variable one, -1, spans the config's variable_dim_range min:opt:max). Nothing here is restated from the config, so editing
 `max_batch_size` or `preferred_batch_size` changes the plan's profile (and, through the
 build flags in the sidecar, makes the existing plan stale).
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from serving.contract import ModelContract
+from serving.contract import ContractError, ModelContract
 
 from .errors import ProfileError
 
@@ -64,12 +64,17 @@ def derive_profile(contract: ModelContract, max_batch: int | None = None) -> Pro
     if mx < 1:
         raise ProfileError(f"{contract.name}: MAX_BATCH must be >= 1, got {mx}")
     opt = opt_batch_size(contract, mx)
+    try:
+        # variable per-item dims (-1, face_align's faces per image) span the config's
+        # variable_dim_range: min/opt/max of the profile take its min/opt/max
+        at = {w: contract.with_variable_dims(w) for w in ("min", "opt", "max")}
+    except ContractError as exc:
+        raise ProfileError(f"{contract.name}: input has variable dims but {exc}; a plan profile needs "
+                           "their range") from exc
     shapes = []
-    for spec in contract.inputs:
-        if any(d < 1 for d in spec.dims):
-            raise ProfileError(f"{contract.name}: input {spec.name!r} has variable dims {list(spec.dims)} in "
-                               "config.pbtxt; a plan profile needs fixed per-item dims")
-        shapes.append(InputShape(spec.name, (1, *spec.dims), (opt, *spec.dims), (mx, *spec.dims)))
+    for i, spec in enumerate(contract.inputs):
+        dims = {w: c.inputs[i].dims for w, c in at.items()}
+        shapes.append(InputShape(spec.name, (1, *dims["min"]), (opt, *dims["opt"]), (mx, *dims["max"])))
     if not shapes:
         raise ProfileError(f"{contract.name}: config.pbtxt declares no inputs")
     return Profile(contract.name, 1, opt, mx, tuple(shapes), cfg_max)
@@ -87,7 +92,7 @@ def check_onnx_inputs(profile: Profile, onnx_inputs: dict[str, tuple]) -> None:
         raise ProfileError(f"{profile.model}: ONNX inputs {sorted(onnx_inputs)} do not match config inputs "
                            f"{sorted(want)} (missing {missing}, unexpected {extra}); re-run make export-onnx")
     for name, dims in onnx_inputs.items():
-        per_item = want[name].max[1:]
+        per_item = tuple(-1 if lo != hi else hi for lo, hi in zip(want[name].min[1:], want[name].max[1:]))
         if len(dims) != len(per_item) + 1:
             raise ProfileError(f"{profile.model}: ONNX input {name!r} has rank {len(dims)}, config says "
                                f"{len(per_item) + 1} (batch + {list(per_item)})")
@@ -95,7 +100,7 @@ def check_onnx_inputs(profile: Profile, onnx_inputs: dict[str, tuple]) -> None:
             raise ProfileError(f"{profile.model}: ONNX input {name!r} has a fixed batch of {dims[0]}; the "
                                "plan needs a dynamic batch axis (re-export with make export-onnx)")
         fixed = tuple(dims[1:])
-        if any(isinstance(d, int) and d > 0 and d != w for d, w in zip(fixed, per_item)):
+        if any(isinstance(d, int) and d > 0 and d != w and w > 0 for d, w in zip(fixed, per_item)):
             raise ProfileError(f"{profile.model}: ONNX input {name!r} dims {list(dims)} disagree with config "
                                f"dims [batch, {', '.join(map(str, per_item))}]")
 

@@ -48,6 +48,9 @@ async def models(svc: ServiceDep) -> JSON:
             "weights_provenance": info.weights_provenance,
             # pipelines carry no weights of their own: the models they run do
             "components": {c: cat.provenance.get(c) for c in cat.components(name)},
+            # CPU profile: runtime/precision/threads of the model and of the models it runs
+            "cpu_runtime": cat.runtimes.get(name),
+            "component_cpu_runtimes": {c: cat.runtimes.get(c) for c in cat.components(name)},
             "input_size": {"height": frame[0], "width": frame[1]} if frame else None,
             "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
                        for t in info.inputs],

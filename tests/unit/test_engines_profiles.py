@@ -20,8 +20,10 @@ def test_every_tensorrt_model_gets_a_profile_from_its_config():
         assert (p.min_batch, p.max_batch) == (1, c.max_batch_size)
         assert p.opt_batch == (max(pref) if pref else c.max_batch_size)
         assert [s.name for s in p.inputs] == [t.name for t in c.inputs]
-        for s, t in zip(p.inputs, c.inputs):
-            assert s.min == (1, *t.dims) and s.opt == (p.opt_batch, *t.dims) and s.max == (c.max_batch_size, *t.dims)
+        at = {w: c.with_variable_dims(w).inputs for w in ("min", "opt", "max")}
+        for i, s in enumerate(p.inputs):
+            assert s.min == (1, *at["min"][i].dims) and s.opt == (p.opt_batch, *at["opt"][i].dims)
+            assert s.max == (c.max_batch_size, *at["max"][i].dims)
         assert p.serves_config
 
 
@@ -59,20 +61,22 @@ def test_variable_dims_and_no_batching_are_user_errors(tmp_path):
 
 def test_onnx_inputs_are_held_to_the_config():
     p = derive_profile(contract.load("face_align"))
-    ok = {"images": ("batch", 640, 640, 3), "landmarks": ("batch", 64, 5, 2)}
+    ok = {"images": ("batch", 640, 640, 3), "landmarks": ("batch", "variable1", 5, 2)}
     check_onnx_inputs(p, ok)
     with pytest.raises(ProfileError, match="missing"):
         check_onnx_inputs(p, {"images": ok["images"]})
     with pytest.raises(ProfileError, match="fixed batch of 1"):
         check_onnx_inputs(p, {**ok, "images": (1, 640, 640, 3)})
     with pytest.raises(ProfileError, match="disagree"):
-        check_onnx_inputs(p, {**ok, "landmarks": ("batch", 68, 5, 2)})
+        check_onnx_inputs(p, {**ok, "landmarks": ("batch", "variable1", 5, 3)})
+    check_onnx_inputs(p, {**ok, "landmarks": ("batch", 64, 5, 2)})   # a fixed size inside the range is fine
     with pytest.raises(ProfileError, match="rank"):
         check_onnx_inputs(p, {**ok, "images": ("batch", 640, 640)})
 
 
 def test_trtexec_shape_specs():
     p = derive_profile(contract.load("face_align"))
-    assert trtexec_shapes(p, "min") == "images:1x640x640x3,landmarks:1x64x5x2"
-    assert trtexec_shapes(p, "opt") == "images:8x640x640x3,landmarks:8x64x5x2"
+    # faces per image (variable) span the config's variable_dim_range 1:4:64
+    assert trtexec_shapes(p, "min") == "images:1x640x640x3,landmarks:1x1x5x2"
+    assert trtexec_shapes(p, "opt") == "images:8x640x640x3,landmarks:8x4x5x2"
     assert trtexec_shapes(p, "max") == "images:16x640x640x3,landmarks:16x64x5x2"

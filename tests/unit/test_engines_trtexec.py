@@ -37,7 +37,7 @@ def test_command_for_an_fp32_only_model_has_no_fp16(tmp_path):
     argv = trtexec.command("trtexec", _req("face_align", tmp_path), Path("o.plan"), Path("c"))
     assert "--fp16" not in argv and not any(a.startswith("--layerPrecisions") for a in argv)
     assert "--noTF32" in argv                       # FP32-only means FP32, not TF32
-    assert "--minShapes=images:1x640x640x3,landmarks:1x64x5x2" in argv
+    assert "--minShapes=images:1x640x640x3,landmarks:1x1x5x2" in argv   # 1 face: variable_dim_range min
 
 
 def test_version_parsing():

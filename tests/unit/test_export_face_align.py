@@ -56,7 +56,7 @@ def test_onnx_matches_contract(exported):
         t = io[spec.name].type.tensor_type
         assert onnx.helper.tensor_dtype_to_np_dtype(t.elem_type) == spec.dtype
         dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-        assert dims == ["batch", *spec.dims], spec.name
+        assert dims == ["batch", *("variable1" if d < 0 else d for d in spec.dims)], spec.name
     assert [i.name for i in m.graph.input] == [s.name for s in c.inputs]
     assert [o.name for o in m.graph.output] == [s.name for s in c.outputs]
     assert any(n.op_type == "GridSample" for n in m.graph.node)
@@ -130,3 +130,26 @@ def test_empty_slots_are_finite_and_defined(exported, session):
     images = rng.integers(0, 256, (1, g["in_h"], g["in_w"], 3), dtype=np.uint8)
     crops = run(session, images, np.zeros((1, g["faces"], 5, 2), np.float32))
     assert (crops[0] == images[0, 0, 0]).all()  # all-zero landmarks sample pixel (0, 0)
+
+
+def test_variable_face_axis_gives_the_same_crops_for_any_face_count(exported, session):
+    """The graph takes any number of faces per image in the config's range: the first F
+    slots of a 64-slot call equal a call with only those F slots (no copy of unused slots)."""
+    from export import face_align
+
+    c = exported[1].contract
+    lo, _, hi = c.variable_dim_range
+    assert hi == contract_k("scrfd")           # the range's max is the detector's K, not restated by hand
+    inputs = face_align.sample_inputs(c, 2, np.random.default_rng(11))
+    full = run(session, inputs["images"], inputs["landmarks"])
+    assert full.shape[1] == hi
+    for f in (lo, 3):
+        part = run(session, inputs["images"], np.ascontiguousarray(inputs["landmarks"][:, :f]))
+        assert part.shape == (2, f, *full.shape[2:])
+        np.testing.assert_array_equal(part, full[:, :f])
+
+
+def contract_k(model: str) -> int:
+    from serving import contract
+
+    return contract.load(model).output("landmarks").dims[0]

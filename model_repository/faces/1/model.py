@@ -2,10 +2,16 @@
 
 The number of faces per image is data dependent, so this is BLS, not an ensemble. For
 each batch the dynamic batcher forms: ONE scrfd call for all images, ONE face_align call
-for the images that have faces, the valid face slots of all images selected with a numpy
-mask, ONE arcface call for all of them (chunked at arcface's max_batch_size), and the
+for the images that have faces with only F = the largest face count among them (its
+face axis is variable), the valid face slots of all images selected with a numpy mask,
+ONE arcface call for all of them (chunked at arcface's max_batch_size), and the
 embeddings scattered back into [B, K, 512] (zero rows beyond num_faces). No per-face or
 per-image Python loop.
+
+No extra image copies: one request's image tensor goes to the detector and the aligner as
+it is (already in the python backend's shared memory); several requests are concatenated
+once into one Tensor that both steps share. Only when some images have no face are the
+others gathered for the aligner.
 
 The steps (detector, aligner, embedder) are this model's config parameter "steps"; their
 batch limits are read from their config.pbtxt beside this model (the same repository
@@ -53,9 +59,13 @@ class TritonPythonModel:
 
     def execute(self, requests):
         try:
-            images = [pb_utils.get_input_tensor_by_name(r, "images").as_numpy() for r in requests]
-            sizes = [a.shape[0] for a in images]
-            result = self.run(images[0] if len(images) == 1 else np.concatenate(images))
+            tensors = [pb_utils.get_input_tensor_by_name(r, "images") for r in requests]
+            sizes = [t.as_numpy().shape[0] for t in tensors]
+            if len(tensors) == 1:
+                images = tensors[0]
+            else:
+                images = pb_utils.Tensor("images", np.concatenate([t.as_numpy() for t in tensors]))
+            result = self.run(images)
         except StepError as exc:
             err = pb_utils.TritonError(f"faces: {exc}")
             return [pb_utils.InferenceResponse(error=err) for _ in requests]
@@ -64,18 +74,24 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, split[k][j]) for k in split])
                 for j in range(len(requests))]
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, images) -> dict[str, np.ndarray]:
+        """`images`: the batch as a pb_utils.Tensor named "images" (passed through, not copied)."""
         det = call_chunked(self.detector, {"images": images}, DET_OUTPUTS, self.limits[self.detector])
         num = np.clip(det["num_detections"].reshape(-1), 0, self.k).astype(np.int32)
-        b = images.shape[0]
+        b = num.shape[0]
         embeddings = np.zeros((b, self.k, self.dim), np.float32)
         # valid[i, j]: slot j of image i holds a face (rows are sorted, valid ones first).
         valid = np.arange(self.k)[None, :] < num[:, None]
-        with_faces = np.flatnonzero(num > 0)
-        if with_faces.size:
-            crops = call_chunked(self.aligner, {"images": images[with_faces], "landmarks": det["landmarks"][with_faces]},
-                          ("crops",), self.limits[self.aligner])["crops"]
-            faces = crops[valid[with_faces]]            # [N, 112, 112, 3], all faces of all images
+        f = int(num.max(initial=0))                     # crops per image: the largest face count
+        if f:
+            with_faces = np.flatnonzero(num > 0)
+            frames = images if with_faces.size == b else images.as_numpy()[with_faces]
+            landmarks = np.ascontiguousarray(det["landmarks"][with_faces, :f])
+            crops = call_chunked(self.aligner, {"images": frames, "landmarks": landmarks},
+                                 ("crops",), self.limits[self.aligner])["crops"]          # [n, f, 112, 112, 3]
+            mask = valid[with_faces, :f]
+            # all faces of all images, [N, 112, 112, 3]; a view when every slot is a face
+            faces = crops.reshape(-1, *crops.shape[2:]) if mask.all() else crops[mask]
             emb = call_chunked(self.embedder, {"faces": faces}, ("embeddings",), self.limits[self.embedder])["embeddings"]
             embeddings[valid] = emb                     # scatter back, row-major = same order
         return {
