@@ -67,6 +67,8 @@ def build_module(in_h: int, in_w: int, size: int):
             # crop pixel centres (u, v, 1) in OpenCV's convention (pixel i is at coordinate i)
             self.register_buffer("base", torch.stack([u, v, torch.ones_like(u)], -1).reshape(-1, 3),
                                  persistent=False)
+            # a buffer, not a tensor made in forward: no host copy (CUDA graph capture refuses one)
+            self.register_buffer("shift", torch.tensor([0.0, 0.0, 1.0]), persistent=False)
 
         def sampling_grid(self, landmarks):
             """landmarks [B,K,5,2] (image pixels) -> GridSample grid [B, K*S, S, 2]."""
@@ -87,9 +89,8 @@ def build_module(in_h: int, in_w: int, size: int):
             # pixel -> GridSample's normalised coords (align_corners=False): g = (2z + 1)/W - 1
             row_x = torch.stack([ip, -iq, cx], -1) * (2.0 / in_w)
             row_y = torch.stack([iq, ip, cy], -1) * (2.0 / in_h)
-            shift = torch.tensor([0.0, 0.0, 1.0], device=landmarks.device)   # runs on a GPU too
-            row_x = row_x + shift * (1.0 / in_w - 1.0)
-            row_y = row_y + shift * (1.0 / in_h - 1.0)
+            row_x = row_x + self.shift * (1.0 / in_w - 1.0)
+            row_y = row_y + self.shift * (1.0 / in_h - 1.0)
             theta_t = torch.stack([row_x, row_y], -1)                 # [B,K,3,2]: affine_grid's theta^T
             grid = torch.matmul(self.base, theta_t)                   # [B,K,S*S,2]
             return grid.reshape(b, k * size, size, 2)                 # faces stacked along height

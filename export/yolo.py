@@ -181,8 +181,8 @@ def build_module(det, g: dict):
                 boxes, scores, candidates=g["candidates"], max_out=g["k"], iou_threshold=g["iou_threshold"],
                 score_threshold=g["score_threshold"], classes=classes)
             # like ultralytics' predictor: NMS on raw boxes, then clip to the image
-            limit = torch.tensor([g["w"], g["h"], g["w"], g["h"]], dtype=boxes.dtype)
-            boxes = torch.minimum(boxes.clamp_min(0), limit)
+            wh = torch.stack([boxes.new_full((), g["w"]), boxes.new_full((), g["h"])])
+            boxes = torch.minimum(boxes.clamp_min(0), wh.repeat(2))   # made on boxes' device
             return boxes, scores, classes.to(torch.int32), count
 
     return YoloDetect().eval()

@@ -176,8 +176,12 @@ def _mobileclip_text(c):
     context = c.input("tokens").dims[0]
 
     class Text(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model   # a submodule, so .to(device) moves it
+
         def forward(self, tokens):
-            return l2_normalize(model.encode_text(tokens.long()))
+            return l2_normalize(self.model.encode_text(tokens.long()))
 
     def make(batch, device):
         t = torch.zeros(batch, context, dtype=torch.int32)
