@@ -8,6 +8,7 @@ variants of its settings, and by rapidocr's own pipeline (the reference the weig
   buckets       the default: each line at its own width rounded up to the width buckets,
                 crops 1.3x the box's height
   own-width     no buckets (a bucket every 8 px): what rounding up to buckets costs
+  ratio-1.5     buckets up to 1.5x apart instead of 1.25x: fewer shapes, more padding
   crop-1.0      the buckets with crops exactly the box's height: what the taller crop buys
   chunks-320    a fixed 48x320 recogniser: lines in 320-px chunks (the contract before)
   rapidocr      rapidocr-onnxruntime's RapidOCR() on the same pages (BGR, as it reads; its
@@ -39,7 +40,7 @@ WORDS = ("Lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod 
          "of 8 images port 8001 gRPC version 1.4.4 CenterNet finds a bus OCR reads long lines shared memory "
          "Kubernetes KEDA 640x640 HELLO WORLD 42 0123456789 the quick brown fox jumps over lazy dog").split()
 PAGE = 640
-VARIANTS = ("buckets", "own-width", "crop-1.0", "chunks-320", "rapidocr")
+VARIANTS = ("buckets", "own-width", "ratio-1.5", "crop-1.0", "chunks-320", "rapidocr")
 
 
 @dataclass
@@ -86,6 +87,8 @@ def pages(lines: list[str], font_px: int, gap: float):
 def settings(variant: str, base):
     if variant == "own-width":
         return replace(base, bucket_ratio=1.0 + base.rec_stride / base.rec_max_width)
+    if variant == "ratio-1.5":
+        return replace(base, bucket_ratio=1.5)
     if variant == "crop-1.0":
         return replace(base, crop_height=1.0)
     if variant == "chunks-320":
