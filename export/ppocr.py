@@ -8,6 +8,10 @@ torch: we wrap the original graph with ONNX nodes instead, so the weights are bi
       ppocr_det: sigmoid map [B,1,H,W] -> prob_map uint8 [B,H,W] = round(p * 255)
       ppocr_rec: softmax [B,T,C] -> char_ids int32 [B,T] (argmax), char_scores fp32 [B,T] (max)
 
+The recogniser keeps the original graph's variable width: crops [B,48,W,3] give T = W/8 steps
+(the config's variable_dim_range and variable_dim_output_divisor); the export is checked at
+the range's min, opt, max and a width between (check_widths).
+
 Preprocessing follows the wheel (rapidocr_onnxruntime/config.yaml and its python code):
 images are read with OpenCV, so the networks see BGR; det: (x/255 - 0.5)/0.5 (the
 wheel's mean/std 0.5, not ImageNet's); rec: height 48, (x/255 - 0.5)/0.5, padded on the
@@ -81,8 +85,8 @@ def _wrap(model, job: ExportJob):
         raise ExportError(f"{c.name}: expected one input in the config, got {len(c.inputs)}")
     spec_in = c.inputs[0]
     h, w, ch = spec_in.dims
-    if ch != 3:
-        raise ExportError(f"{c.name}: config input must be [H, W, 3], got {spec_in.dims}")
+    if ch != 3 or h < 1:
+        raise ExportError(f"{c.name}: config input must be [H, W, 3] (W may be -1), got {spec_in.dims}")
     g0 = model.graph
     if len(g0.input) != 1 or len(g0.output) != 1:
         raise ExportError(f"{c.name}: expected a PaddleOCR graph with one input and one output, "
@@ -120,7 +124,8 @@ def _wrap(model, job: ExportJob):
     nodes = [*pre, *g.node, *post]
     del g.node[:]
     g.node.extend(nodes)
-    g.input.append(helper.make_tensor_value_info(spec_in.name, TensorProto.UINT8, ["batch", h, w, 3]))
+    g.input.append(helper.make_tensor_value_info(spec_in.name, TensorProto.UINT8,
+                                                 ["batch", *(d if d > 0 else "width" for d in (h, w)), 3]))
     g.output.extend(outputs)
     model = onnx.shape_inference.infer_shapes(model)
     onnx.checker.check_model(model)
@@ -150,32 +155,49 @@ def _rec_post(c, net_out, consts, helper, TensorProto):
         helper.make_node("Cast", ["post_argmax"], [ids.name], to=TensorProto.INT32),
         helper.make_node("ReduceMax", [net_out], [scores.name], axes=[2], keepdims=0),
     ]
+    def dims(spec):   # a variable step count (a variable-width input) stays symbolic
+        return ["batch", *(d if d > 0 else "steps" for d in spec.dims)]
+
     return post, [
-        helper.make_tensor_value_info(ids.name, TensorProto.INT32, ["batch", *ids.dims]),
-        helper.make_tensor_value_info(scores.name, TensorProto.FLOAT, ["batch", *scores.dims]),
+        helper.make_tensor_value_info(ids.name, TensorProto.INT32, dims(ids)),
+        helper.make_tensor_value_info(scores.name, TensorProto.FLOAT, dims(scores)),
     ]
 
 
+def check_widths(contract) -> tuple[int, ...]:
+    """Input widths the export is checked at: the fixed one, or the variable range's min, opt
+    and max plus a width between two of them."""
+    rng = contract.variable_dim_range
+    if rng is None:
+        return (contract.inputs[0].dims[1],)
+    lo, opt, hi = rng
+    between = (opt + hi) // 2 // contract.variable_dim_output_divisor * contract.variable_dim_output_divisor
+    return tuple(sorted({lo, opt, between, hi}))
+
+
 def _check_shapes(path: Path, job: ExportJob) -> None:
-    """Run the wrapped graph at batch 2 and hold every output to the config's dims."""
+    """Run the wrapped graph at batch 2 (at each width of check_widths for a variable-width
+    recogniser) and hold every output to the config's dims."""
     import onnxruntime as ort
 
     c = job.contract
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    spec_in = c.inputs[0]
-    x = np.zeros((2, *spec_in.dims), np.uint8)
-    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {spec_in.name: x})))
-    for spec in c.outputs:
-        got = outs.get(spec.name)
-        if got is None:
-            raise ExportError(f"{c.name}: the wrapped graph has no output {spec.name!r}")
-        if got.shape != (2, *spec.dims) or got.dtype != spec.dtype:
-            hint = ""
-            if spec.name == "char_ids":
-                hint = (f" (the recogniser emits {got.shape[1]} time steps for width {spec_in.dims[1]};"
-                        " the config's dims must say the same)")
-            raise ExportError(f"{c.name}: output {spec.name} is {got.dtype}{list(got.shape)}, "
-                              f"the config says {spec.dtype}{[2, *spec.dims]}{hint}")
+    for width in check_widths(c):
+        at = c.with_variable_dims(width)
+        spec_in = at.inputs[0]
+        x = np.zeros((2, *spec_in.dims), np.uint8)
+        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {spec_in.name: x})))
+        for spec in at.outputs:
+            got = outs.get(spec.name)
+            if got is None:
+                raise ExportError(f"{c.name}: the wrapped graph has no output {spec.name!r}")
+            if got.shape != (2, *spec.dims) or got.dtype != spec.dtype:
+                hint = ""
+                if spec.name == "char_ids":
+                    hint = (f" (the recogniser emits {got.shape[1]} time steps for width {spec_in.dims[1]};"
+                            " the config's dims and variable_dim_output_divisor must say the same)")
+                raise ExportError(f"{c.name}: output {spec.name} is {got.dtype}{list(got.shape)}, "
+                                  f"the config says {spec.dtype}{[2, *spec.dims]}{hint}")
 
 
 def export(job: ExportJob) -> None:
@@ -195,7 +217,7 @@ def export(job: ExportJob) -> None:
     job.progress(f"wrapping: uint8 NHWC RGB in, BGR (x/255-{MEAN[0]})/{STD[0]} inside, opset {OPSET}")
     wrapped = _wrap(original, job)
     onnx.save(wrapped, str(job.out_path))
-    job.progress("checking output shapes against the config at batch 2")
+    job.progress(f"checking output shapes against the config at batch 2, widths {check_widths(job.contract)}")
     _check_shapes(job.out_path, job)
     if chars is not None:
         dest = charset_path(job.contract.path.parent.parent)
@@ -236,6 +258,15 @@ def reference(job: ExportJob) -> Callable[[np.ndarray], dict[str, np.ndarray]] |
             return {"char_ids": probs.argmax(-1).astype(np.int32),
                     "char_scores": probs.max(-1).astype(np.float32)}
     return run
+
+
+def sample_inputs(contract, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Recogniser checks on printed words (export/samples.py's text strips), at the range's opt
+    width unless the contract is already concrete (verify passes each width it checks)."""
+    from .samples import real_frames
+
+    (spec,) = contract.with_variable_dims("opt").inputs
+    return {spec.name: real_frames(batch, spec.dims[0], spec.dims[1], rng)}
 
 
 def side_artifacts(contract) -> list[Path]:

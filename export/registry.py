@@ -135,6 +135,7 @@ TABLE: tuple[Family, ...] = (
                {"prob_map": Tolerance(atol=4.0, max_mismatch=0.01)}), bf16=BF16_OCR)),     # probability x 255
     Family("ppocr_rec", "PP-OCRv4 CTC text recognition (real weights from the rapidocr wheel)",
            exporter="ppocr:export", reference="ppocr:reference", side_artifacts="ppocr:side_artifacts",
+           inputs="ppocr:sample_inputs",
            weights=Weights("PaddleOCR ONNX", ("*PP-OCR*rec*.onnx", "*ppocr*rec*.onnx", "*PP-OCR*_rec_*.onnx"),
                            wheel=("rapidocr-onnxruntime", "1.4.4",
                                   "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx")),

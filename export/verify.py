@@ -168,19 +168,16 @@ def check_model(model: str, repository: Path, search: WeightsSearch) -> list[Che
                 tol = rec.tolerances.reference
                 for b in (1, 8):
                     inp = {k: v[:b] for k, v in batch8.items()}
-                    ref = ref_fn(inp)
-                    got = {n: out8[n][:b] for n in names}
-                    count = next((n for n in names if n.startswith("num_")), None)
-                    if count is None or "boxes" not in names:
-                        d = max_diff(got, {n: np.asarray(ref[n]) for n in names}, model)
-                        add(f"ORT vs reference, batch {b}", d <= tol, f"max abs diff {d:.2e} (tol {tol:g})")
-                        continue
-                    d, lone, found = detection_diff(got, ref, count)
-                    allowed = max(1, found // 50)           # 2%: near-ties at the threshold or in NMS
-                    add(f"ORT vs reference, batch {b}", d <= tol and lone <= allowed and found > 0,
-                        f"max abs diff {d:.2e} (tol {tol:g}) over {found} detections matched by box, "
-                        f"{lone} found by one side only (allowed {allowed})"
-                        + (": the inputs exercise nothing (zero-padded rows prove nothing)" if not found else ""))
+                    ok, detail = _against_reference({n: out8[n][:b] for n in names}, ref_fn(inp), names, tol)
+                    add(f"ORT vs reference, batch {b}", ok, detail)
+                # a variable dim (faces per image, crop width): the range's ends too
+                for which, size in _range_ends(contract):
+                    at = contract.with_variable_dims(size)
+                    inp = sample_inputs(at, 2, rng)
+                    ok, detail = _against_reference(dict(zip(names, sess.run(names, inp))), ref_fn(inp), names, tol)
+                    shapes = ", ".join(f"{t.name} {list(t.dims)}" for t, v in zip(at.inputs, contract.inputs)
+                                       if -1 in v.dims)
+                    add(f"ORT vs reference, range {which}", ok, f"batch 2, {shapes}: {detail}")
     if ref_fn is None:
         add("ORT vs reference", None, rec.no_reference or "the family has no reference for these weights")
     known = rec.hook("known_answers")
@@ -189,6 +186,28 @@ def check_model(model: str, repository: Path, search: WeightsSearch) -> list[Che
     record = read_record(model, repository) or {}
     add("provenance", "provenance" in record, record.get("provenance", "export.json missing"))
     return checks
+
+
+def _range_ends(contract: ModelContract) -> tuple[tuple[str, int], ...]:
+    """("min", size), ("max", size) of a variable dim's range (the batch-1/8 checks use the
+    family's own inputs, usually at opt); () when every dim is fixed."""
+    rng = contract.variable_dim_range
+    return () if rng is None else (("min", rng[0]), ("max", rng[2]))
+
+
+def _against_reference(got: dict, ref: dict, names: list[str], tol: float) -> tuple[bool, str]:
+    """Outputs vs the reference's: detections matched by box (near-ties allowed), the rest
+    elementwise."""
+    count = next((n for n in names if n.startswith("num_")), None)
+    if count is None or "boxes" not in names:
+        d = max_diff(got, {n: np.asarray(ref[n]) for n in names}, "")
+        return d <= tol, f"max abs diff {d:.2e} (tol {tol:g})"
+    d, lone, found = detection_diff(got, ref, count)
+    allowed = max(1, found // 50)           # 2%: near-ties at the threshold or in NMS
+    return (d <= tol and lone <= allowed and found > 0,
+            f"max abs diff {d:.2e} (tol {tol:g}) over {found} detections matched by box, "
+            f"{lone} found by one side only (allowed {allowed})"
+            + (": the inputs exercise nothing (zero-padded rows prove nothing)" if not found else ""))
 
 
 def _io_checks(model: str, m, contract: ModelContract) -> list[Check]:

@@ -18,7 +18,7 @@ SLA_P95_MS ?= 500
 PERF_MODELS := scrfd arcface yolo centernet centerface mobileclip_image mobileclip_text ppocr_det ppocr_rec \
 	clip_resize face_align faces detect_embed text_embed ocr analyze
 
-.PHONY: perf-setup perf bench-models bench-pipelines tune $(addprefix bench-,$(PERF_MODELS))
+.PHONY: perf-setup perf bench-models bench-pipelines bench-ocr tune $(addprefix bench-,$(PERF_MODELS))
 
 # libb64-0d is a Debian package: installed with apt when root, else we say what to run.
 perf-setup: setup  ## install what perf_analyzer needs (libb64-0d via apt, libcudart from PyPI); idempotent
@@ -44,6 +44,9 @@ $(addprefix bench-,$(PERF_MODELS)): bench-%: setup
 
 bench-pipelines: setup  ## HTTP single/burst/sustained through the gateway with an SLA verdict (SLA_P95_MS)
 	$(PY) -m perf.bench_pipelines --url $(GATEWAY_URL) --routes $(ROUTES) --sla-p95-ms $(SLA_P95_MS)
+
+bench-ocr: setup export-onnx  ## OCR on rendered lines: width buckets vs own width, crop height, 320-px chunks, rapidocr (no server)
+	$(PY) -m perf.bench_ocr
 
 tune: setup  ## sweep batching/instances in a scratch repo: make tune MODEL=yolo SLA_P95_MS=200
 	@test -n "$(MODEL)" || { echo "usage: make tune MODEL=<model> SLA_P95_MS=<ms>" >&2; exit 2; }

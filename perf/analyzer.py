@@ -320,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         out = report.new_dir(f"perf-{a.model}-b{a.batch}", a.reports)
         if a.input_data == "scene":   # every pipeline branch runs (a face, objects, text), not black frames
-            path = scene.perf_analyzer_json(model_contract.inputs, out / "input_data.json", steps=a.batch)
+            # variable dims at the range's max, as --shape says (variable_shapes)
+            path = scene.perf_analyzer_json(model_contract.with_variable_dims("max").inputs, out / "input_data.json",
+                                            steps=a.batch)
             opts = dataclasses.replace(opts, input_data=str(path))
         res = run(opts, load, cap, out, timeout_s=a.timeout)
     except contract.ContractError as exc:

@@ -37,10 +37,14 @@ mc = _model_config_schema()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
-# Config parameter "min:opt:max": the range of every variable (-1) per-item dim of a model
-# (face_align's faces per image). TensorRT profiles, parity inputs, memory estimates and
-# load generators take their sizes from it; Triton itself accepts any size.
+# Config parameter "min:opt:max": the range of every variable (-1) per-item dim of a model's
+# inputs (face_align's faces per image, ppocr_rec's crop width). TensorRT profiles, parity
+# inputs, memory estimates and load generators take their sizes from it; Triton itself
+# accepts any size. An output's variable dim is the same size (face_align's crops), or that
+# size divided by the config parameter VARIABLE_DIM_OUTPUT_DIVISOR when the network
+# downsamples it (ppocr_rec: one CTC step per 8 pixels of width).
 VARIABLE_DIM_RANGE = "variable_dim_range"
+VARIABLE_DIM_OUTPUT_DIVISOR = "variable_dim_output_divisor"
 
 # Triton TYPE_* -> numpy dtype (TYPE_STRING is object/bytes).
 _NP_DTYPES = {
@@ -142,19 +146,42 @@ class ModelContract:
                                 f"'min:opt:max' (got {text!r})") from None
         if not 1 <= lo <= opt <= hi:
             raise ContractError(f"{self.path}: {VARIABLE_DIM_RANGE} {text!r} must satisfy 1 <= min <= opt <= max")
+        div = self.variable_dim_output_divisor
+        if any(v % div for v in (lo, opt, hi)):
+            raise ContractError(f"{self.path}: {VARIABLE_DIM_RANGE} {text!r} must be multiples of "
+                                f"{VARIABLE_DIM_OUTPUT_DIVISOR} {div} (each size must give whole output steps)")
         return lo, opt, hi
 
-    def with_variable_dims(self, which: str = "max") -> "ModelContract":
-        """This contract with every -1 per-item dim set to the range's min, opt or max
-        (itself when nothing is variable): concrete shapes for tests, profiles, estimates."""
+    @property
+    def variable_dim_output_divisor(self) -> int:
+        """Input size per output step of a variable dim (1: outputs' variable dims equal the input's)."""
+        text = self.parameter(VARIABLE_DIM_OUTPUT_DIVISOR, "1")
+        try:
+            div = int(text)
+        except ValueError:
+            div = 0
+        if div < 1:
+            raise ContractError(f"{self.path}: {VARIABLE_DIM_OUTPUT_DIVISOR} must be a whole number >= 1, got {text!r}")
+        return div
+
+    def output_steps(self, size: int) -> int:
+        """An output's variable dim for an input's variable dim of `size`."""
+        return size // self.variable_dim_output_divisor
+
+    def with_variable_dims(self, which: str | int = "max") -> "ModelContract":
+        """This contract with every -1 per-item dim set to the range's min, opt or max, or to a
+        given size (itself when nothing is variable): concrete shapes for tests, profiles,
+        estimates. Outputs' variable dims follow (divided by the output divisor)."""
         rng = self.variable_dim_range
         if rng is None:
             return self
-        size = dict(zip(("min", "opt", "max"), rng))[which]
+        size = which if isinstance(which, int) else dict(zip(("min", "opt", "max"), rng))[which]
         cfg = mc.ModelConfig()
         cfg.CopyFrom(self.config)
-        for t in (*cfg.input, *cfg.output):
+        for t in cfg.input:
             t.dims[:] = [size if d < 0 else d for d in t.dims]
+        for t in cfg.output:
+            t.dims[:] = [self.output_steps(size) if d < 0 else d for d in t.dims]
         return ModelContract(self.name, self.path, cfg)
 
 

@@ -5,11 +5,12 @@ model) and in tests with any pair of `detect` / `recognize` callables (the trans
 seam: BLS calls in Triton, ONNX Runtime sessions in tests).
 
 Where it is per item and why: cv2.findContours and cv2.connectedComponents run once per
-IMAGE; cv2.minAreaRect runs once per LINE and cv2.warpPerspective once per recogniser
-chunk (serving/ocr_chunks.py: long lines are read in overlapping chunks), each a single C
-call (a numpy gather over all lines at once was slower than these calls). Everything
-between (scores, unclip, corner order, clipping, homographies, chunk stitching, CTC
-collapse, charset lookup) is vectorised across all lines of all images.
+IMAGE; cv2.minAreaRect runs once per LINE and cv2.warpPerspective once per line (straight into
+its slot of its width bucket's batch, serving/ocr_crops.py; a line wider than the recogniser's
+max is read in overlapping chunks, serving/ocr_chunks.py), each a single C call (a numpy gather
+over all lines at once was slower than these calls). The recogniser is called once per width
+bucket present. Everything between (scores, unclip, corner order, clipping, homographies,
+chunk stitching, CTC collapse, charset lookup) is vectorised across all lines of all images.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from . import ocr_chunks
+from . import ocr_chunks, ocr_crops
 
 
 class OcrError(RuntimeError):
@@ -46,14 +47,44 @@ class OcrSettings:
     max_candidates: int = 1000      # regions looked at per image
     max_lines: int = 64             # K: lines returned per image (highest det score first)
     text_score: float = 0.5         # drop lines whose mean character probability is below
-    rec_height: int = 48            # the recogniser's input (ppocr_rec's config)
-    rec_width: int = 320
-    rec_steps: int = 40             # its CTC steps per input (ppocr_rec's char_ids dims)
-    chunk_overlap: int = 96         # long lines: pixels two neighbouring chunks share (~3 characters)
+    # The recogniser's contract (for_recogniser reads ppocr_rec's config; 0 = not set):
+    rec_height: int = 0             # crop height
+    rec_opt_width: int = 0          # its variable_dim_range opt: the narrowest bucket
+    rec_max_width: int = 0          # its max: wider lines are read in chunks
+    rec_stride: int = 0             # pixels per CTC step (variable_dim_output_divisor)
+    bucket_ratio: float = 1.25      # next bucket at most this much wider (1.5 lost lines: serving/ocr_crops.py)
+    crop_height: float = 1.3        # a crop spans this x the box's height (spaces: serving/ocr_crops.py)
+    chunk_overlap: int = 96         # lines wider than the max: pixels two neighbouring chunks share (~3 characters)
     max_chunks: int = 16            # per line; longer lines are squeezed into this many
-    max_squeeze: float = 1.25       # horizontal compression a line may get before it is chunked
     pad_value: int = 128            # PaddleOCR pads with normalised 0, i.e. pixel 127.5
     tall_ratio: float = 1.5         # h/w at which a crop is rotated (vertical text), as PaddleOCR
+
+    @classmethod
+    def for_recogniser(cls, rec, **overrides) -> "OcrSettings":
+        """Settings with the recogniser's fields from its contract (a serving.contract
+        ModelContract): crop height, width range (a fixed-width recogniser: one width) and
+        pixels per CTC step."""
+        (spec,) = rec.inputs
+        height, width, _ = spec.dims
+        rng = rec.variable_dim_range
+        if rng is None:       # a fixed width: one bucket, stride from the fixed step count
+            steps = rec.output("char_ids").dims[0]
+            if steps < 1 or width % steps:
+                raise OcrError(f"{rec.name}: width {width} is not a whole number of its {steps} steps")
+            opt = hi = width
+            stride = width // steps
+        else:
+            _, opt, hi = rng
+            stride = rec.variable_dim_output_divisor
+        return cls(**{**overrides, "rec_height": height, "rec_opt_width": opt, "rec_max_width": hi,
+                      "rec_stride": stride})
+
+    @property
+    def buckets(self) -> np.ndarray:
+        """The crop widths the recogniser is called with (ValueError for unusable settings)."""
+        if not 0 <= self.chunk_overlap < self.rec_max_width:
+            raise ValueError(f"chunk_overlap {self.chunk_overlap} must be below the max width {self.rec_max_width}")
+        return ocr_crops.width_buckets(self.rec_opt_width, self.rec_max_width, self.bucket_ratio, self.rec_stride)
 
 
 # ---------------------------------------------------------------- detection postprocess
@@ -231,7 +262,8 @@ def run_ocr(images: np.ndarray, detect: Callable[[np.ndarray], np.ndarray],
     """images uint8 [B,H,W,3] -> padded per-image lines.
 
     `detect` gets uint8 [b,H,W,3] (b <= det_max_batch) and returns uint8 prob maps [b,H,W];
-    `recognize` gets uint8 crops [n,h,w,3] (n <= rec_max_batch) and returns (ids, probs) [n,T].
+    `recognize` gets uint8 crops [n,h,w,3] (n <= rec_max_batch, w one of the width buckets) and
+    returns (ids, probs) [n, w / rec_stride]: one call per bucket present (serving/ocr_crops.py).
     """
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise OcrInputError(f"images must be uint8 [B,H,W,3], got {images.dtype}{list(images.shape)}")
@@ -242,18 +274,12 @@ def run_ocr(images: np.ndarray, detect: Callable[[np.ndarray], np.ndarray],
     boxes = np.concatenate([bx for bx, _ in per_image]) if counts.sum() else np.zeros((0, 4, 2), np.float32)
     image_index = np.repeat(np.arange(b), counts)
 
-    if s.rec_width % s.rec_steps or not 0 <= s.chunk_overlap < s.rec_width:
-        raise OcrError(f"recogniser width {s.rec_width} must be a whole number of its {s.rec_steps} steps, "
-                       f"and chunk_overlap {s.chunk_overlap} below it")
-    chunks = ocr_chunks.crop(images, boxes, image_index, s, s.rec_width // s.rec_steps)
-    crops = chunks.crops
-    if len(crops):
-        parts = [recognize(crops[i:i + rec_max_batch]) for i in range(0, len(crops), rec_max_batch)]
-        ids = np.concatenate([p[0] for p in parts])
-        probs = np.concatenate([p[1] for p in parts])
-        if ids.shape[1] != s.rec_steps:
-            raise OcrError(f"the recogniser returned {ids.shape[1]} steps per crop, its config says {s.rec_steps}")
-        ids, probs = ocr_chunks.stitch(ids, probs, chunks, len(boxes))
+    if not (s.rec_height and s.rec_max_width and s.rec_stride):
+        raise OcrError("OcrSettings lack the recogniser's contract: build them with OcrSettings.for_recogniser")
+    pieces = ocr_crops.crop(images, boxes, image_index, s)
+    if len(pieces.line):
+        ids, probs = ocr_crops.recognise(pieces, recognize, rec_max_batch, s.rec_stride)
+        ids, probs = ocr_chunks.stitch(ids, probs, pieces.line, pieces.start, len(boxes))
         texts, line_scores = ctc_decode(ids, probs, charset)
     else:
         texts, line_scores = np.zeros((0,), "<U1"), np.zeros((0,), np.float32)

@@ -250,7 +250,13 @@ def test_ocr_matches_rapidocr(served, gateway):
         got += [t.decode() for t in out["texts"][i, : out["num_lines"][i, 0]]]
         want += [t for _, t, _ in engine(page[..., ::-1])[0]]       # rapidocr reads BGR like OpenCV
     assert len(got) == len(want) == len(OCR_LINES)
-    assert sum(g == w for g, w in zip(got, want)) >= 0.95 * len(OCR_LINES), list(zip(got, want))
+    # the characters: rapidocr's reading; the spaces: the rendered truth. rapidocr reads each
+    # line from exactly its box and drops spaces there ('VISIONSERVE2026', 'CenterNetfinds a
+    # bus' on this page); ours reads a crop 1.3x the box's height (docs/ocr.md) and keeps them.
+    # So a line may differ from rapidocr's only by being the truth.
+    assert sum(g.replace(" ", "") == w.replace(" ", "") for g, w in zip(got, want)) >= 0.95 * len(OCR_LINES), \
+        list(zip(got, want))
+    assert all(g == t for g, w, t in zip(got, want, OCR_LINES) if g != w), list(zip(got, want, OCR_LINES))
     assert sum(g == t for g, t in zip(got, OCR_LINES)) >= 0.95 * len(OCR_LINES), list(zip(got, OCR_LINES))
     http = [x["text"] for x in post(gateway, "/v1/ocr", png(pages[0]), score_threshold=0.0)["lines"]]
     assert http == got[:10]

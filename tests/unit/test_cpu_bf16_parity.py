@@ -136,8 +136,10 @@ def test_ocr_strings_identical_on_rendered_text(precision):
 
     def read(runtime, prec):
         det, rec = runner("ppocr_det", runtime, prec), runner("ppocr_rec", runtime, prec)
+        # the recogniser at the pipeline's width buckets: both runtimes take its variable width
         res = op.run_ocr(images, lambda x: det.run({"images": x})[0], lambda x: tuple(rec.run({"crops": x})),
-                         charset, det_max_batch=det_c.max_batch_size, rec_max_batch=rec_c.max_batch_size)
+                         charset, det_max_batch=det_c.max_batch_size, rec_max_batch=rec_c.max_batch_size,
+                         s=op.OcrSettings.for_recogniser(rec_c))
         return [[t.decode() for t in row[:n]] for row, n in zip(res.texts, res.num_lines.reshape(-1))]
 
     ref, got = read("onnxruntime", "f32"), read("openvino", precision)

@@ -80,3 +80,39 @@ def test_trtexec_shape_specs():
     assert trtexec_shapes(p, "min") == "images:1x640x640x3,landmarks:1x1x5x2"
     assert trtexec_shapes(p, "opt") == "images:8x640x640x3,landmarks:8x4x5x2"
     assert trtexec_shapes(p, "max") == "images:16x640x640x3,landmarks:16x64x5x2"
+
+
+def test_ppocr_rec_width_is_variable_and_its_steps_follow():
+    """The recogniser's crop width spans variable_dim_range; its CTC steps (outputs) are the
+    width / variable_dim_output_divisor, so estimates and expected shapes come out right."""
+    c = contract.load("ppocr_rec")
+    lo, opt, hi = c.variable_dim_range
+    assert c.variable_dim_output_divisor == 8 and lo <= opt <= hi
+    at = c.with_variable_dims("max")
+    assert at.input("crops").dims == (48, hi, 3) and at.output("char_ids").dims == (hi // 8,)
+    assert c.with_variable_dims(1000).output("char_scores").dims == (125,)
+    p = derive_profile(c)
+    assert trtexec_shapes(p, "min") == f"crops:1x48x{lo}x3"
+    assert trtexec_shapes(p, "opt") == f"crops:{p.opt_batch}x48x{opt}x3"
+    assert trtexec_shapes(p, "max") == f"crops:{c.max_batch_size}x48x{hi}x3"
+    check_onnx_inputs(p, {"crops": ("batch", 48, "variable2", 3)})
+    # the committed warmup and the CUDA graphs (no input shapes: Triton captures them at the
+    # profile's opt dims) run at a width inside the range
+    (warm,) = c.config.model_warmup
+    assert lo <= warm.inputs["crops"].dims[1] <= hi
+
+
+def test_a_variable_range_must_give_whole_output_steps(tmp_path):
+    text = ('name: "r" platform: "tensorrt_plan" max_batch_size: 4 '
+            'input [ { name: "x" data_type: TYPE_UINT8 dims: [ 48, -1, 3 ] } ] '
+            'output [ { name: "y" data_type: TYPE_INT32 dims: [ -1 ] } ] '
+            'parameters { key: "variable_dim_range" value { string_value: "%s" } } '
+            'parameters { key: "variable_dim_output_divisor" value { string_value: "%s" } }')
+    assert _contract(text % ("80:320:2048", "8"), tmp_path).with_variable_dims("min").output("y").dims == (10,)
+    with pytest.raises(contract.ContractError, match="multiples"):
+        _contract(text % ("80:320:2050", "8"), tmp_path).variable_dim_range
+    with pytest.raises(contract.ContractError, match=">= 1"):
+        _contract(text % ("80:320:2048", "0"), tmp_path).variable_dim_range
+    # without a divisor an output's variable dim is the input's (face_align's faces)
+    same = _contract((text % ("1:4:64", "1")).replace("dims: [ 48, -1, 3 ]", "dims: [ -1, 5, 2 ]"), tmp_path)
+    assert same.with_variable_dims("opt").output("y").dims == (4,)

@@ -40,6 +40,13 @@ def test_command_for_an_fp32_only_model_has_no_fp16(tmp_path):
     assert "--minShapes=images:1x640x640x3,landmarks:1x1x5x2" in argv   # 1 face: variable_dim_range min
 
 
+def test_command_for_the_variable_width_recogniser(tmp_path):
+    argv = trtexec.command("trtexec", _req("ppocr_rec", tmp_path), Path("o.plan"), Path("c"))
+    # crop widths 80..2048, opt 320 (the narrowest bucket the ocr pipeline sends)
+    for flag in ("--minShapes=crops:1x48x80x3", "--optShapes=crops:32x48x320x3", "--maxShapes=crops:64x48x2048x3"):
+        assert flag in argv, flag
+
+
 def test_version_parsing():
     assert trtexec.parse_version("&&&& RUNNING TensorRT.trtexec [TensorRT v100600] [b26] # trtexec") == "10.6.0"
     assert trtexec.parse_version("&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # trtexec") == "8.6.1"

@@ -59,11 +59,18 @@ def test_exported_graph_matches_config(ppocr_exports, model):
     outs = {o.name: o for o in m.graph.output}
     assert list(ins) == [s.name for s in c.inputs]
     assert list(outs) == [s.name for s in c.outputs]
+    def want(spec):   # a variable config dim (-1: the recogniser's width and steps) is symbolic
+        return ["batch", *(str if d < 0 else d for d in spec.dims)]
+
+    def same(got, spec):
+        return len(got) == len(spec.dims) + 1 and all(
+            isinstance(g, w) if isinstance(w, type) else g == w for g, w in zip(got, want(spec)))
+
     for spec in c.inputs:
-        assert dims(ins[spec.name]) == ["batch", *spec.dims]
+        assert same(dims(ins[spec.name]), spec), dims(ins[spec.name])
         assert onnx.helper.tensor_dtype_to_np_dtype(ins[spec.name].type.tensor_type.elem_type) == spec.dtype
     for spec in c.outputs:
-        assert dims(outs[spec.name]) == ["batch", *spec.dims]
+        assert same(dims(outs[spec.name]), spec), dims(outs[spec.name])
         assert onnx.helper.tensor_dtype_to_np_dtype(outs[spec.name].type.tensor_type.elem_type) == spec.dtype
     meta = {p.key: p.value for p in m.metadata_props}
     assert meta["weights_kind"] in ("package", "file")
@@ -109,6 +116,28 @@ def test_rec_matches_original_and_is_batch_invariant(ppocr_exports):
         np.testing.assert_array_equal(one_ids, ids[i:i + 1])
         np.testing.assert_allclose(one_scores, scores[i:i + 1], atol=1e-5)
     assert (ids[0] > 0).sum() >= 5, "a rendered line must decode to characters"
+
+
+def test_rec_reads_any_width_of_its_range_like_the_original(ppocr_exports):
+    """The recogniser keeps the original graph's variable width: at the range's ends, its opt
+    and a width between, the outputs equal the original graph's, with width / 8 steps."""
+    job = _job("ppocr_rec", ppocr_exports)
+    ref = ppocr.reference(job)
+    sess = _session(ppocr_exports["ppocr_rec"].path)
+    c = contract.load("ppocr_rec")
+    widths = ppocr.check_widths(c)
+    lo, opt, hi = c.variable_dim_range
+    assert widths[0] == lo and widths[-1] == hi and opt in widths and len(widths) == 4
+    line = _rendered_page([((4, 6), "variable width 2026")], size=hi)[:48]      # ink ends near 400 px
+    for w in widths:
+        crops = np.stack([line[:, :w], np.full((48, w, 3), 128, np.uint8)])
+        ids, scores = sess.run(None, {"crops": crops})
+        assert ids.shape == scores.shape == (2, c.output_steps(w)) == (2, w // 8)
+        expected = ref(crops)
+        np.testing.assert_array_equal(ids, expected["char_ids"])
+        np.testing.assert_allclose(scores, expected["char_scores"], atol=1e-4)
+        one, _ = sess.run(None, {"crops": crops[:1]})
+        np.testing.assert_array_equal(one, ids[:1])
 
 
 def test_charset_written_beside_the_ocr_model(ppocr_exports):

@@ -1,4 +1,4 @@
-"""DB boxes, crops and CTC of serving/ocr_postprocess.py on hand-made inputs."""
+"""DB boxes, chunk stitching and CTC of serving/ocr_postprocess.py on hand-made inputs."""
 from __future__ import annotations
 
 import cv2
@@ -11,6 +11,8 @@ from serving import ocr_postprocess as op
 CHARS = np.array(["", "a", "b", "c", " "], dtype="<U1")   # id 0 = blank
 # the box geometry tests below check PaddleOCR's closed-form unclip on undilated maps
 GEOMETRY = op.OcrSettings(dilate=False, unclip_ratio=1.5)
+# a recogniser as ppocr_rec's committed contract has it (test_ocr_crops.py holds the two equal)
+RECOGNISER = dict(rec_height=48, rec_opt_width=320, rec_max_width=2048, rec_stride=8)
 
 
 def _expected_box(x0, y0, x1, y1, ratio=1.5):
@@ -110,51 +112,7 @@ def test_rect_corners_and_homographies_match_opencv():
         np.testing.assert_allclose(m, ref, rtol=1e-4, atol=1e-6)
 
 
-# ------------------------------------------------------------------ crops
-
-def test_short_lines_are_one_chunk_aspect_kept_padded_tall_ones_rotated():
-    img = np.zeros((1, 200, 400, 3), np.uint8)
-    img[0, 50:74, 100:196] = 255                        # 96x24 white block (aspect 4)
-    img[0, 50:74, 100:104] = (255, 0, 0)                # red left edge
-    boxes = np.array([[[100, 50], [196, 50], [196, 74], [100, 74]],      # wide
-                      [[300, 20], [324, 20], [324, 116], [300, 116]]],   # tall 24x96
-                     np.float32)
-    img[0, 20:116, 300:324] = 200
-    img[0, 20:24, 300:324] = (0, 255, 0)                # green top edge of the tall box
-    chunks = ocr_chunks.crop(img, boxes, np.array([0, 0]), op.OcrSettings(), 8)
-    out = chunks.crops
-    assert out.shape == (2, 48, 320, 3) and chunks.line.tolist() == [0, 1] and chunks.start.tolist() == [0, 0]
-    # wide: 96x24 -> 192x48, padded with 128 after
-    assert (out[0, :, 200:] == 128).all()
-    assert out[0, 24, 100:180].min() > 240 and out[0, 24, 2, 0] > 200 and out[0, 24, 2, 1] < 60
-    # tall: turned counter-clockwise (PaddleOCR's np.rot90): the top edge ends up on the left
-    assert (out[1, :, 200:] == 128).all()
-    assert out[1, 24, 2, 1] > 200 and out[1, 24, 2, 0] < 60
-    assert out[1, 24, 100:180].min() > 180
-
-
-def test_a_long_line_is_cut_into_overlapping_chunks_warped_from_the_frame():
-    """A 25x1000 px line -> 1920 px at height 48 -> chunks every 224 px, the last one ending at
-    the line's end, each equal to the matching window of the whole line warped at once."""
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (1, 60, 1100, 3), dtype=np.uint8)
-    box = np.array([[[50, 20], [1050, 20], [1050, 45], [50, 45]]], np.float32)
-    s = op.OcrSettings(max_squeeze=1.0)
-    chunks = ocr_chunks.crop(img, box, np.array([0]), s, 8)
-    pts, widths = ocr_chunks.line_geometry(box, s)
-    assert widths.tolist() == [1920]
-    starts = chunks.start * 8
-    assert chunks.line.tolist() == [0] * 9 and starts.tolist() == [0, 224, 448, 672, 896, 1120, 1344, 1568, 1600]
-    assert (starts % 8 == 0).all() and starts[-1] + 320 == 1920
-    whole = cv2.warpPerspective(img[0], op.homographies(pts, np.array([[[0, 0], [1920, 0], [1920, 48], [0, 48]]],
-                                np.float64))[0], (1920, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    for crop, x in zip(chunks.crops, starts):
-        assert np.abs(crop.astype(int) - whole[:, x:x + 320]).max() <= 1
-    longest = s.rec_width + (s.max_chunks - 1) * (s.rec_width - s.chunk_overlap)
-    assert ocr_chunks.line_geometry(np.array([[[0, 0], [5000, 0], [5000, 10], [0, 10]]], np.float32), s)[1][0] == longest
-    # by default a line is first narrowed by up to max_squeeze: 1920 px -> 1536 px, fewer chunks
-    assert ocr_chunks.line_geometry(box, op.OcrSettings())[1].tolist() == [1536]
-
+# ------------------------------------------------------------------ stitching (crops: test_ocr_crops.py)
 
 ABCD = np.array(["", "a", "b", "c", "d"], dtype="<U1")
 
@@ -168,53 +126,61 @@ def test_stitching_counts_a_character_in_the_overlap_once():
     a[33] = 3                             # c, global step 33
     b[33 - 28] = 3                        # the same c seen by the second chunk (its step 5)
     b[20] = 4                             # d, global step 48
-    chunks = ocr_chunks.Chunks(np.zeros((2, 48, 320, 3), np.uint8), np.array([0, 0]), np.array([0, 28]))
-    ids, probs = ocr_chunks.stitch(np.stack([a, b]), np.full((2, t), 0.9, np.float32), chunks, 1)
+    line, start = np.array([0, 0]), np.array([0, 28])
+    ids, probs = ocr_chunks.stitch(np.stack([a, b]), np.full((2, t), 0.9, np.float32), line, start, 1)
     texts, scores = op.ctc_decode(ids, probs, ABCD)
     assert texts.tolist() == ["abcd"] and ids.shape == (1, 68)
     # a character each chunk places one step apart is still counted once
     b2 = b.copy()
     b2[5], b2[6] = 0, 3
-    ids, _ = ocr_chunks.stitch(np.stack([a, b2]), np.full((2, t), 0.9, np.float32), chunks, 1)
+    ids, _ = ocr_chunks.stitch(np.stack([a, b2]), np.full((2, t), 0.9, np.float32), line, start, 1)
     assert op.ctc_decode(ids, np.ones(ids.shape, np.float32), ABCD)[0].tolist() == ["abcd"]
 
 
 def test_short_lines_keep_their_own_steps_when_stitched():
     ids = np.arange(2 * 40, dtype=np.int32).reshape(2, 40) % 5
-    chunks = ocr_chunks.Chunks(np.zeros((2, 48, 320, 3), np.uint8), np.array([0, 1]), np.array([0, 0]))
-    got, _ = ocr_chunks.stitch(ids, np.ones((2, 40), np.float32), chunks, 2)
+    got, _ = ocr_chunks.stitch(ids, np.ones((2, 40), np.float32), np.array([0, 1]), np.array([0, 0]), 2)
     np.testing.assert_array_equal(got, ids)
 
 
 # ------------------------------------------------------------------ pipeline with fake models
 
-def test_run_ocr_scatters_lines_per_image_and_chunks_recognition():
+def test_run_ocr_scatters_lines_per_image_and_calls_the_recogniser_per_width_bucket():
     maps = np.zeros((3, 640, 640), np.uint8)
-    maps[0, 40:70, 50:250] = 230
+    maps[0, 40:70, 50:250] = 230        # 200x30 (unclipped ~240x72) -> ~120 px at 48: the 320 bucket
     maps[0, 140:170, 50:250] = 230
-    maps[2, 300:330, 100:300] = 230
+    maps[2, 300:320, 20:620] = 230      # 600x20 (~630x51) -> ~460 px: a wider bucket
     rec_calls = []
 
     def detect(images):
         return maps[: len(images)] if len(images) == 3 else maps[[0]]
 
     def recognize(crops):
-        rec_calls.append(len(crops))
-        ids = np.zeros((len(crops), 40), np.int32)
+        rec_calls.append(crops.shape[:3])
+        steps = crops.shape[2] // 8
+        ids = np.zeros((len(crops), steps), np.int32)
         ids[:, :3] = [1, 2, 3]
-        probs = np.full((len(crops), 40), 0.9, np.float32)
-        if len(rec_calls) == 2:
-            probs[:] = 0.2  # the second chunk (image 2's line) is unreadable -> dropped
-        return ids, probs
+        probs = np.full((len(crops), steps), 0.9 if crops.shape[2] == 320 else 0.2, np.float32)
+        return ids, probs               # the wide line is unreadable (0.2) -> dropped
 
     images = np.full((3, 640, 640, 3), 255, np.uint8)
-    r = op.run_ocr(images, detect, recognize, CHARS, det_max_batch=8, rec_max_batch=2)
-    assert rec_calls == [2, 1]
+    s = op.OcrSettings(**RECOGNISER)
+    r = op.run_ocr(images, detect, recognize, CHARS, det_max_batch=8, rec_max_batch=1, s=s)
+    assert rec_calls[:2] == [(1, 48, 320), (1, 48, 320)]     # per bucket, split at the max batch
+    assert rec_calls[2][:2] == (1, 48) and 320 < rec_calls[2][2] < 640 and rec_calls[2][2] in s.buckets
     assert r.num_lines.ravel().tolist() == [2, 0, 0]
     assert r.texts.shape == (3, 64) and r.polygons.shape == (3, 64, 4, 2)
     assert r.texts[0, :2].tolist() == [b"abc", b"abc"] and r.texts[0, 2] == b""
     assert r.polygons[0, 0, 0, 1] < r.polygons[0, 1, 0, 1]      # top line first
     assert (r.polygons[1:] == 0).all() and (r.scores[0, :2] > 0.89).all()
+
+    def wrong_steps(crops):
+        return np.zeros((len(crops), 40), np.int32), np.zeros((len(crops), 40), np.float32)
+
+    with pytest.raises(op.OcrError, match="steps"):
+        op.run_ocr(images, detect, wrong_steps, CHARS, det_max_batch=8, rec_max_batch=8, s=s)
+    with pytest.raises(op.OcrError, match="for_recogniser"):
+        op.run_ocr(images, detect, recognize, CHARS, det_max_batch=8, rec_max_batch=8)
 
 
 def test_run_ocr_rejects_bad_images():

@@ -80,3 +80,30 @@ def test_perf_analyzer_sends_the_admin_key_the_way_each_protocol_needs(protocol,
     assert cmd[cmd.index("-H") + 1] == header
     assert "s3cret" not in analyzer.redacted(cmd) and header.split(":")[0] + ":***" in analyzer.redacted(cmd)
     assert "-H" not in analyzer.command(analyzer.Options(model="yolo", protocol=protocol), tmp_path / "x.csv")
+
+
+@pytest.mark.parametrize("model, shape", [("ppocr_rec", "crops:48,2048,3"), ("face_align", "landmarks:64,5,2")])
+def test_perf_analyzer_gets_variable_dims_at_the_range_max_in_flags_and_scene_data(model, shape, monkeypatch,
+                                                                                   tmp_path):
+    """A variable dim (ppocr_rec's width, face_align's faces) needs --shape; the scene's JSON
+    data carries the same shape (perf_analyzer reads shapes from it), the estimate the max."""
+    import json
+
+    from serving import contract
+
+    c = contract.load(model)
+    assert analyzer.variable_shapes(c) == (f"--shape={shape}",)
+    assert analyzer.variable_shapes(contract.load("yolo")) == ()
+    seen = {}
+
+    def fake_run(opts, load, cap, out, timeout_s):
+        seen["opts"], seen["load"] = opts, load
+        raise analyzer.RunFailed("stop here")
+
+    monkeypatch.setattr(analyzer, "run", fake_run)
+    analyzer.main(["--model", model, "--reports", str(tmp_path), "--mem", "8G"])
+    assert f"--shape={shape}" in seen["opts"].extra
+    data = json.loads(next(tmp_path.rglob("input_data.json")).read_text())["data"][0]
+    name, dims = shape.split(":")
+    assert data[name]["shape"] == [int(d) for d in dims.split(",")]
+    assert seen["load"] == analyzer.est.TensorLoad.from_contract(c.with_variable_dims("max"))

@@ -60,7 +60,7 @@ def test_perf_analyzer_json_holds_the_same_bytes(tmp_path):
 
 def test_the_scene_reaches_face_and_text_recognition(tmp_path_factory):
     """On the exported models: SCRFD finds the astronaut's face and the OCR pipeline reads the
-    printed lines (PP-OCR may drop a space), so face_align, arcface and ppocr_rec get work."""
+    printed lines, so face_align, arcface and ppocr_rec get work."""
     import onnxruntime as ort
 
     from export.ppocr import charset_path
@@ -74,6 +74,7 @@ def test_the_scene_reaches_face_and_text_recognition(tmp_path_factory):
     rec = ort.InferenceSession(str(rec_path))
     charset = ocr.load_charset(charset_path(rec_path.parents[2]))     # written beside that export
     out = ocr.run_ocr(frame, lambda x: det.run(None, {"images": x})[0], lambda c: tuple(rec.run(None, {"crops": c})),
-                      charset, det_max_batch=8, rec_max_batch=64)
-    texts = [t.decode().replace(" ", "") for t in out.texts[0, :out.num_lines[0, 0]]]
-    assert texts == [line.replace(" ", "") for line in scene.SCENE_LINES]
+                      charset, det_max_batch=8, rec_max_batch=64,
+                      s=ocr.OcrSettings.for_recogniser(contract.load("ppocr_rec")))
+    texts = [t.decode() for t in out.texts[0, :out.num_lines[0, 0]]]
+    assert texts == list(scene.SCENE_LINES)

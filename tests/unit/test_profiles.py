@@ -76,10 +76,17 @@ def test_onnx_gpu_profile_uses_tensorrt_ep_fp16_with_cache(name):
     assert trt.parameters["precision_mode"] == "FP16"
     assert trt.parameters["trt_engine_cache_enable"] == "1"
     assert trt.parameters["trt_engine_cache_path"] == f"/cache/{name}"
-    first = prod.input[0]
-    dims = "x".join(map(str, first.dims))
-    assert f"{first.name}:{prod.max_batch_size}x{dims}" in trt.parameters["trt_profile_max_shapes"]
-    assert f"{first.name}:1x{dims}" in trt.parameters["trt_profile_min_shapes"]
+    # one engine profile: every batch, and a variable dim (ppocr_rec's width, face_align's
+    # faces) over its whole variable_dim_range, so no request shape rebuilds an engine
+    for which, batch in (("min", 1), ("opt", max(prod.dynamic_batching.preferred_batch_size or [0])),
+                         ("max", prod.max_batch_size)):
+        want = ",".join(f"{t.name}:" + "x".join(map(str, (batch, *t.dims)))
+                        for t in COMMITTED[name].with_variable_dims(which).inputs)
+        assert trt.parameters[f"trt_profile_{which}_shapes"] == want
+    if name == "ppocr_rec":
+        lo, _, hi = COMMITTED[name].variable_dim_range
+        assert trt.parameters["trt_profile_max_shapes"] == f"crops:{prod.max_batch_size}x48x{hi}x3"
+        assert trt.parameters["trt_profile_min_shapes"] == f"crops:1x48x{lo}x3"
     # warmup is kept: on GPU it builds the engines before the model reports ready
     assert list(cfg.model_warmup) == list(prod.model_warmup)
     assert cfg.dynamic_batching == prod.dynamic_batching

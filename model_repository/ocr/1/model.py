@@ -1,9 +1,10 @@
 """OCR pipeline as a Triton python-backend BLS model (see ../config.pbtxt).
 
 Per batch the dynamic batcher hands us: ONE ppocr_det call for all images, DB
-postprocess per image, crops of ALL lines of ALL images, ONE ppocr_rec call for them
-(chunked at ppocr_rec's max_batch_size, read from its config.pbtxt beside this model),
-CTC collapse for the whole batch, outputs padded to K lines per image.
+postprocess per image, crops of ALL lines of ALL images at their own widths rounded up to
+a few width buckets (serving/ocr_crops.py; the range from ppocr_rec's config.pbtxt beside
+this model), ONE ppocr_rec call per bucket present (chunked at its max_batch_size), CTC
+collapse for the whole batch, outputs padded to K lines per image.
 
 The work between the networks lives in serving/ocr_postprocess.py (numpy + OpenCV), so
 the Python environment Triton's python backend runs needs the visionserve package
@@ -22,7 +23,7 @@ try:
     import cv2
     from serving import ocr_postprocess as ocr
     from serving.bls import StepError, call
-    from serving.contract import from_json, parse_config
+    from serving.contract import ContractError, ModelContract, from_json, parse_config
 except ImportError as exc:  # say what to install instead of a bare traceback in the server log
     raise ImportError(
         f"the ocr model needs the visionserve package and OpenCV in Triton's python environment "
@@ -31,16 +32,17 @@ except ImportError as exc:  # say what to install instead of a bare traceback in
 CHARSET_FILE = "charset.txt"
 
 
-def _sibling_config(model_dir: Path, name: str):
+def _sibling_config(model_dir: Path, name: str) -> "ModelContract":
     path = model_dir.parent / name / "config.pbtxt"
     if not path.is_file():
         raise pb_utils.TritonModelException(
             f"ocr: no config for {name} at {path}; the ocr pipeline needs {name} in the same repository")
-    return parse_config(path.read_text(), path)
+    return ModelContract(name, path, parse_config(path.read_text(), path))
 
 
-def _settings(config: dict, rec_cfg, k: int) -> "ocr.OcrSettings":
-    """Defaults from OcrSettings; optional overrides from this model's config parameters."""
+def _settings(config: dict, rec: "ModelContract", k: int) -> "ocr.OcrSettings":
+    """Defaults from OcrSettings, the recogniser's fields from its contract; optional
+    overrides from this model's config parameters."""
     params = {key: v.get("string_value", "") for key, v in config.get("parameters", {}).items()}
     over = {}
     for f in fields(ocr.OcrSettings):
@@ -51,9 +53,12 @@ def _settings(config: dict, rec_cfg, k: int) -> "ocr.OcrSettings":
             except ValueError as exc:
                 raise pb_utils.TritonModelException(
                     f"ocr: parameter {f.name}={params[f.name]!r} is not a {cast.__name__}") from exc
-    crop_h, crop_w, _ = (int(d) for d in rec_cfg.input[0].dims)
-    steps = int(next(o for o in rec_cfg.output if o.name == "char_ids").dims[0])
-    return ocr.OcrSettings(**{**over, "max_lines": k, "rec_height": crop_h, "rec_width": crop_w, "rec_steps": steps})
+    try:
+        settings = ocr.OcrSettings.for_recogniser(rec, **{**over, "max_lines": k})
+        pb_utils.Logger.log(f"ocr: {rec.name} width buckets {settings.buckets.tolist()}", pb_utils.Logger.INFO)
+        return settings
+    except (ocr.OcrError, ContractError, ValueError) as exc:   # ValueError: bucket or chunk settings
+        raise pb_utils.TritonModelException(f"ocr: {rec.path}: {exc}") from exc
 
 
 class TritonPythonModel:
@@ -65,15 +70,15 @@ class TritonPythonModel:
         if len(steps) != 2:
             raise pb_utils.TritonModelException(f"ocr: parameter steps must name detector and recogniser, got {steps}")
         self.det_model, self.rec_model = steps
-        det_cfg = _sibling_config(model_dir, self.det_model)
-        rec_cfg = _sibling_config(model_dir, self.rec_model)
-        self.det_in, self.det_out = det_cfg.input[0].name, det_cfg.output[0].name
-        self.rec_in = rec_cfg.input[0].name
-        self.det_max_batch = max(int(det_cfg.max_batch_size), 1)
-        self.rec_max_batch = max(int(rec_cfg.max_batch_size), 1)
+        det = _sibling_config(model_dir, self.det_model)
+        rec = _sibling_config(model_dir, self.rec_model)
+        self.det_in, self.det_out = det.inputs[0].name, det.outputs[0].name
+        self.rec_in = rec.inputs[0].name
+        self.det_max_batch = max(det.max_batch_size, 1)
+        self.rec_max_batch = max(rec.max_batch_size, 1)
         outputs = {o["name"]: o for o in config["output"]}
         k = int(outputs["texts"]["dims"][0])
-        self.settings = _settings(config, rec_cfg, k)
+        self.settings = _settings(config, rec, k)
         charset = model_dir / args["model_version"] / CHARSET_FILE
         if not charset.is_file():
             raise pb_utils.TritonModelException(
