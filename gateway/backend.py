@@ -123,7 +123,6 @@ class TritonBackend:
         # "expecting header 'triton-grpc-protocol-admin-key'")
         self._admin = ((ADMIN_METADATA, admin_key),) if admin_key else None
         self.shm: SlotPool | None = None
-        self.wire_fallbacks = 0   # shm calls that had to go over the wire after all
         # Reconnect quickly after Triton restarts (gRPC's default backoff grows to 120 s),
         # and keep tritonclient's unlimited message sizes.
         args = [
@@ -189,7 +188,7 @@ class TritonBackend:
                 response, path = await self._infer_shared(model, inputs, outputs, shared,
                                                           timeout_s, qt), "shm"
                 if response is None:   # Triton lost the regions twice: the wire, this once
-                    self.wire_fallbacks += 1
+                    self.shm.fallback("lost_region")
                     response, path = await self._model_infer(
                         self._request(model, inputs, outputs, None, qt), timeout=timeout_s), "wire"
             else:
@@ -238,20 +237,27 @@ class TritonBackend:
         return out
 
     # -- shared memory (control plane, admin key) ---------------------------------------
-    async def enable_shared_memory(self, slots_per_shape: int,
+    async def enable_shared_memory(self, pool_bytes: int,
                                    shapes: Sequence[tuple[tuple[int, int], int]]) -> None:
-        """Create the pool and one registered one-frame slot per frame shape now, so a
-        refused registration (wrong key, no /dev/shm) fails here and not per request."""
+        """Create the pool (at most `pool_bytes` of slots) and one registered one-frame
+        slot per frame shape now, so a refused registration (wrong key, no /dev/shm)
+        fails here and not per request; retired slots are reclaimed in the background."""
         from .shm import SlotPool
 
-        pool = SlotPool(slots_per_shape, self._register_slot)
+        m = self._metrics
+        pool = SlotPool(pool_bytes, self._register_slot, self._unregister_slot,
+                        on_fallback=None if m is None else
+                        (lambda reason: m.shm_fallbacks.labels(reason).inc()))
         try:
             for frame in sorted({frame for frame, _ in shapes}):
                 await pool.prepare(frame, 1)   # the common one-image slot
         except BaseException:
             await pool.close(self._unregister_slot)
             raise
+        pool.start()
         self.shm = pool
+        if m is not None:
+            m.watch_pool(pool.stats)
 
     async def lease(self, frame_hw, max_batch, n) -> Lease | None:
         return None if self.shm is None else await self.shm.lease(frame_hw, max_batch, n)
@@ -308,6 +314,8 @@ class TritonBackend:
     async def close(self):
         if self.shm is not None:
             pool, self.shm = self.shm, None
+            if self._metrics is not None:
+                self._metrics.unwatch_pool(pool.stats)
             await pool.close(self._unregister_slot)
         await self._channel.close()
 

@@ -1,7 +1,9 @@
-"""The request-independent core every route uses: decode a batch, call Triton batched.
+"""The request-independent core every route uses: admit, decode a batch, call Triton
+batched, render the answer.
 
 One `Service` per app (held in app.state): the backend seam, the learned catalog, the
-bounded decode pool and the metrics.
+bounded pool (decodes, and big JSON parsing and rendering: never on the event loop),
+per-model capacity (gateway/capacity.py) and the metrics.
 """
 from __future__ import annotations
 
@@ -14,11 +16,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import codec
+from .admission import Reservation
 from .backend import Backend
+from .capacity import ModelCapacity
 from .catalog import Catalog, ModelInfo
-from .errors import TritonTimeout, TritonUnavailable, UpstreamError
+from .errors import GatewayOverloaded, TritonTimeout, TritonUnavailable, UpstreamError
 from .metrics import Metrics
+from .responses import JSON, dumps, rendered
 from .settings import GatewaySettings
+
+# Answers whose Triton outputs are larger than this are built and serialised in the
+# pool (16 images of faces with embeddings are ~5 MB of JSON: ~10 ms of CPU).
+RENDER_INLINE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -44,6 +53,7 @@ class Service:
         self.backend = backend   # the Fleet: every Triton endpoint
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.capacity: dict[str, ModelCapacity] = {}
 
     @property
     def catalog(self) -> Catalog | None:
@@ -56,12 +66,28 @@ class Service:
             raise TritonUnavailable(self.backend.reason(), retry_after=self.settings.retry_after_s)
         return catalog.get(name)
 
-    async def frames(self, images: list[bytes], frame_hw: tuple[int, int],
-                     max_batch: int = 0) -> Frames:
-        """Headers first (limits judged before any pixel is decoded), then all images
-        decoded in parallel in the pool, each straight into its batch slot: a shared-
-        memory slot when the backend offers one (the pixels are then never copied),
-        else a fresh array. A leased Frames must be released: use `infer_frames`."""
+    def admit(self, name: str, reservation: Reservation) -> ModelInfo:
+        """The model's info, once it is known to be served and has room: a request over
+        its capacity is shed now (503 + Retry-After), before its body is read."""
+        info = self.model(name)
+        gate = self.capacity.get(name)
+        if gate is None:
+            gate = self.capacity[name] = ModelCapacity(info.max_batch_size, info.queue_timeout_s)
+        if not gate.enter():
+            self.metrics.shed.labels("capacity").inc()
+            raise GatewayOverloaded(
+                f"{name} has {gate.in_flight} requests in flight, what Triton finishes in a "
+                "batch time and a short wait; retry later", retry_after=self.settings.retry_after_s)
+        reservation.defer(gate.leave)
+        return info
+
+    async def frames(self, images: list, frame_hw: tuple[int, int], max_batch: int = 0,
+                     reservation: Reservation | None = None) -> Frames:
+        """Headers first (limits judged before any pixel is decoded), then the memory for
+        the frames charged to the request, then all images decoded in parallel in the
+        pool, each straight into its batch slot: a shared-memory slot when the backend
+        offers one (the pixels are then never copied), else a fresh array. A leased
+        Frames must be released: use `infer_frames`."""
         s = self.settings
         headers = [codec.read_header(d, max_pixels=s.max_image_pixels, max_side=s.max_image_side)
                    for d in images]
@@ -70,6 +96,15 @@ class Service:
         lease_fn = getattr(self.backend, "lease", None)
         lease = (await lease_fn(frame_hw, max_batch, len(images))
                  if lease_fn is not None and max_batch else None)
+        if reservation is not None:
+            frame_bytes = 0 if lease is not None else len(images) * fh * fw * 3
+            try:
+                reservation.charge(frame_bytes + _decode_scratch(headers, boxes, s.decode_threads),
+                                   f"{len(images)} decoded frames")
+            except BaseException:
+                if lease is not None:
+                    lease.release()
+                raise
         pixels = lease.array if lease is not None else np.empty((len(images), fh, fw, 3), np.uint8)
         futures = [self.pool.submit(self._decode_one, d, h, b, pixels[i])
                    for i, (d, h, b) in enumerate(zip(images, headers, boxes))]
@@ -128,16 +163,43 @@ class Service:
             sum(a.nbytes for a in inputs.values() if a.dtype != np.object_))
         t0 = time.perf_counter()
         try:
-            return await self.backend.infer(model, inputs, outputs,
-                                            timeout_s=self.settings.triton_timeout_s)
+            out = await self.backend.infer(model, inputs, outputs,
+                                           timeout_s=self.settings.triton_timeout_s)
         except UpstreamError as exc:
             m.triton_errors.labels(model, exc.code).inc()
             raise
         finally:
             m.triton.labels(model).observe(time.perf_counter() - t0)
+        gate = self.capacity.get(model)
+        if gate is not None:   # an answer: how long one execution (and any wait) took
+            gate.observe(time.perf_counter() - t0)
+        return out
+
+    async def render(self, build, outputs: dict[str, np.ndarray]):
+        """The JSON answer `build()` makes: built and serialised in the pool when the
+        Triton outputs it comes from are large, inline otherwise."""
+        weight = sum(a.nbytes for a in outputs.values() if a.dtype != np.object_)
+        if weight <= RENDER_INLINE_BYTES:
+            return JSON(build())
+        return rendered(await asyncio.wrap_future(self.pool.submit(lambda: dumps(build()))))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _decode_scratch(headers, boxes, threads: int) -> int:
+    """Bytes of decode intermediates one request may hold at once (at most `threads`
+    images decode together): a JPEG decodes at its DCT-scaled size, under twice the
+    drawn size per side; a PNG at full size, then converted to RGB (two copies); a
+    rotated image is copied once more."""
+    sizes = []
+    for h, b in zip(headers, boxes):
+        if h.kind == "jpeg":
+            px = min(h.width * h.height, 4 * b.new_w * b.new_h)
+            sizes.append(px * 3 * (2 if h.orientation != 1 else 1))
+        else:
+            sizes.append(h.width * h.height * 3 * 2)
+    return sum(sorted(sizes, reverse=True)[:threads])
 
 
 def _release_when_done(futures, lease) -> None:
