@@ -32,23 +32,45 @@ SCOPE_KEY = "visionserve.reservation"
 
 
 class MemoryBudget:
-    """Bytes held by requests in flight against one limit (event-loop only)."""
+    """Bytes held by requests in flight against one limit (event-loop only).
+
+    Bodies may fill it only up to `limit - headroom`: the headroom (what one request's
+    decoded frames need, set once the served frame sizes are known) keeps bodies that
+    are already in from starving the decode of each other. Frames may use the whole
+    budget and wait (bounded) for another request to give memory back."""
 
     def __init__(self, limit: int, metrics: Metrics | None = None):
         self.limit = limit
+        self.headroom = 0
         self.in_use = 0
+        self._freed = asyncio.Event()
         self._gauge = metrics.memory_in_use if metrics is not None else None
         if metrics is not None:
             metrics.memory_budget.set(limit)
 
-    def take(self, n: int) -> bool:
-        if self.in_use + n > self.limit:
+    def take(self, n: int, headroom: int = 0) -> bool:
+        if self.in_use + n > self.limit - headroom:
             return False
         self._move(n)
         return True
 
+    async def take_within(self, n: int, seconds: float) -> bool:
+        """`take(n)`, waiting up to `seconds` for memory to be given back."""
+        deadline = time.monotonic() + seconds
+        while not self.take(n):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._freed.wait(), left)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
     def give(self, n: int) -> None:
         self._move(-n)
+        self._freed.set()
+        self._freed = asyncio.Event()
 
     def _move(self, n: int) -> None:
         self.in_use += n
@@ -70,19 +92,38 @@ class Reservation:
         self._deferred.append(give_back)
 
     def charge(self, n: int, what: str) -> None:
-        """Hold `n` more bytes for `what`, or raise: 413 when this request alone could
-        never fit, 503 + Retry-After when the others in flight leave too little now."""
-        if self.budget is None or n <= 0:
+        """Hold `n` more bytes of body (`what`), or raise at once: 413 when this request
+        alone could never fit, 503 + Retry-After when the others in flight leave too
+        little now (bodies leave the budget's headroom to decoding)."""
+        if not self._needed(n, what):
             return
+        if not self.budget.take(n, self.budget.headroom):
+            raise self._overloaded()
+        self.held += n
+
+    async def charge_decoding(self, n: int, what: str, wait_s: float) -> None:
+        """Hold `n` more bytes for decoded frames (`what`): the whole budget may be used,
+        and a request whose body is already in waits up to `wait_s` for memory."""
+        if not self._needed(n, what):
+            return
+        if not await self.budget.take_within(n, wait_s):
+            raise self._overloaded()
+        self.held += n
+
+    def _needed(self, n: int, what: str) -> bool:
+        """Whether there is anything to charge; 413 when it could never fit."""
+        if self.budget is None or n <= 0:
+            return False
         if self.held + n > self.budget.limit:
             raise PayloadTooLarge(
                 f"the request needs {self.held + n} bytes for its body and {what}; "
                 f"the gateway's memory budget is {self.budget.limit}")
-        if not self.budget.take(n):
-            raise GatewayOverloaded(
-                f"memory budget in use ({self.budget.in_use} of {self.budget.limit} bytes); "
-                "retry later", retry_after=self.retry_after)
-        self.held += n
+        return True
+
+    def _overloaded(self) -> GatewayOverloaded:
+        return GatewayOverloaded(
+            f"memory budget in use ({self.budget.in_use} of {self.budget.limit} bytes); "
+            "retry later", retry_after=self.retry_after)
 
     def close(self) -> None:
         if self.budget is not None and self.held:

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .admission import Admission, MemoryBudget
 from .backend import Backend
+from .catalog import ROUTE_MODELS
 from .errors import GatewayError
 from .fleet import Fleet
 from .metrics import Metrics
@@ -40,6 +41,8 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
     metrics = Metrics()
     if backend is not None:
         connect = connect or (lambda address: backend)
+    budget = MemoryBudget(settings.memory_budget_bytes, metrics)
+    budget.headroom = decode_headroom(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -67,10 +70,26 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         app.include_router(router, dependencies=dependencies)
     _install_error_handlers(app)
     app.add_middleware(Admission, metrics=metrics,
-                       budget=MemoryBudget(settings.memory_budget_bytes, metrics),
+                       budget=budget,
                        limit=settings.in_flight_limit, request_limit=settings.request_limit,
                        retry_after=settings.retry_after_s, templates=lambda: _templates(app))
     return app
+
+
+def decode_headroom(settings: GatewaySettings) -> int:
+    """The budget bodies leave free for decoding: one request's worst case (max_images
+    frames of the largest route model's frame in the contract, twice: the gRPC request
+    copies them, plus the decode scratch of decode_threads images), at most a quarter of
+    the budget."""
+    from serving import contract
+
+    largest = 0
+    for name in ROUTE_MODELS:
+        dims = contract.load(name, settings.contract_repository).inputs[0].dims
+        if len(dims) == 3 and dims[2] == 3:
+            largest = max(largest, dims[0] * dims[1] * 3)
+    worst = 2 * settings.max_images * largest + 4 * settings.decode_threads * largest
+    return min(worst, settings.memory_budget_bytes // 4)
 
 
 def _templates(app: FastAPI) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from contextvars import ContextVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from .metrics import Metrics
 from .responses import JSON, dumps, rendered
 from .settings import GatewaySettings
 
+# The capacity ticket of the request being handled (set by Service.admit).
+_TICKET: ContextVar = ContextVar("visionserve_capacity_ticket", default=None)
 # Answers whose Triton outputs are larger than this are built and serialised in the
 # pool (16 images of faces with embeddings are ~5 MB of JSON: ~10 ms of CPU).
 RENDER_INLINE_BYTES = 1024 * 1024
@@ -60,26 +63,46 @@ class Service:
         """The models the ready endpoints serve (None: no endpoint is ready)."""
         return self.backend.catalog
 
-    def model(self, name: str) -> ModelInfo:
+    def _info(self, name: str) -> ModelInfo:
         catalog = self.catalog
         if catalog is None:   # no endpoint is ready (yet): say why
             raise TritonUnavailable(self.backend.reason(), retry_after=self.settings.retry_after_s)
         return catalog.get(name)
 
-    def admit(self, name: str, reservation: Reservation) -> ModelInfo:
-        """The model's info, once it is known to be served and has room: a request over
-        its capacity is shed now (503 + Retry-After), before its body is read."""
-        info = self.model(name)
-        gate = self.capacity.get(name)
-        if gate is None:
-            gate = self.capacity[name] = ModelCapacity(info.max_batch_size, info.queue_timeout_s)
-        if not gate.enter():
-            self.metrics.shed.labels("capacity").inc()
-            raise GatewayOverloaded(
-                f"{name} has {gate.in_flight} requests in flight, what Triton finishes in a "
-                "batch time and a short wait; retry later", retry_after=self.settings.retry_after_s)
-        reservation.defer(gate.leave)
+    def model(self, name: str) -> ModelInfo:
+        """The served model's info; a model at capacity sheds the request now (503 +
+        Retry-After), before its body is read (gateway/capacity.py)."""
+        info = self._info(name)
+        if self._gate(info).full():
+            raise self._shed(info)
         return info
+
+    def admit(self, name: str, reservation: Reservation) -> None:
+        """Take a place in the model's capacity for this request, or shed it (503 +
+        Retry-After). Called once the body is in, before decoding: a slow upload does
+        not hold a place while Triton could be working."""
+        info = self._info(name)
+        gate = self._gate(info)
+        ticket = gate.enter()
+        if ticket is None:
+            raise self._shed(info)
+        _TICKET.set(ticket)   # _call marks it answered (the handler's task and its children)
+        reservation.defer(lambda: gate.leave(ticket))
+
+    def _gate(self, info: ModelInfo) -> ModelCapacity:
+        gate = self.capacity.get(info.name)
+        if gate is None:
+            gate = self.capacity[info.name] = ModelCapacity(info.max_batch_size,
+                                                            info.queue_timeout_s)
+        return gate
+
+    def _shed(self, info: ModelInfo) -> GatewayOverloaded:
+        self.metrics.shed.labels("capacity").inc()
+        gate = self.capacity[info.name]
+        return GatewayOverloaded(
+            f"{info.name} has {gate.in_flight} requests in flight: what Triton finishes in "
+            "a batch time and one batch waiting; retry later",
+            retry_after=self.settings.retry_after_s)
 
     async def frames(self, images: list, frame_hw: tuple[int, int], max_batch: int = 0,
                      reservation: Reservation | None = None) -> Frames:
@@ -97,10 +120,10 @@ class Service:
         lease = (await lease_fn(frame_hw, max_batch, len(images))
                  if lease_fn is not None and max_batch else None)
         if reservation is not None:
-            frame_bytes = 0 if lease is not None else len(images) * fh * fw * 3
             try:
-                reservation.charge(frame_bytes + _decode_scratch(headers, boxes, s.decode_threads),
-                                   f"{len(images)} decoded frames")
+                await reservation.charge_decoding(
+                    decoding_bytes(headers, boxes, frame_hw, s.decode_threads, lease is None),
+                    f"{len(images)} decoded frames", s.triton_timeout_s)
             except BaseException:
                 if lease is not None:
                     lease.release()
@@ -148,7 +171,7 @@ class Service:
                     outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         """All rows in as few calls as max_batch_size allows (one when it fits), the
         chunks sent concurrently, the results concatenated in order."""
-        info = self.model(model)
+        info = self._info(model)
         n = len(next(iter(inputs.values())))
         step = max(1, info.max_batch_size)
         chunks = [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, n, step)]
@@ -173,6 +196,9 @@ class Service:
         gate = self.capacity.get(model)
         if gate is not None:   # an answer: how long one execution (and any wait) took
             gate.observe(time.perf_counter() - t0)
+            ticket = _TICKET.get()
+            if ticket is not None:
+                ticket.answered = True
         return out
 
     async def render(self, build, outputs: dict[str, np.ndarray]):
@@ -187,11 +213,14 @@ class Service:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _decode_scratch(headers, boxes, threads: int) -> int:
-    """Bytes of decode intermediates one request may hold at once (at most `threads`
-    images decode together): a JPEG decodes at its DCT-scaled size, under twice the
-    drawn size per side; a PNG at full size, then converted to RGB (two copies); a
-    rotated image is copied once more."""
+def decoding_bytes(headers, boxes, frame_hw, threads: int, on_heap: bool) -> int:
+    """What decoding a request holds: its frames when they are not in a shared-memory
+    slot (twice: the gRPC request joins a copy of them), and the decode intermediates
+    of at most `threads` images at once: a JPEG decodes at its DCT-scaled size, under
+    twice the drawn size per side; a PNG at full size, then converted to RGB (two
+    copies); a rotated image is copied once more."""
+    fh, fw = frame_hw
+    frames = 2 * len(headers) * fh * fw * 3 if on_heap else 0
     sizes = []
     for h, b in zip(headers, boxes):
         if h.kind == "jpeg":
@@ -199,7 +228,7 @@ def _decode_scratch(headers, boxes, threads: int) -> int:
             sizes.append(px * 3 * (2 if h.orientation != 1 else 1))
         else:
             sizes.append(h.width * h.height * 3 * 2)
-    return sum(sorted(sizes, reverse=True)[:threads])
+    return frames + sum(sorted(sizes, reverse=True)[:threads])
 
 
 def _release_when_done(futures, lease) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from .. import postprocess
-from ..admission import reservation_of
 from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for,
                      result_limit, threshold)
 from .faces import DEFAULT_THRESHOLD as FACE_THRESHOLD
@@ -22,7 +21,7 @@ async def analyze(request: Request, svc: ServiceDep,
                   face_threshold: Threshold = None,
                   text_threshold: Threshold = None,
                   max_results: MaxResults = None):
-    info = svc.admit(MODEL, reservation_of(request))
+    info = svc.model(MODEL)
     floor = svc.catalog.score_floor
     cuts = (threshold(object_threshold, floor(MODEL, "object_scores"), "object_threshold"),
             threshold(face_threshold, floor(MODEL, "face_scores"), "face_threshold",

@@ -55,12 +55,14 @@ def result_limit(value: int | None, info: ModelInfo, output: str, most: int | No
 
 
 async def frames_for(request: Request, svc: Service, info: ModelInfo) -> Frames:
-    """The request's images decoded into `info`'s frames. Call `svc.admit` first (the
-    503 for a model not served or at capacity comes before the body is read)."""
+    """The request's images read, admitted to the model's capacity (svc.admit), and
+    decoded into `info`'s frames. Get `info` with svc.model() first: a model that is
+    not served is a 503 before the body is read."""
     s = svc.settings
     reservation = reservation_of(request)
     images = await read_images(request, max_bytes=s.max_body_bytes, max_images=s.max_images,
                                pool=svc.pool, reservation=reservation)
+    svc.admit(info.name, reservation)
     return await svc.frames(images, info.frame, info.max_batch_size, reservation)
 
 

@@ -6,7 +6,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 
 from .. import postprocess
-from ..admission import reservation_of
 from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for,
                      per_image, result_limit, threshold)
 from .lean import LeanRoute
@@ -21,7 +20,7 @@ async def detect(request: Request, svc: ServiceDep,
                  model: Annotated[Literal["yolo", "centernet"], Query()] = "yolo",
                  score_threshold: Threshold = None,
                  max_results: MaxResults = None):
-    info = svc.admit(model, reservation_of(request))
+    info = svc.model(model)
     cut = threshold(score_threshold, svc.catalog.score_floor(model), "score_threshold")
     limit = result_limit(max_results, info, "boxes")
     frames = await frames_for(request, svc, info)

@@ -21,7 +21,7 @@ TEXT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
 @router.post("/v1/embed/image", openapi_extra=IMAGE_BODY, responses=ERRORS,
              summary="MobileCLIP image embeddings")
 async def embed_image(request: Request, svc: ServiceDep):
-    info = svc.admit(IMAGE_MODEL, reservation_of(request))
+    info = svc.model(IMAGE_MODEL)
     frames = await frames_for(request, svc, info)
     out = await svc.infer_frames(IMAGE_MODEL, frames, info.output_names)
     return await svc.render(lambda: {"model": IMAGE_MODEL, "results": [
@@ -32,9 +32,10 @@ async def embed_image(request: Request, svc: ServiceDep):
              summary="MobileCLIP text embeddings")
 async def embed_text(request: Request, svc: ServiceDep):
     s = svc.settings
-    info = svc.admit(TEXT_MODEL, reservation_of(request))
+    info = svc.model(TEXT_MODEL)
     texts = await read_texts(request, max_bytes=s.max_body_bytes, max_texts=s.max_images,
                              max_chars=s.max_text_chars, pool=svc.pool)
+    svc.admit(TEXT_MODEL, reservation_of(request))
     batch = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
     out = await svc.infer(TEXT_MODEL, {info.inputs[0].name: batch}, info.output_names)
     return await svc.render(lambda: {"model": TEXT_MODEL, "results": [

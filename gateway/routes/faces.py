@@ -4,7 +4,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from .. import postprocess
-from ..admission import reservation_of
 from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for,
                      per_image, result_limit, threshold)
 from .lean import LeanRoute
@@ -21,7 +20,7 @@ async def faces(request: Request, svc: ServiceDep,
                 score_threshold: Threshold = None,
                 max_results: MaxResults = None,
                 embeddings: bool = True):
-    info = svc.admit(MODEL, reservation_of(request))
+    info = svc.model(MODEL)
     cut = threshold(score_threshold, svc.catalog.score_floor(MODEL), "score_threshold",
                     DEFAULT_THRESHOLD)
     limit = result_limit(max_results, info, "boxes")

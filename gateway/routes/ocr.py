@@ -4,7 +4,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from .. import postprocess
-from ..admission import reservation_of
 from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for,
                      per_image, result_limit, threshold)
 from .lean import LeanRoute
@@ -19,7 +18,7 @@ MODEL = "ocr"
 async def ocr(request: Request, svc: ServiceDep,
               score_threshold: Threshold = None,
               max_results: MaxResults = None):
-    info = svc.admit(MODEL, reservation_of(request))
+    info = svc.model(MODEL)
     cut = threshold(score_threshold, svc.catalog.score_floor(MODEL), "score_threshold")
     limit = result_limit(max_results, info, "texts")
     frames = await frames_for(request, svc, info)
