@@ -18,6 +18,8 @@ from serving.tritonserver import TritonServer, free_port
 from tests.integration.gateway_process import Gateway
 
 httpx = pytest.importorskip("httpx")
+from perf.gatewayproc import Gateway  # noqa: E402  (needs httpx)
+
 pytestmark = pytest.mark.integration
 # SCRFD-2.5G on the astronaut, in original 512x512 pixels (../shared/weights/README.md)
 ASTRONAUT_FACE = np.array([181, 55, 271, 178], np.float32)
@@ -143,7 +145,7 @@ def test_concurrent_burst_has_no_error(served, gateway, astronaut):
     with ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(lambda _: post(gateway, "/v1/detect", data).status_code, range(48)))
     assert codes == [200] * 48
-    metrics = gateway.client.get("/metrics").text
+    metrics = gateway.metrics()
     assert 'visionserve_gateway_requests_total{route="/v1/detect",status="200"}' in metrics
 
 
@@ -236,7 +238,7 @@ def wire_gateway(served, tmp_path_factory):
 
 def input_paths(gw) -> dict[tuple[str, str], float]:
     """{(model, "shm" | "wire"): Triton calls} from the gateway's /metrics."""
-    text = gw.client.get("/metrics").text
+    text = gw.metrics()
     return {(m, p): float(v) for m, p, v in re.findall(
         r'^visionserve_gateway_triton_input_path_total\{model="([^"]+)",path="([^"]+)"\} (\S+)$',
         text, re.M)}
