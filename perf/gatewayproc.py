@@ -44,6 +44,13 @@ class Gateway:
     def pid(self) -> int:
         return self.proc.pid
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def endpoints(self) -> dict[str, str]:
+        """{address: state} from /readyz."""
+        return {e["address"]: e["state"] for e in self.client.get("/readyz", timeout=5).json()["endpoints"]}
+
     def wait_ready(self, timeout_s=120.0):
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

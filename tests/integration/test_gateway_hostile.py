@@ -26,7 +26,8 @@ import pytest
 
 from perf import openloop
 from serving import standins
-from serving.tritonserver import TritonInstall, TritonServer, TritonServerError, free_port
+from serving.tritonserver import TritonServer, free_port
+from tests.integration.conftest import require_triton
 
 httpx = pytest.importorskip("httpx")
 from perf.gatewayproc import GATEWAY_ROOT, Gateway  # noqa: E402  (needs httpx)
@@ -62,10 +63,7 @@ SMALL = jpeg()
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory):
-    try:
-        TritonInstall.locate()
-    except TritonServerError as exc:
-        pytest.skip(str(exc))
+    require_triton()
     root = tmp_path_factory.mktemp("hostile")
     repo = root / "repo"
     repo.mkdir()

@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from serving.tritonserver import TritonServer, free_port
-from tests.integration.gateway_process import Gateway
 
 httpx = pytest.importorskip("httpx")
 from perf.gatewayproc import Gateway  # noqa: E402  (needs httpx)

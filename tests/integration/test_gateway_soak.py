@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from serving.tritonserver import TritonInstall, TritonServerError
+from tests.integration.conftest import require_triton
 
 pytestmark = pytest.mark.integration
 SECONDS = float(os.environ.get("VISIONSERVE_SOAK_TEST_S", 60))
@@ -15,10 +15,7 @@ SECONDS = float(os.environ.get("VISIONSERVE_SOAK_TEST_S", 60))
 
 def test_a_minute_of_soak_holds(tmp_path):
     pytest.importorskip("httpx")
-    try:
-        TritonInstall.locate()
-    except TritonServerError as exc:
-        pytest.skip(str(exc))
+    require_triton()
     from perf import soak
 
     result = soak.run(SECONDS, work=tmp_path)

@@ -287,7 +287,7 @@ def test_missing_model_is_503_and_a_contract_mismatch_is_refused_loudly():
         assert endpoint["state"] == "refused" and "FP32" in endpoint["reason"], endpoint
         assert "contract mismatch" in r.json()["reason"]
         assert_error(post(c, "/v1/detect"), 503, "triton_unavailable")
-        assert 'visionserve_gateway_triton_endpoints{state="refused"} 1.0' in c.get("/metrics").text
+        assert 'visionserve_gateway_triton_endpoints{state="refused"} 1.0' in metrics_text(c)
     assert bad.calls == []
 
 
