@@ -7,6 +7,7 @@ This module is the only place where gRPC errors become gateway errors (`translat
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Protocol, Sequence
 
@@ -289,8 +290,10 @@ class TritonBackend:
         try:
             if not (await self._stub.ServerLive(pb.ServerLiveRequest(), timeout=2.0)).live:
                 raise TritonUnavailable("Triton is not live", retry_after=self._retry_after)
-            return {m: bool((await self._stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=2.0)).ready)
-                    for m in models}
+            # all models at once: a probe takes one round trip, not one per model
+            answers = await asyncio.gather(*(self._stub.ModelReady(
+                pb.ModelReadyRequest(name=m), timeout=2.0) for m in models))
+            return {m: bool(a.ready) for m, a in zip(models, answers)}
         except grpc.RpcError as exc:
             raise translate(exc, "<server>", self._retry_after) from exc
 

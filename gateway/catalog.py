@@ -7,6 +7,7 @@ Each endpoint has its own catalog; `merge` is what the routes see.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,15 +141,19 @@ class Catalog:
     async def learn(cls, backend: Backend, repository: Path) -> "Catalog":
         """Ask Triton for each route model (the repository index is an admin API that a
         hardened Triton restricts); models it does not know are left out, not fatal."""
-        models, missing, configs = {}, [], {}
-        for name in ROUTE_MODELS:
+        async def ask(name):   # every model at once: a probe is one round trip, not seven
             try:
-                meta = await backend.metadata(name)
+                return name, await backend.metadata(name), await backend.config(name)
             except ModelUnavailable:
+                return name, None, None
+
+        models, missing, configs = {}, [], {}
+        for name, meta, config in await asyncio.gather(*(ask(n) for n in ROUTE_MODELS)):
+            if meta is None:
                 missing.append(name)
                 continue
-            configs[name] = await backend.config(name)
-            info = from_triton(meta, configs[name])
+            configs[name] = config
+            info = from_triton(meta, config)
             check(info, contract.load(name, repository))
             models[name] = info
         steps: dict[str, tuple[str, ...]] = {}

@@ -239,7 +239,8 @@ def test_aborted_uploads_are_not_errors_and_leak_nothing(start_gateway, standin,
     # an fd: Python's mmap keeps one), and every retired slot reclaimed
     asyncio.run(leave(GONE))
     assert wait_for(lambda: gw.series("shm_slots")[("retired",)] == 0)
-    before = _gateway_files(gw.pid)
+    gw.client.close()          # its keep-alive connection would be counted, then time out
+    before = _settled(gw.pid)
     blob = b"\xff\xd8\xff" + bytes(MiB)
 
     async def run():
@@ -266,6 +267,18 @@ def test_aborted_uploads_are_not_errors_and_leak_nothing(start_gateway, standin,
                     and gw.series("shm_slots")[("retired",)] == 0), gw.series("shm_slots")
     assert wait_for(lambda: _gateway_files(gw.pid) == before), (before, _gateway_files(gw.pid))
     assert not sampler.seen and not list(tmpdir.iterdir())
+
+
+def _settled(pid: int) -> tuple[int, int]:
+    """_gateway_files once two looks half a second apart agree (connections closing)."""
+    last = _gateway_files(pid)
+    for _ in range(20):
+        time.sleep(0.5)
+        now = _gateway_files(pid)
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 def post_sync(gw, path, body=SMALL):
@@ -306,7 +319,7 @@ def test_a_client_gone_takes_its_request_out_of_tritons_queue(start_gateway, sta
 
 # -- the shared-memory slot pool ------------------------------------------------------------
 def test_requests_cancelled_at_their_deadline_do_not_drain_the_slot_pool(start_gateway, standin):
-    gw = start_gateway(triton_timeout_s=0.15, **shm_settings(standin))
+    gw = start_gateway(triton_timeout_s=0.25, **shm_settings(standin))
     n0, _ = triton_stats(standin, "centernet")
 
     async def worker(stop_at):
@@ -321,10 +334,13 @@ def test_requests_cancelled_at_their_deadline_do_not_drain_the_slot_pool(start_g
 
     codes = asyncio.run(run())
     n1, _ = triton_stats(standin, "centernet")
-    print(f"\n{len(codes)} requests at a 150 ms deadline in {SLOT_POOL_S:.0f} s: "
+    print(f"\n{len(codes)} requests at a 250 ms deadline in {SLOT_POOL_S:.0f} s: "
           f"{codes.count(504)} x 504; Triton ran {n1 - n0}; slots {gw.series('shm_slots')}")
-    assert codes.count(504) >= 0.95 * len(codes) and len(codes) > 4 * SLOT_POOL_S
-    assert set(codes) <= {504, 503, 200}
+    # the deadline (504), or Triton's queue timeout, which the fleet sets to the time left
+    # when that is shorter (429): either way the request is abandoned or answered early
+    gave_up = codes.count(504) + codes.count(429)
+    assert gave_up >= 0.95 * len(codes) and codes.count(504) >= len(codes) / 2
+    assert len(codes) > 4 * SLOT_POOL_S and set(codes) <= {504, 429, 503, 200}
     assert n1 - n0 < len(codes) / 2, "cancelled requests still ran in Triton"
     assert wait_for(lambda: gw.series("shm_slots")[("in_use",)] == 0
                     and gw.series("shm_slots")[("retired",)] == 0, 15), gw.series("shm_slots")
