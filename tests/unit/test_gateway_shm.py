@@ -370,3 +370,31 @@ def test_more_images_than_the_max_batch_use_the_wire():
     assert fake.in_slot and not any(fake.in_slot)
     assert fake.pool.stats()["slots"] == 0
     run(fake.pool.close())
+
+
+def test_large_wire_requests_are_assembled_off_the_event_loop():
+    import threading
+
+    from tritonclient.grpc import service_pb2
+
+    threads = []
+
+    async def go():
+        backend = TritonBackend("127.0.0.1:1")   # never connects: only builds requests
+        real = backend._request
+
+        def spy(*a, **kw):
+            threads.append(threading.current_thread() is threading.main_thread())
+            return real(*a, **kw)
+
+        backend._request = spy
+        big = np.zeros((16, 640, 640, 3), np.uint8)
+        small = np.zeros((1, 640, 640, 3), np.uint8)
+        wire = await backend._wire_request("yolo", {"images": big}, ("boxes",), None)
+        await backend._wire_request("yolo", {"images": small}, ("boxes",), None)
+        await backend.close()
+        return wire
+
+    wire = run(go())
+    assert threads == [False, True]        # 19.7 MB in a worker thread, 1.2 MB inline
+    assert len(service_pb2.ModelInferRequest.FromString(wire).raw_input_contents[0]) == 16 * 640 * 640 * 3
