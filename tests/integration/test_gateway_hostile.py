@@ -69,7 +69,10 @@ def standin(tmp_path_factory):
     repo.mkdir()
     standins.add_fixed_time(repo, "yolo", batch_ms=BATCH_MS, max_batch_size=MAX_BATCH)
     standins.add_fixed_time(repo, "mobileclip_image", batch_ms=BATCH_MS, max_batch_size=MAX_BATCH)
-    standins.add_fixed_time(repo, "centernet", batch_ms=SLOW_MS, max_batch_size=MAX_BATCH)
+    # no queue timeout: a request queued behind its 400 ms batches leaves Triton's queue
+    # only when it is cancelled (the gRPC call of a client gone, a deadline)
+    standins.add_fixed_time(repo, "centernet", batch_ms=SLOW_MS, max_batch_size=MAX_BATCH,
+                            queue_timeout_us=0)
     server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=root / "triton.log")
     server.start(180)
     try:
@@ -313,6 +316,7 @@ def test_a_client_gone_takes_its_request_out_of_tritons_queue(start_gateway, sta
     assert live.status == 200 and live.total_s < 2 * SLOW_MS / 1000 + 0.2, live
     time.sleep(2 * SLOW_MS / 1000)
     n1, _ = triton_stats(standin, "centernet")
+    print(f"\nTriton ran {n1 - n0} requests (1 live, {GONE} whose clients left)")
     assert n1 - n0 == 1, f"Triton ran {n1 - n0 - 1} requests whose clients had left"
     assert gw.series("client_disconnects_total")[("/v1/detect", "response")] == GONE
 
