@@ -66,6 +66,19 @@ async def frames_for(request: Request, svc: Service, info: ModelInfo) -> Frames:
     return await svc.frames(images, info.frame, info.max_batch_size, reservation)
 
 
+async def scored(request: Request, svc: Service, model: str, score_threshold: float | None,
+                 max_results: int | None, rows_of: str, default: float | None = None):
+    """What a one-model image route with a score threshold does before its postprocess:
+    the model (503 before the body when not served or at capacity), the threshold against
+    the model's floor and max_results against its K (422), the frames, the Triton call.
+    Returns (frames, outputs, threshold, limit)."""
+    info = svc.model(model)
+    cut = threshold(score_threshold, svc.catalog.score_floor(model), "score_threshold", default)
+    limit = result_limit(max_results, info, rows_of)
+    frames = await frames_for(request, svc, info)
+    return frames, await svc.infer_frames(model, frames, info.output_names), cut, limit
+
+
 def per_image(model: str, frames: Frames, key: str, items: list) -> dict:
     """The answer of a one-output image route: per image its original size and `key`."""
     return {"model": model, "results": [

@@ -6,8 +6,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 
 from .. import postprocess
-from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for,
-                     per_image, result_limit, threshold)
+from .common import ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, per_image, scored
 from .lean import LeanRoute
 
 router = APIRouter(tags=["detect"], route_class=LeanRoute)
@@ -20,11 +19,8 @@ async def detect(request: Request, svc: ServiceDep,
                  model: Annotated[Literal["yolo", "centernet"], Query()] = "yolo",
                  score_threshold: Threshold = None,
                  max_results: MaxResults = None):
-    info = svc.model(model)
-    cut = threshold(score_threshold, svc.catalog.score_floor(model), "score_threshold")
-    limit = result_limit(max_results, info, "boxes")
-    frames = await frames_for(request, svc, info)
-    out = await svc.infer_frames(model, frames, info.output_names)
+    frames, out, cut, limit = await scored(request, svc, model, score_threshold, max_results,
+                                           "boxes")
     return await svc.render(lambda: per_image(model, frames, "objects", postprocess.objects(
         out["boxes"], out["scores"], out["classes"], out["num_detections"], frames, cut,
         limit)), out)

@@ -4,8 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from .. import postprocess
-from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for,
-                     per_image, result_limit, threshold)
+from .common import ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, per_image, scored
 from .lean import LeanRoute
 
 router = APIRouter(tags=["faces"], route_class=LeanRoute)
@@ -20,12 +19,8 @@ async def faces(request: Request, svc: ServiceDep,
                 score_threshold: Threshold = None,
                 max_results: MaxResults = None,
                 embeddings: bool = True):
-    info = svc.model(MODEL)
-    cut = threshold(score_threshold, svc.catalog.score_floor(MODEL), "score_threshold",
-                    DEFAULT_THRESHOLD)
-    limit = result_limit(max_results, info, "boxes")
-    frames = await frames_for(request, svc, info)
-    out = await svc.infer_frames(MODEL, frames, info.output_names)
+    frames, out, cut, limit = await scored(request, svc, MODEL, score_threshold, max_results,
+                                           "boxes", DEFAULT_THRESHOLD)
     return await svc.render(lambda: per_image(MODEL, frames, "faces", postprocess.faces(
         out["boxes"], out["scores"], out["landmarks"], out["embeddings"], out["num_faces"],
         frames, cut, limit, embeddings)), out)

@@ -4,8 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from .. import postprocess
-from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for,
-                     per_image, result_limit, threshold)
+from .common import ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, per_image, scored
 from .lean import LeanRoute
 
 router = APIRouter(tags=["ocr"], route_class=LeanRoute)
@@ -18,11 +17,8 @@ MODEL = "ocr"
 async def ocr(request: Request, svc: ServiceDep,
               score_threshold: Threshold = None,
               max_results: MaxResults = None):
-    info = svc.model(MODEL)
-    cut = threshold(score_threshold, svc.catalog.score_floor(MODEL), "score_threshold")
-    limit = result_limit(max_results, info, "texts")
-    frames = await frames_for(request, svc, info)
-    out = await svc.infer_frames(MODEL, frames, info.output_names)
+    frames, out, cut, limit = await scored(request, svc, MODEL, score_threshold, max_results,
+                                           "texts")
     return await svc.render(lambda: per_image(MODEL, frames, "lines", postprocess.text_lines(
         out["texts"], out["polygons"], out["scores"], out["num_lines"], frames, cut, limit)),
         out)

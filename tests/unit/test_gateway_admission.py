@@ -97,30 +97,47 @@ async def _lifespan(app):
     return stop
 
 
+async def entered(fake: FakeBackend) -> None:
+    """Until the fake Triton has a call in hand."""
+    for _ in range(200):
+        if fake.entered.is_set():
+            return
+        await asyncio.sleep(0.01)
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 # -- clients that hang up ---------------------------------------------------------------
-def test_upload_cut_mid_body_is_not_a_5xx():
-    """The client announces 20 MB, sends 1 MB and hangs up: no response is owed, no
-    5xx in the metrics, a disconnect counted apart."""
-    app = create_app(settings(), backend=FakeBackend())
-
+def hang_up(app, body: bytes, declared: int, fake: FakeBackend | None = None):
+    """A POST /v1/detect announcing `declared` bytes that sends `body` and hangs up: at
+    once, or (`fake` given, the body complete) once its Triton call is in hand.
+    Returns (the call, the metrics text)."""
     async def go():
         stop = await _lifespan(app)
         call = Call(app, "/v1/detect", [("content-type", "image/jpeg"),
-                                        ("content-length", str(20 * MiB))])
+                                        ("content-length", str(declared))])
         task = call.run()
-        call.feed(b"\xff\xd8\xff" + b"0" * MiB)
-        await asyncio.sleep(0.05)
+        call.feed(body, more=len(body) < declared)
+        if fake is not None:
+            await entered(fake)
+        else:
+            await asyncio.sleep(0.05)
         call.hang_up()
         await asyncio.wait_for(task, 5)
         text = metrics_text(app)
         await stop()
         return call, text
 
-    call, text = run(go())
+    return run(go())
+
+
+def test_upload_cut_mid_body_is_not_a_5xx():
+    """The client announces 20 MB, sends 1 MB and hangs up: no response is owed, no
+    5xx in the metrics, a disconnect counted apart."""
+    app = create_app(settings(), backend=FakeBackend())
+    call, text = hang_up(app, b"\xff\xd8\xff" + b"0" * MiB, 20 * MiB)
     assert call.status is None or call.status < 500
     statuses = {k[1] for k in series(text, "requests_total")}
     assert not any(s.startswith("5") for s in statuses), statuses
@@ -143,24 +160,7 @@ def test_client_gone_while_waiting_for_triton_cancels_the_call():
 
     fake.infer = infer
     app = create_app(settings(), backend=fake)
-
-    async def go():
-        stop = await _lifespan(app)
-        call = Call(app, "/v1/detect", [("content-type", "image/jpeg"),
-                                        ("content-length", str(len(JPEG)))])
-        task = call.run()
-        call.feed(JPEG, more=False)
-        for _ in range(200):
-            if fake.entered.is_set():
-                break
-            await asyncio.sleep(0.01)
-        call.hang_up()
-        await asyncio.wait_for(task, 5)
-        text = metrics_text(app)
-        await stop()
-        return call, text
-
-    call, text = run(go())
+    call, text = hang_up(app, JPEG, len(JPEG), fake)
     assert cancelled.is_set(), "the Triton call was not cancelled when the client left"
     assert call.status is None
     assert series(text, "client_disconnects_total") == {("/v1/detect", "response"): 1.0}
@@ -198,10 +198,7 @@ def test_declared_body_over_the_budget_is_shed_before_reading():
                                          ("content-length", str(len(JPEG)))])
         t1 = first.run()
         first.feed(JPEG, more=False)
-        for _ in range(200):
-            if fake.entered.is_set():
-                break
-            await asyncio.sleep(0.01)
+        await entered(fake)
         # holds its body and a 640x640 frame (1.2 MB): 5 MiB more does not fit in 6 MiB
         second = Call(app, "/v1/detect", [("content-type", "image/jpeg"),
                                           ("content-length", str(5 * MiB))])
