@@ -56,7 +56,7 @@ class Backend(Protocol):
 # "Request timeout expired").
 _OVERLOAD_MARKERS = ("Exceeds maximum queue size", "Request timeout")
 # Triton forgot our regions (it restarted): re-register once, else use the wire.
-# ("Unable to find system shared memory region: 'name'", shared_memory_manager.cc)
+# (NOT_FOUND "Unable to find shared memory region: 'name'", measured with 2.51)
 _LOST_REGION_MARKERS = ("Unable to find", "not registered", "unknown shared memory region")
 
 
@@ -351,8 +351,13 @@ def _varint(n: int) -> bytes:
 
 
 def _lost_region(exc) -> bool:
+    """Triton does not know a region the request names: NOT_FOUND first (2.51 answers
+    NOT_FOUND "Unable to find shared memory region: '<name>'"), then the message, as
+    NOT_FOUND also means an unknown model."""
+    code = getattr(exc.code(), "name", str(exc.code()))
     msg = exc.details() or ""
-    return "shared memory region" in msg and any(m in msg for m in _LOST_REGION_MARKERS)
+    return (code == "NOT_FOUND" and "shared memory region" in msg
+            and any(m in msg for m in _LOST_REGION_MARKERS))
 
 
 def _outputs(response, names) -> dict[str, np.ndarray]:

@@ -286,17 +286,25 @@ def test_request_carries_region_offset_and_size_instead_of_bytes():
 
 
 class _Err:
-    def __init__(self, msg):
-        self.msg = msg
+    def __init__(self, code, msg):
+        import grpc
+
+        self._code, self.msg = getattr(grpc.StatusCode, code), msg
+
+    def code(self):
+        return self._code
 
     def details(self):
         return self.msg
 
 
-def test_lost_region_is_recognised():
-    assert _lost_region(_Err("Unable to find system shared memory region: 'visionserve_gw_1'"))
-    assert not _lost_region(_Err("Exceeds maximum queue size"))
-    assert not _lost_region(_Err("failed to connect to all addresses"))
+def test_lost_region_is_recognised_by_status_code_then_message():
+    # what Triton 2.51 answers for a region it does not know (measured)
+    assert _lost_region(_Err("NOT_FOUND", "Unable to find shared memory region: 'visionserve_gw_1'"))
+    assert not _lost_region(_Err("INTERNAL", "Unable to find shared memory region: 'x'"))
+    assert not _lost_region(_Err("NOT_FOUND", "Request for unknown model: 'yolo' is not found"))
+    assert not _lost_region(_Err("UNAVAILABLE", "Exceeds maximum queue size"))
+    assert not _lost_region(_Err("UNAVAILABLE", "failed to connect to all addresses"))
 
 
 # -- every request path releases its slot -------------------------------------------------
