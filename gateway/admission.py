@@ -140,10 +140,6 @@ def reservation_of(request) -> Reservation:
     return request.scope[SCOPE_KEY]
 
 
-class _Gone(Exception):
-    """Internal: the client hung up."""
-
-
 class Admission:
     """Pure ASGI middleware: budget, count cap, labels, disconnects, request metrics."""
 
@@ -191,6 +187,9 @@ class Admission:
         call = _Call(self, scope, receive, send, reservation, declared or 0)
         try:
             status = await call.run()
+        except Exception:   # a bug: the app's handler answers 500; count it as such
+            m.requests.labels(self.label(scope), "500").inc()
+            raise
         finally:
             reservation.close()
             self.in_flight -= 1

@@ -257,3 +257,12 @@ def test_in_flight_default_follows_from_the_budget():
     assert s.in_flight_limit == s.memory_budget_bytes // s.typical_request_bytes
     assert settings(max_in_flight=3).in_flight_limit == 3
     assert GatewaySettings().memory_budget_bytes <= 600 * MiB   # a 1 GiB pod, with room
+
+
+def test_a_gateway_bug_is_still_a_counted_500():
+    fake = FakeBackend()
+    fake.fail = ZeroDivisionError("a bug")
+    with TestClient(create_app(settings(), backend=fake), raise_server_exceptions=False) as c:
+        r = c.post("/v1/detect", content=JPEG, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        assert series(metrics_text(c.app), "requests_total") == {("/v1/detect", "500"): 1.0}
