@@ -72,7 +72,11 @@ async def _drive(gw: Gateway, rate: float, seconds: float, body: bytes, progress
     return records
 
 
-def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=print) -> dict:
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=_print) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     repo = standins.write_fixed_time_repository(work / "repo", {})
     standins.add_fixed_time(repo, "yolo", batch_ms=BATCH_MS, max_batch_size=MAX_BATCH)
