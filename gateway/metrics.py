@@ -56,12 +56,18 @@ class Metrics:
                                      "is on, by reason", ("reason",), registry=r)
         self.images = Counter(p + "images_total", "images decoded", ("format",), registry=r)
         self._pools: list[Callable[[], dict]] = []
+        self._capacity: Callable[[], dict] | None = None
         r.register(_PoolCollector(self))
+        r.register(_CapacityCollector(self))
 
     def watch_pool(self, stats: Callable[[], dict]) -> None:
         """Export a shared-memory slot pool's state (its `stats()`) at every scrape, summed
         with the other pools' (one per Triton endpoint on this machine)."""
         self._pools.append(stats)
+
+    def watch_capacity(self, gates: Callable[[], dict]) -> None:
+        """Export each model's capacity gate ({model: ModelCapacity}) at every scrape."""
+        self._capacity = gates
 
     def unwatch_pool(self, stats: Callable[[], dict]) -> None:
         if stats in self._pools:
@@ -99,6 +105,29 @@ class _PoolCollector:
                                 "bytes of all shared-memory slots", value=s["bytes"])
         yield GaugeMetricFamily("visionserve_gateway_shm_bytes_limit",
                                 "shm_pool_bytes", value=s["bytes_limit"])
+
+
+class _CapacityCollector:
+    """Per model: the admission limit by measured capacity and the requests holding it."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        gates = self.metrics._capacity() if self.metrics._capacity else {}
+        limit = GaugeMetricFamily("visionserve_gateway_capacity_limit", "requests a model "
+                                  "admits at once (gateway/capacity.py)", labels=("model",))
+        held = GaugeMetricFamily("visionserve_gateway_capacity_in_flight",
+                                 "requests holding a place in a model's capacity",
+                                 labels=("model",))
+        for model, gate in sorted(gates.items()):
+            limit.add_metric((model,), gate.limit)
+            held.add_metric((model,), gate.in_flight)
+        yield limit
+        yield held
 
 
 class MetricsServer:

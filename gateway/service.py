@@ -57,6 +57,7 @@ class Service:
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.capacity: dict[str, ModelCapacity] = {}
+        metrics.watch_capacity(lambda: dict(self.capacity))
 
     @property
     def catalog(self) -> Catalog | None:
@@ -184,6 +185,8 @@ class Service:
         m = self.metrics
         m.bytes_to_triton.labels(model).inc(
             sum(a.nbytes for a in inputs.values() if a.dtype != np.object_))
+        gate = self.capacity.get(model)
+        alone = gate is None or gate.alone
         t0 = time.perf_counter()
         try:
             out = await self.backend.infer(model, inputs, outputs,
@@ -193,12 +196,12 @@ class Service:
             raise
         finally:
             m.triton.labels(model).observe(time.perf_counter() - t0)
-        gate = self.capacity.get(model)
         if gate is not None:   # an answer: how long one execution (and any wait) took
-            gate.observe(time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            gate.observe(seconds, alone)
             ticket = _TICKET.get()
             if ticket is not None:
-                ticket.answered = True
+                ticket.answered(seconds)
         return out
 
     async def render(self, build, outputs: dict[str, np.ndarray]):

@@ -72,6 +72,17 @@ async def _drive(gw: Gateway, rate: float, seconds: float, body: bytes, progress
     return records
 
 
+def _kinds(records) -> dict[str, int]:
+    """{"503 gateway_overloaded": n, ...} of the answers that were not 200."""
+    out: dict[str, int] = {}
+    for r in records:
+        if r.status != 200:
+            code = r.body.split(b'"code":"')[1].split(b'"')[0].decode() if b'"code":"' in r.body else ""
+            key = f"{r.status or r.error} {code}".strip()
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
 def _print(line: str) -> None:
     print(line, flush=True)
 
@@ -113,7 +124,7 @@ def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=_print) ->
     growth = end["rss_bytes"] / start["rss_bytes"] - 1
     result = {
         "seconds": round(elapsed, 1), "rate": rate, "requests": len(records), "errors": errors,
-        "error_kinds": sorted({str(r.status or r.error) for r in records if r.status != 200}),
+        "error_kinds": _kinds(records),
         "p50_ms": round(openloop.percentile(ok, 50) * 1e3, 1),
         "p99_ms": round(openloop.percentile(ok, 99) * 1e3, 1),
         "start": start, "end": end, "rss_growth": round(growth, 4),

@@ -12,20 +12,22 @@ class Clock:
         return self.t
 
 
-def saturate(cap: ModelCapacity, clock: Clock, rate: float, batch_s: float, seconds: float):
-    """Triton answering `rate` requests/s, each call `batch_s`, for `seconds`."""
+def saturate(cap: ModelCapacity, clock: Clock, rate: float, batch_s: float, seconds: float,
+             own_s: float = 0.0, queued_after: float = 1.0):
+    """Triton answering `rate` requests/s, each call `batch_s` (and `own_s` of the
+    gateway's own work per request), for `seconds`."""
     step = 1.0 / rate
     for _ in range(int(seconds * rate)):
         clock.t += step
         ticket = cap.enter()
-        cap.observe(batch_s)
+        cap.observe(batch_s, alone=batch_s <= queued_after)
         if ticket is not None:
-            ticket.answered = True
-            ticket.t0 -= batch_s            # it took one call
+            ticket.answered(batch_s)
+            ticket.t0 -= batch_s + own_s    # one call, and the gateway's own work
             cap.leave(ticket)
 
 
-def test_floor_until_measured_then_one_batch_running_and_one_waiting():
+def test_floor_until_measured_then_one_request_time_and_two_batches_waiting():
     clock = Clock()
     cap = ModelCapacity(max_batch=4, queue_timeout_s=0.2, clock=clock)
     assert cap.limit == 8
@@ -33,10 +35,10 @@ def test_floor_until_measured_then_one_batch_running_and_one_waiting():
     assert all(tickets) and cap.enter() is None and cap.full()
     for t in tickets:
         cap.leave(t)
-    # 400 requests/s through a 50 ms execution: 20 per batch time, 2 x 20 in flight
+    # 400 requests/s through a 50 ms execution: 20 per batch time, 3 x 20 in flight
     saturate(cap, clock, rate=400, batch_s=0.05, seconds=5)
     assert 0.9 * 400 <= cap.peak <= 1.1 * 400
-    assert 38 <= cap.limit <= 44
+    assert 57 <= cap.limit <= 66
 
 
 def test_the_wait_never_reaches_half_the_queue_timeout():
@@ -47,15 +49,26 @@ def test_the_wait_never_reaches_half_the_queue_timeout():
     assert 54 <= cap.limit <= 57
 
 
-def test_the_request_time_counts_the_gateways_own_work():
+def test_below_saturation_the_limit_is_one_instances_capacity_not_the_load():
+    """0.7 x C (28 requests/s through 100 ms batches of 4): the limit follows what one
+    instance can do (40/s), not the 28/s it is asked for, so bursts are not shed."""
+    clock = Clock()
+    cap = ModelCapacity(max_batch=4, queue_timeout_s=None, clock=clock)
+    saturate(cap, clock, rate=28, batch_s=0.1, seconds=10)
+    assert 27 <= cap.peak <= 29
+    assert 12 <= cap.limit <= 13      # 40/s x (0.1 s + 2 x 0.1 s)
+
+
+def test_the_request_time_counts_the_gateways_own_work_but_not_queueing():
     clock = Clock()
     cap = ModelCapacity(max_batch=4, queue_timeout_s=0.2, clock=clock)
-    saturate(cap, clock, rate=100, batch_s=0.05, seconds=5)
-    before = cap.limit
-    t = cap.enter()
-    t.answered, t.t0 = True, clock.t - 0.01       # a request of 10 ms: faster than a call
-    cap.leave(t)
-    assert cap.limit < before
+    saturate(cap, clock, rate=400, batch_s=0.05, seconds=5, own_s=0.02)
+    assert 65 <= cap.limit <= 74              # 400/s x (0.02 + 0.05 + 0.1)
+    first = cap.limit
+    # saturated: every call now also waits in Triton's queue: the limit does not run away
+    for _ in range(6):
+        saturate(cap, clock, rate=400, batch_s=0.15, seconds=5, own_s=0.02, queued_after=0.1)
+        assert cap.limit <= 1.1 * first
 
 
 def test_capacity_lost_is_relearned():
