@@ -102,7 +102,7 @@ class Service:
         gate = self.capacity[info.name]
         return GatewayOverloaded(
             f"{info.name} has {gate.in_flight} requests in flight: what Triton finishes in "
-            "a batch time and one batch waiting; retry later",
+            "a request time and two batches waiting; retry later",
             retry_after=self.settings.retry_after_s)
 
     async def frames(self, images: list, frame_hw: tuple[int, int], max_batch: int = 0,
