@@ -251,7 +251,7 @@ def test_shared_memory_is_per_endpoint_and_a_retry_elsewhere_uses_the_wire():
         fleet = Fleet(s, Metrics(), connect=fakes.__getitem__)
         await started(fleet)
         lease = await fleet.lease((640, 640), 16, 1)
-        owner = next(f for f in fakes.values() if f.pool.stats()["busy"] == 1)
+        owner = next(f for f in fakes.values() if f.pool.stats()["in_use"] == 1)
         other = next(f for f in fakes.values() if f is not owner)
         await fleet.infer("yolo", {"images": lease.array}, OUT)
         owner.fail = TritonUnavailable("Socket closed")
