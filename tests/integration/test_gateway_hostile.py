@@ -107,8 +107,9 @@ def shm_settings(standin) -> dict:
 
 def triton_stats(server, model: str) -> tuple[int, int]:
     """(inference_count, execution_count) of a model, from Triton's own statistics."""
-    url = f"http://{server.http_url}/v2/models/{model}/stats"
-    with urllib.request.urlopen(url, timeout=10) as r:
+    req = urllib.request.Request(f"http://{server.http_url}/v2/models/{model}/stats",
+                                 headers=server.admin_headers)   # statistics are restricted
+    with urllib.request.urlopen(req, timeout=10) as r:
         s = json.loads(r.read())["model_stats"][0]
     return int(s["inference_count"]), int(s["execution_count"])
 
