@@ -77,14 +77,19 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class _PoolCollector:
-    """Slots by state and bytes of the shared-memory pool, read when scraped."""
+class _ScrapeTimeCollector:
+    """A custom collector reading the Metrics' sources when scraped (nothing to describe
+    up front: families appear once their source exists)."""
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
 
     def describe(self):
         return []
+
+
+class _PoolCollector(_ScrapeTimeCollector):
+    """Slots by state and bytes of the shared-memory pool, read when scraped."""
 
     def collect(self):
         pools = list(self.metrics._pools)
@@ -107,14 +112,8 @@ class _PoolCollector:
                                 "shm_pool_bytes", value=s["bytes_limit"])
 
 
-class _CapacityCollector:
+class _CapacityCollector(_ScrapeTimeCollector):
     """Per model: the admission limit by measured capacity and the requests holding it."""
-
-    def __init__(self, metrics: Metrics):
-        self.metrics = metrics
-
-    def describe(self):
-        return []
 
     def collect(self):
         gates = self.metrics._capacity() if self.metrics._capacity else {}
