@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
@@ -58,6 +59,8 @@ _OVERLOAD_MARKERS = ("Exceeds maximum queue size", "Request timeout")
 # Triton forgot our regions (it restarted): re-register once, else use the wire.
 # (NOT_FOUND "Unable to find shared memory region: 'name'", measured with 2.51)
 _LOST_REGION_MARKERS = ("Unable to find", "not registered", "unknown shared memory region")
+# Triton closed the connection as the call started (see _AgainAfterGoaway).
+_GOAWAY_MARKER = "GOAWAY received"
 
 
 def translate(exc: Exception, model: str, retry_after: int):
@@ -141,11 +144,11 @@ class TritonBackend:
             args.append(("grpc.lb_policy_name", lb_policy))
         self.url = url
         self._channel = grpc.aio.insecure_channel(url, options=args)
-        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._stub = _Stub(service_pb2_grpc.GRPCInferenceServiceStub(self._channel))
         # request_serializer=None: the request is already wire bytes (see _request)
-        self._model_infer = self._channel.unary_unary(
+        self._model_infer = _AgainAfterGoaway(self._channel.unary_unary(
             "/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
-            response_deserializer=service_pb2.ModelInferResponse.FromString)
+            response_deserializer=service_pb2.ModelInferResponse.FromString))
 
     def _request(self, model, inputs, outputs, shared=None, queue_timeout_us=None) -> bytes:
         """`shared`: {input name: (slot, offset)} for inputs lying in leased slots."""
@@ -330,6 +333,52 @@ class TritonBackend:
                 self._metrics.unwatch_pool(pool.stats)
             await pool.close(self._unregister_slot)
         await self._channel.close()
+
+
+class _AgainAfterGoaway:
+    """A unary gRPC method sent once more, within its deadline, when Triton closed the
+    connection just as the call started. Triton runs with `--grpc-max-connection-age`
+    (serving/tritonserver.py: 60 s, so clients spread over replicas): at that age it
+    sends GOAWAY and closes a connection with no call in flight, and a call that races
+    with the close fails UNAVAILABLE "Stream removed (Socket closed (GOAWAY received;
+    Error code: 0 ...))" (a gRPC core race, grpc/grpc#31733; measured with Triton 2.51:
+    a gateway under load lost a call nearly every connection age, ejected its only
+    endpoint and answered 503 for 1-2 s). The channel is already connecting anew, so the
+    same request (inference is idempotent; shm slots stay leased) goes there. Not a
+    retry elsewhere: the endpoint is not down. A second failure is raised as it came."""
+
+    def __init__(self, method):
+        import grpc
+
+        self._method, self._rpc_error = method, grpc.RpcError
+
+    async def __call__(self, request, *, timeout=None, **kw):
+        start = time.monotonic()
+        try:
+            return await self._method(request, timeout=timeout, **kw)
+        except self._rpc_error as exc:
+            if not _goaway(exc):
+                raise
+            log.info("Triton closed the connection as a call started (%s): sent again",
+                     exc.details())
+        left = None if timeout is None else max(timeout - (time.monotonic() - start), 0.001)
+        return await self._method(request, timeout=left, **kw)
+
+
+class _Stub:
+    """Triton's generated stub with every method sent again after a GOAWAY race."""
+
+    def __init__(self, stub):
+        self._stub = stub
+
+    def __getattr__(self, name):
+        return _AgainAfterGoaway(getattr(self._stub, name))
+
+
+def _goaway(exc) -> bool:
+    code = exc.code()
+    return (getattr(code, "name", str(code)) == "UNAVAILABLE"
+            and _GOAWAY_MARKER in (exc.details() or ""))
 
 
 ADMIN_METADATA = "triton-grpc-protocol-admin-key"
