@@ -134,6 +134,10 @@ def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=_print) ->
     result = {
         "seconds": round(elapsed, 1), "rate": rate, "requests": len(records), "errors": errors,
         "error_kinds": _kinds(records),
+        # evenly spaced: the i-th request was sent i / rate seconds into the run
+        "first_errors": [{"at_s": round(i / rate, 1), "status": r.status or r.error,
+                          "body": r.body[:300].decode(errors="replace")}
+                         for i, r in enumerate(records) if r.status != 200][:5],
         "p50_ms": round(openloop.percentile(ok, 50) * 1e3, 1),
         "p99_ms": round(openloop.percentile(ok, 99) * 1e3, 1),
         "start": start, "end": end, "rss_growth": round(growth, 4),
@@ -143,6 +147,8 @@ def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=_print) ->
     result["held"] = held
     log(f"soak: {len(records)} requests in {elapsed:.0f} s, {errors} errors "
         f"{result['error_kinds'] or ''}; p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
+    for e in result["first_errors"]:
+        log(f"  error at {e['at_s']} s: {e['status']} {e['body']}")
     log(f"  RSS   start {start['rss_bytes'] / 2**20:.1f} MiB  end {end['rss_bytes'] / 2**20:.1f} MiB"
         f"  ({growth:+.2%})")
     log(f"  fds   start {start['fds']}  end {end['fds']}   (shm slot files {start['shm_files']} -> "
