@@ -5,38 +5,44 @@ Triton is reached through a `Fleet` (gateway/fleet.py): every endpoint of the
 per-endpoint fake used for every endpoint address; `connect(address)` picks one per
 address. Start-up does not wait for Triton (at most `startup_wait_s` for a first look):
 /healthz answers at once, /readyz is 503 with the reason until an endpoint is ready.
+
+Its metrics (`app.state.metrics`) are served on their own port by `python -m gateway`
+(metrics.MetricsServer), never by the app. `dependencies` (FastAPI `Depends(...)`, e.g.
+an API-key check) are given to every router but the probes, exactly as
+`include_router(router, dependencies=...)` does.
 """
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import asynccontextmanager
+from typing import Sequence
 
-import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from .responses import JSON
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .admission import Admission, MemoryBudget
 from .backend import Backend
-from .errors import GatewayError, GatewayOverloaded
+from .catalog import ROUTE_MODELS
+from .errors import GatewayError
 from .fleet import Fleet
 from .metrics import Metrics
-from .routes import ROUTERS
+from .responses import JSON
+from .routes import PROBES, ROUTERS
 from .service import Service
 from .settings import GatewaySettings
 
 log = logging.getLogger("visionserve.gateway")
-# Probes and scrapes are never shed and do not count as in-flight work.
-_UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def create_app(settings: GatewaySettings | None = None, backend: Backend | None = None,
-               *, connect=None) -> FastAPI:
+               *, connect=None, dependencies: Sequence | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     metrics = Metrics()
     if backend is not None:
         connect = connect or (lambda address: backend)
+    budget = MemoryBudget(settings.memory_budget_bytes, metrics)
+    budget.headroom = decode_headroom(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -50,17 +56,48 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
             svc.close()
             await fleet.close()
 
+    docs = settings.docs
     app = FastAPI(title="visionserve gateway", version="0.1.0", lifespan=lifespan,
                   default_response_class=JSON,
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None,
                   description="JPEG/PNG in, uint8 tensors to Triton, each request to the least busy replica. "
                   "Coordinates are in the original image's pixels. Errors are "
                   '`{"error": {"code": ..., "message": ...}}`.')
+    app.state.metrics = metrics
+    app.include_router(PROBES)
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, dependencies=dependencies)
     _install_error_handlers(app)
-    app.add_middleware(_Admission, metrics=metrics, limit=settings.max_in_flight,
-                       retry_after=settings.retry_after_s)
+    app.add_middleware(Admission, metrics=metrics,
+                       budget=budget,
+                       limit=settings.in_flight_limit, request_limit=settings.request_limit,
+                       retry_after=settings.retry_after_s, templates=lambda: _templates(app))
     return app
+
+
+def decode_headroom(settings: GatewaySettings) -> int:
+    """The budget bodies leave free for decoding: one request's worst case (max_images
+    frames of the largest route model's frame in the contract, twice: the gRPC request
+    copies them, plus the decode scratch of decode_threads images), at most a quarter of
+    the budget."""
+    from serving import contract
+
+    largest = 0
+    for name in ROUTE_MODELS:
+        dims = contract.load(name, settings.contract_repository).inputs[0].dims
+        if len(dims) == 3 and dims[2] == 3:
+            largest = max(largest, dims[0] * dims[1] * 3)
+    worst = 2 * settings.max_images * largest + 4 * settings.decode_threads * largest
+    return min(worst, settings.memory_budget_bytes // 4)
+
+
+def _templates(app: FastAPI) -> dict[str, str]:
+    """{path: route template} of the routes whose path has no parameter (all of ours;
+    the routers are mounted without a prefix): the label of a request refused before
+    routing. Routed requests are labelled by the route they matched."""
+    routes = [r for router in (PROBES, *ROUTERS) for r in router.routes] + list(app.routes)
+    return {r.path: r.path for r in routes if getattr(r, "path", None) and "{" not in r.path}
 
 
 def _error(status: int, code: str, message: str, headers=None) -> JSON:
@@ -81,57 +118,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        code = {401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def bug(_, exc: Exception):
         log.exception("unhandled error (a gateway bug)")
         return _error(500, "internal_error", f"internal error: {type(exc).__name__}")
-
-
-class _Admission:
-    """Pure ASGI middleware: the in-flight limit (shed with 503) and request metrics."""
-
-    def __init__(self, app, metrics: Metrics, limit: int, retry_after: int):
-        self.app, self.metrics, self.limit, self.retry_after = app, metrics, limit, retry_after
-        self.in_flight = 0
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        route = path if path.startswith(("/v1/", "/healthz", "/readyz", "/metrics")) else "other"
-        m, status = self.metrics, 500
-        if path in _UNLIMITED:
-            return await self.app(scope, receive, send)
-        if self.in_flight >= self.limit:
-            m.requests.labels(route, "503").inc()
-            exc = GatewayOverloaded(f"{self.in_flight} requests in flight (limit {self.limit}); "
-                                    "retry later", retry_after=self.retry_after)
-            body = orjson.dumps(exc.body())
-            await send({"type": "http.response.start", "status": exc.status, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(self.retry_after).encode())]})
-            await send({"type": "http.response.body", "body": body})
-            return
-
-        async def sending(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit():
-            m.bytes_in.labels(route).observe(int(declared))
-        self.in_flight += 1
-        m.in_flight.inc()
-        t0 = time.perf_counter()
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            self.in_flight -= 1
-            m.in_flight.dec()
-            m.latency.labels(route).observe(time.perf_counter() - t0)
-            m.requests.labels(route, str(status)).inc()

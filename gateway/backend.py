@@ -7,7 +7,9 @@ This module is the only place where gRPC errors become gateway errors (`translat
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
@@ -55,8 +57,10 @@ class Backend(Protocol):
 # "Request timeout expired").
 _OVERLOAD_MARKERS = ("Exceeds maximum queue size", "Request timeout")
 # Triton forgot our regions (it restarted): re-register once, else use the wire.
-# ("Unable to find system shared memory region: 'name'", shared_memory_manager.cc)
+# (NOT_FOUND "Unable to find shared memory region: 'name'", measured with 2.51)
 _LOST_REGION_MARKERS = ("Unable to find", "not registered", "unknown shared memory region")
+# Triton closed the connection as the call started (see _AgainAfterGoaway).
+_GOAWAY_MARKER = "GOAWAY received"
 
 
 def translate(exc: Exception, model: str, retry_after: int):
@@ -123,7 +127,6 @@ class TritonBackend:
         # "expecting header 'triton-grpc-protocol-admin-key'")
         self._admin = ((ADMIN_METADATA, admin_key),) if admin_key else None
         self.shm: SlotPool | None = None
-        self.wire_fallbacks = 0   # shm calls that had to go over the wire after all
         # Reconnect quickly after Triton restarts (gRPC's default backoff grows to 120 s),
         # and keep tritonclient's unlimited message sizes.
         args = [
@@ -141,11 +144,11 @@ class TritonBackend:
             args.append(("grpc.lb_policy_name", lb_policy))
         self.url = url
         self._channel = grpc.aio.insecure_channel(url, options=args)
-        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._stub = _Stub(service_pb2_grpc.GRPCInferenceServiceStub(self._channel))
         # request_serializer=None: the request is already wire bytes (see _request)
-        self._model_infer = self._channel.unary_unary(
+        self._model_infer = _AgainAfterGoaway(self._channel.unary_unary(
             "/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
-            response_deserializer=service_pb2.ModelInferResponse.FromString)
+            response_deserializer=service_pb2.ModelInferResponse.FromString))
 
     def _request(self, model, inputs, outputs, shared=None, queue_timeout_us=None) -> bytes:
         """`shared`: {input name: (slot, offset)} for inputs lying in leased slots."""
@@ -189,17 +192,26 @@ class TritonBackend:
                 response, path = await self._infer_shared(model, inputs, outputs, shared,
                                                           timeout_s, qt), "shm"
                 if response is None:   # Triton lost the regions twice: the wire, this once
-                    self.wire_fallbacks += 1
+                    self.shm.fallback("lost_region")
                     response, path = await self._model_infer(
-                        self._request(model, inputs, outputs, None, qt), timeout=timeout_s), "wire"
+                        await self._wire_request(model, inputs, outputs, qt),
+                        timeout=timeout_s), "wire"
             else:
                 response, path = await self._model_infer(
-                    self._request(model, inputs, outputs, None, qt), timeout=timeout_s), "wire"
+                    await self._wire_request(model, inputs, outputs, qt), timeout=timeout_s), "wire"
         except grpc.RpcError as exc:
             raise translate(exc, model, self._retry_after) from exc
         if self._metrics is not None:
             self._metrics.input_path.labels(model, path).inc()
         return _outputs(response, outputs)
+
+    async def _wire_request(self, model, inputs, outputs, queue_timeout_us) -> bytes:
+        """The request with its tensors' bytes: joined in the event loop's (bounded)
+        default executor when large (a 16-frame batch is ~20 MB of memcpy), inline else."""
+        if sum(a.nbytes for a in inputs.values()) <= INLINE_REQUEST_BYTES:
+            return self._request(model, inputs, outputs, None, queue_timeout_us)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self._request, model, inputs, outputs, None, queue_timeout_us)
 
     async def _infer_shared(self, model, inputs, outputs, shared, timeout_s, queue_timeout_us):
         """The shm call; after a restart of Triton (regions unknown) re-register the slots
@@ -238,20 +250,27 @@ class TritonBackend:
         return out
 
     # -- shared memory (control plane, admin key) ---------------------------------------
-    async def enable_shared_memory(self, slots_per_shape: int,
+    async def enable_shared_memory(self, pool_bytes: int,
                                    shapes: Sequence[tuple[tuple[int, int], int]]) -> None:
-        """Create the pool and one registered one-frame slot per frame shape now, so a
-        refused registration (wrong key, no /dev/shm) fails here and not per request."""
+        """Create the pool (at most `pool_bytes` of slots) and one registered one-frame
+        slot per frame shape now, so a refused registration (wrong key, no /dev/shm)
+        fails here and not per request; retired slots are reclaimed in the background."""
         from .shm import SlotPool
 
-        pool = SlotPool(slots_per_shape, self._register_slot)
+        m = self._metrics
+        pool = SlotPool(pool_bytes, self._register_slot, self._unregister_slot,
+                        on_fallback=None if m is None else
+                        (lambda reason: m.shm_fallbacks.labels(reason).inc()))
         try:
             for frame in sorted({frame for frame, _ in shapes}):
                 await pool.prepare(frame, 1)   # the common one-image slot
         except BaseException:
             await pool.close(self._unregister_slot)
             raise
+        pool.start()
         self.shm = pool
+        if m is not None:
+            m.watch_pool(pool.stats)
 
     async def lease(self, frame_hw, max_batch, n) -> Lease | None:
         return None if self.shm is None else await self.shm.lease(frame_hw, max_batch, n)
@@ -283,8 +302,10 @@ class TritonBackend:
         try:
             if not (await self._stub.ServerLive(pb.ServerLiveRequest(), timeout=2.0)).live:
                 raise TritonUnavailable("Triton is not live", retry_after=self._retry_after)
-            return {m: bool((await self._stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=2.0)).ready)
-                    for m in models}
+            # all models at once: a probe takes one round trip, not one per model
+            answers = await asyncio.gather(*(self._stub.ModelReady(
+                pb.ModelReadyRequest(name=m), timeout=2.0) for m in models))
+            return {m: bool(a.ready) for m, a in zip(models, answers)}
         except grpc.RpcError as exc:
             raise translate(exc, "<server>", self._retry_after) from exc
 
@@ -308,11 +329,62 @@ class TritonBackend:
     async def close(self):
         if self.shm is not None:
             pool, self.shm = self.shm, None
+            if self._metrics is not None:
+                self._metrics.unwatch_pool(pool.stats)
             await pool.close(self._unregister_slot)
         await self._channel.close()
 
 
+class _AgainAfterGoaway:
+    """A unary gRPC method sent once more, within its deadline, when Triton closed the
+    connection just as the call started. Triton runs with `--grpc-max-connection-age`
+    (serving/tritonserver.py: 60 s, so clients spread over replicas): at that age it
+    sends GOAWAY and closes a connection with no call in flight, and a call that races
+    with the close fails UNAVAILABLE "Stream removed (Socket closed (GOAWAY received;
+    Error code: 0 ...))" (a gRPC core race, grpc/grpc#31733; measured with Triton 2.51:
+    a gateway under load lost a call nearly every connection age, ejected its only
+    endpoint and answered 503 for 1-2 s). The channel is already connecting anew, so the
+    same request (inference is idempotent; shm slots stay leased) goes there. Not a
+    retry elsewhere: the endpoint is not down. A second failure is raised as it came."""
+
+    def __init__(self, method):
+        import grpc
+
+        self._method, self._rpc_error = method, grpc.RpcError
+
+    async def __call__(self, request, *, timeout=None, **kw):
+        start = time.monotonic()
+        try:
+            return await self._method(request, timeout=timeout, **kw)
+        except self._rpc_error as exc:
+            if not _goaway(exc):
+                raise
+            log.info("Triton closed the connection as a call started (%s): sent again",
+                     exc.details())
+        left = None if timeout is None else max(timeout - (time.monotonic() - start), 0.001)
+        return await self._method(request, timeout=left, **kw)
+
+
+class _Stub:
+    """Triton's generated stub with every method sent again after a GOAWAY race."""
+
+    def __init__(self, stub):
+        self._stub = stub
+
+    def __getattr__(self, name):
+        return _AgainAfterGoaway(getattr(self._stub, name))
+
+
+def _goaway(exc) -> bool:
+    code = exc.code()
+    return (getattr(code, "name", str(code)) == "UNAVAILABLE"
+            and _GOAWAY_MARKER in (exc.details() or ""))
+
+
 ADMIN_METADATA = "triton-grpc-protocol-admin-key"
+# Requests with more tensor bytes than this are assembled off the event loop (a 640x640
+# frame is 1.2 MB: one-image requests stay inline, where a thread hop costs more).
+INLINE_REQUEST_BYTES = 4 * 1024 * 1024
 KEEPALIVE_MS = 10_000
 # ModelInferRequest.raw_input_contents is field 7, length-delimited: tag (7 << 3) | 2.
 _RAW_INPUT_TAG = b"\x3a"
@@ -328,8 +400,13 @@ def _varint(n: int) -> bytes:
 
 
 def _lost_region(exc) -> bool:
+    """Triton does not know a region the request names: NOT_FOUND first (2.51 answers
+    NOT_FOUND "Unable to find shared memory region: '<name>'"), then the message, as
+    NOT_FOUND also means an unknown model."""
+    code = getattr(exc.code(), "name", str(exc.code()))
     msg = exc.details() or ""
-    return "shared memory region" in msg and any(m in msg for m in _LOST_REGION_MARKERS)
+    return (code == "NOT_FOUND" and "shared memory region" in msg
+            and any(m in msg for m in _LOST_REGION_MARKERS))
 
 
 def _outputs(response, names) -> dict[str, np.ndarray]:

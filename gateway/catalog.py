@@ -7,6 +7,7 @@ Each endpoint has its own catalog; `merge` is what the routes see.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,19 +16,13 @@ from serving import contract
 from .backend import Backend
 from .errors import ContractMismatch, ModelUnavailable
 
-# Endpoint models and the tensors each route reads. Frame sizes are NOT here.
-ROUTE_MODELS = {
-    "faces": ("images", ("boxes", "scores", "landmarks", "embeddings", "num_faces")),
-    "yolo": ("images", ("boxes", "scores", "classes", "num_detections")),
-    "centernet": ("images", ("boxes", "scores", "classes", "num_detections")),
-    "mobileclip_image": ("images", ("embeddings",)),
-    "text_embed": ("text", ("embeddings",)),
-    "ocr": ("images", ("texts", "polygons", "scores", "num_lines")),
-    "analyze": ("images", (
-        "object_boxes", "object_scores", "object_classes", "num_objects",
-        "face_boxes", "face_scores", "face_landmarks", "face_embeddings", "num_faces",
-        "texts", "text_polygons", "text_scores", "num_lines", "image_embedding")),
-}
+# The models the routes call. Their tensors, frame sizes, result counts (K) and score
+# floors are NOT here: they come from Triton's metadata and config (config.pbtxt).
+ROUTE_MODELS = ("faces", "yolo", "centernet", "mobileclip_image", "text_embed", "ocr", "analyze")
+# Config parameters that filter scores inside a model: a threshold below them cannot
+# return more (score_threshold of the detectors' in-graph NMS, text_score of the OCR
+# pipeline's recognition).
+FLOOR_PARAMETERS = ("score_threshold", "text_score")
 
 
 @dataclass(frozen=True)
@@ -61,6 +56,18 @@ class ModelInfo:
         return min(us, self.queue_timeout_us) if self.queue_timeout_us else us
 
     @property
+    def queue_timeout_s(self) -> float | None:
+        return self.queue_timeout_us / 1e6 if self.queue_timeout_us else None
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    def rows(self, output: str) -> int:
+        """K: the padded rows per image of a [K, ...] output (its most results)."""
+        return next(t.shape[0] for t in self.outputs if t.name == output)
+
+    @property
     def frame(self) -> tuple[int, int] | None:
         """(height, width) of an image input [H, W, 3], or None for text models."""
         shape = self.inputs[0].shape
@@ -85,12 +92,34 @@ class Catalog:
     def __init__(self, models: dict[str, ModelInfo], missing: tuple[str, ...] = (),
                  provenance: dict[str, str | None] | None = None,
                  steps: dict[str, tuple[str, ...]] | None = None,
-                 runtimes: dict[str, dict | None] | None = None):
+                 runtimes: dict[str, dict | None] | None = None,
+                 configs: dict[str, dict] | None = None):
         self.models = models
         self.missing = missing
         self.provenance = provenance or {}   # route models and their steps -> provenance
         self.steps = steps or {}             # pipeline -> the models it calls
         self.runtimes = runtimes or {}       # route models and their steps -> CPU runtime (cpu profile)
+        self.configs = configs or {}         # route models and their steps -> Triton config
+
+    def score_floor(self, model: str, output: str = "scores") -> tuple[float, str] | None:
+        """(floor, model that applies it) for the scores in `output` of `model`: the
+        model's own floor parameter, else that of the ensemble step whose output it is,
+        else that of the first pipeline step with such an output; None: no floor."""
+        cfg = self.configs.get(model, {})
+        params = cfg.get("parameters", {})
+        for key in FLOOR_PARAMETERS:
+            value = params.get(key, {}).get("string_value")
+            if value:
+                return float(value), model
+        for step in cfg.get("ensemble_scheduling", {}).get("step", []):
+            for inner, outer in step.get("output_map", {}).items():
+                if outer == output:
+                    return self.score_floor(step["model_name"], inner)
+        for step in self.steps.get(model, ()):
+            outputs = {o.get("name") for o in self.configs.get(step, {}).get("output", [])}
+            if output in outputs:
+                return self.score_floor(step, output)
+        return None
 
     def components(self, name: str) -> list[str]:
         """All models a pipeline runs, depth first (analyze -> faces -> scrfd, ...)."""
@@ -112,15 +141,19 @@ class Catalog:
     async def learn(cls, backend: Backend, repository: Path) -> "Catalog":
         """Ask Triton for each route model (the repository index is an admin API that a
         hardened Triton restricts); models it does not know are left out, not fatal."""
-        models, missing, configs = {}, [], {}
-        for name in ROUTE_MODELS:
+        async def ask(name):   # every model at once: a probe is one round trip, not seven
             try:
-                meta = await backend.metadata(name)
+                return name, await backend.metadata(name), await backend.config(name)
             except ModelUnavailable:
+                return name, None, None
+
+        models, missing, configs = {}, [], {}
+        for name, meta, config in await asyncio.gather(*(ask(n) for n in ROUTE_MODELS)):
+            if meta is None:
                 missing.append(name)
                 continue
-            configs[name] = await backend.config(name)
-            info = from_triton(meta, configs[name])
+            configs[name] = config
+            info = from_triton(meta, config)
             check(info, contract.load(name, repository))
             models[name] = info
         steps: dict[str, tuple[str, ...]] = {}
@@ -139,7 +172,7 @@ class Catalog:
                   for n, c in configs.items()}
         provenance = {n: p.get("weights_provenance") for n, p in params.items()}
         runtimes = {n: cpu_runtime(p) for n, p in params.items()}
-        return cls(models, tuple(missing), provenance, steps, runtimes)
+        return cls(models, tuple(missing), provenance, steps, runtimes, configs)
 
 
 def from_triton(metadata: dict, config: dict) -> ModelInfo:
@@ -192,11 +225,15 @@ def merge(catalogs: list[Catalog]) -> Catalog | None:
     models: dict[str, ModelInfo] = {}
     provenance: dict[str, str | None] = {}
     steps: dict[str, tuple[str, ...]] = {}
+    runtimes: dict[str, dict | None] = {}
+    configs: dict[str, dict] = {}
     for cat in catalogs:
         for name, info in cat.models.items():
             if name not in models or info.max_batch_size < models[name].max_batch_size:
                 models[name] = info
         provenance = {**cat.provenance, **provenance}
         steps = {**cat.steps, **steps}
+        runtimes = {**cat.runtimes, **runtimes}
+        configs = {**cat.configs, **configs}
     missing = tuple(m for m in ROUTE_MODELS if m not in models)
-    return Catalog(models, missing, provenance, steps)
+    return Catalog(models, missing, provenance, steps, runtimes, configs)

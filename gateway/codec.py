@@ -54,8 +54,9 @@ class ImageHeader:
         return (self.height, self.width) if self.transposed else (self.width, self.height)
 
 
-def read_header(data: bytes, *, max_pixels: int, max_side: int) -> ImageHeader:
-    kind = sniff(data)
+def read_header(data, *, max_pixels: int, max_side: int) -> ImageHeader:
+    """`data`: bytes or any buffer (a memoryview slice of a multipart body)."""
+    kind = sniff(bytes(data[:8]))
     if kind is None:
         raise UnsupportedMediaType("not a JPEG or PNG image (unrecognised magic bytes)")
     if kind == "jpeg":
@@ -96,7 +97,7 @@ def jpeg_orientation(data: bytes) -> int:
                 return 1
             length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
             if marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\x00\x00":
-                return _tiff_orientation(data[pos + 10:pos + 2 + length])
+                return _tiff_orientation(bytes(data[pos + 10:pos + 2 + length]))
             pos += 2 + length
     except (struct.error, IndexError):
         pass

@@ -66,7 +66,7 @@ class Endpoint:
             out["shared_memory"] = self.shm_ready
         return out
 
-    async def probe(self, repository, shm_slots: int, shm_required: bool) -> tuple[str, str]:
+    async def probe(self, repository, shm_pool_bytes: int, shm_required: bool) -> tuple[str, str]:
         """(state, reason) after asking Triton: liveness, the catalog (learned when missing,
         checked against the contract), every served model ready, shared memory set up."""
         try:
@@ -81,7 +81,7 @@ class Endpoint:
             if waiting:
                 return EJECTED, "models not ready: " + ", ".join(waiting)
             if self.use_shm and not self.shm_ready:
-                await self._shared_memory(shm_slots, shm_required)
+                await self._shared_memory(shm_pool_bytes, shm_required)
             return READY, ""
         except ContractMismatch as exc:
             return REFUSED, f"contract mismatch: {exc}"
@@ -90,9 +90,9 @@ class Endpoint:
         except UpstreamError as exc:
             return EJECTED, exc.message
 
-    async def _shared_memory(self, slots: int, required: bool) -> None:
+    async def _shared_memory(self, pool_bytes: int, required: bool) -> None:
         """Image inputs through system shared memory with this endpoint (gateway/shm.py):
-        one slot per served frame shape registered now. required (shared_memory=on): a
+        a slot pool of at most `pool_bytes`, one slot per served frame shape registered now. required (shared_memory=on): a
         failure refuses the endpoint; auto: it stays on the wire."""
         shapes = sorted({(m.frame, m.max_batch_size) for m in self.catalog.models.values()
                          if m.frame is not None and m.max_batch_size > 0})
@@ -100,7 +100,7 @@ class Endpoint:
         try:
             if enable is None:
                 raise RuntimeError("this backend has no shared memory")
-            await enable(slots, shapes)
+            await enable(pool_bytes, shapes)
         except Exception as exc:
             if required:
                 raise SharedMemoryUnavailable(

@@ -1,8 +1,10 @@
 """The gateway's error tree, in ONE place.
 
 `ClientError`s are the caller's mistakes (4xx, stable `code`); `UpstreamError`s are
-Triton or capacity problems (5xx / 429, often with Retry-After). Anything else is a
-bug and answers 500 `internal_error`. Every error body is
+Triton or capacity problems (5xx / 429, often with Retry-After). Both bases are only
+caught, never raised themselves. 404/405 (and 401/403 from an app's own dependencies)
+come from Starlette's HTTPException, answered in the same body by the app's handler.
+Anything else is a bug and answers 500 `internal_error`. Every error body is
 `{"error": {"code": ..., "message": ...}}`.
 """
 from __future__ import annotations
@@ -66,10 +68,6 @@ class InvalidText(ClientError):
 
 class InvalidParameter(ClientError):
     status, code = 422, "invalid_parameter"
-
-
-class NotFound(ClientError):
-    status, code = 404, "not_found"
 
 
 class UpstreamError(GatewayError):

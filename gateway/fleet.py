@@ -152,7 +152,7 @@ class Fleet:
         backoff = BACKOFF_MIN_S
         while ep.state != REMOVED:
             generation = ep.generation
-            state, reason = await ep.probe(s.contract_repository, s.max_in_flight,
+            state, reason = await ep.probe(s.contract_repository, s.shm_pool_bytes,
                                            s.shared_memory == "on")
             if ep.generation == generation and ep.state != REMOVED:   # no newer verdict
                 self._set(ep, state, reason)

@@ -1,45 +1,69 @@
-"""Request bodies -> image bytes (or texts), with the size limits enforced while reading.
+"""Request bodies -> image bytes (or texts), within the limits, in memory.
 
 Accepted: a raw body (image/jpeg, image/png, application/octet-stream), multipart
 form-data (every file part is an image, in order) or JSON
 (`{"image": "<base64>"}` / `{"images": [...]}`). The image format itself is judged
 from the magic bytes later, not from the declared type.
+
+The body is read into one buffer (sized from Content-Length up front; the admission
+middleware has charged the memory budget for it and enforces the size while it
+streams). Multipart parts are slices of that buffer, never copies and never spooled to
+a temporary file (Starlette's parser writes parts over 1 MiB to one: /tmp is a small
+emptyDir in the deployments). JSON bodies over `INLINE_BYTES` are parsed and their
+base64 decoded in the bounded pool, off the event loop.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+from concurrent.futures import Executor
 
 import orjson
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
 
+from .admission import Reservation
 from .errors import (EmptyBody, InvalidPayload, InvalidText, PayloadTooLarge, TooManyImages,
                      UnsupportedMediaType)
 
 RAW_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/octet-stream", "")
+# Bodies up to this size are parsed inline: a thread hop costs more than parsing them.
+INLINE_BYTES = 64 * 1024
+MAX_PART_HEADERS = 16
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing early from Content-Length and again while streaming."""
+async def read_body(request: Request, limit: int) -> bytearray:
+    """The body in one buffer; over `limit` is a 413 (the middleware also stops it
+    while streaming, before the budget is exceeded)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
+    size = int(declared) if declared and declared.isdigit() else None
+    if size is not None and size > limit:
+        raise PayloadTooLarge(f"body of {size} bytes exceeds the limit of {limit}")
+    body = bytearray(size) if size else bytearray()
+    pos = 0
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        end = pos + len(chunk)
+        if end > limit:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if size is not None and end <= size:
+            body[pos:end] = chunk
+        else:
+            body += chunk
+        pos = end
+    if size is not None and pos < size:
+        del body[pos:]
+    return body
 
 
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_images(request: Request, *, max_bytes: int, max_images: int) -> list[bytes]:
+async def read_images(request: Request, *, max_bytes: int, max_images: int,
+                      pool: Executor, reservation: Reservation) -> list:
+    """The request's images as bytes-like objects (slices of the body where possible)."""
     media = _media_type(request)
     if media not in RAW_TYPES and media not in ("multipart/form-data", "application/json") \
             and not media.startswith("image/"):
@@ -50,40 +74,94 @@ async def read_images(request: Request, *, max_bytes: int, max_images: int) -> l
     if not body:
         raise EmptyBody("the request body is empty; send a JPEG or PNG image")
     if media == "multipart/form-data":
-        images = await _multipart(request, body, max_images)
+        images = parse_multipart(body, request.headers.get("content-type", ""), max_images)
     elif media == "application/json":
-        images = _json_images(body, max_images)
+        # the parsed strings and the decoded images are held beside the body
+        reservation.charge(2 * len(body), "its parsed JSON and decoded base64")
+        images = await off_loop(pool, len(body), decode_json_images, body, max_images)
     else:
-        images = [body]
+        images = [memoryview(body)]
     if not images:
         raise EmptyBody("no image in the request")
     if len(images) > max_images:
         raise TooManyImages(f"{len(images)} images in one request; the limit is {max_images}")
-    if any(not im for im in images):
+    if any(not len(im) for im in images):
         raise EmptyBody("an image in the request is empty")
     return images
 
 
-async def _multipart(request: Request, body: bytes, max_images: int) -> list[bytes]:
-    async def once():
-        yield body
+async def off_loop(pool: Executor, size: int, fn, *args):
+    """`fn(*args)` inline when `size` is small, else in the bounded pool."""
+    if size <= INLINE_BYTES:
+        return fn(*args)
+    return await asyncio.wrap_future(pool.submit(fn, *args))
 
-    parser = MultiPartParser(request.headers, once(), max_files=max_images,
-                             max_fields=100, max_part_size=1024 * 1024)
+
+def parse_multipart(body: bytearray | bytes, content_type: str, max_images: int) -> list:
+    """File parts of a multipart/form-data body, in order, as memoryviews of `body`.
+    Parts without a filename (plain fields) are ignored."""
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise InvalidPayload("malformed multipart body: no boundary in the content type")
+    view = memoryview(body)
+    parts: list = []
+    state = {"headers": 0, "field": b"", "value": b"", "file": False, "pieces": []}
+
+    def on_part_begin():
+        state.update(headers=0, field=b"", value=b"", file=False, pieces=[])
+
+    def on_header_field(data, start, end):
+        state["field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        state["value"] += data[start:end]
+
+    def on_header_end():
+        state["headers"] += 1
+        if state["headers"] > MAX_PART_HEADERS:
+            raise InvalidPayload(f"malformed multipart body: over {MAX_PART_HEADERS} headers in a part")
+        if state["field"].strip().lower() == b"content-disposition":
+            state["file"] = b"filename" in parse_options_header(state["value"].decode("latin-1"))[1]
+        state["field"] = state["value"] = b""
+
+    def on_part_data(data, start, end):
+        if state["file"]:
+            state["pieces"].append((data, start, end))
+
+    def on_part_end():
+        if not state["file"]:
+            return
+        if len(parts) >= max_images:
+            raise TooManyImages(f"more than {max_images} images in one request")
+        parts.append(_join(state["pieces"], body, view))
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+        "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_part_data": on_part_data, "on_part_end": on_part_end})
     try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        if "Too many files" in exc.message:
-            raise TooManyImages(f"more than {max_images} images in one request") from exc
-        raise InvalidPayload(f"malformed multipart body: {exc.message}") from exc
-    try:
-        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-        return [await f.read() for f in files]
-    finally:
-        await form.close()
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise InvalidPayload(f"malformed multipart body: {exc}") from exc
+    if parser.state != MultipartState.END:
+        raise InvalidPayload("malformed multipart body: it ends before the closing boundary")
+    return parts
 
 
-def _json(body: bytes) -> dict:
+def _join(pieces, body, view):
+    """One part's data: a slice of the body when the parser reported it as contiguous
+    slices of it (a single write: always, but for boundary look-alikes), else a copy."""
+    if not pieces:
+        return b""
+    if all(d is body for d, _, _ in pieces) and all(
+            pieces[i][2] == pieces[i + 1][1] for i in range(len(pieces) - 1)):
+        return view[pieces[0][1]:pieces[-1][2]]
+    return b"".join(bytes(d[s:e]) for d, s, e in pieces)
+
+
+def _json(body) -> dict:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -93,7 +171,7 @@ def _json(body: bytes) -> dict:
     return doc
 
 
-def _json_images(body: bytes, max_images: int) -> list[bytes]:
+def decode_json_images(body, max_images: int) -> list[bytes]:
     doc = _json(body)
     items = doc.get("images", [doc["image"]] if "image" in doc else None)
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
@@ -107,7 +185,7 @@ def _json_images(body: bytes, max_images: int) -> list[bytes]:
 
 
 async def read_texts(request: Request, *, max_bytes: int, max_texts: int,
-                     max_chars: int) -> list[str]:
+                     max_chars: int, pool: Executor) -> list[str]:
     """`{"text": "..."}` or `{"texts": [...]}`; each non-empty and at most max_chars."""
     media = _media_type(request)
     if media != "application/json":
@@ -115,6 +193,10 @@ async def read_texts(request: Request, *, max_bytes: int, max_texts: int,
     body = await read_body(request, max_bytes)
     if not body:
         raise EmptyBody("the request body is empty")
+    return await off_loop(pool, len(body), _texts, body, max_texts, max_chars)
+
+
+def _texts(body, max_texts: int, max_chars: int) -> list[str]:
     doc = _json(body)
     texts = doc.get("texts", [doc["text"]] if "text" in doc else None)
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):

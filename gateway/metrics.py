@@ -1,22 +1,41 @@
-"""Prometheus metrics, one registry per app (no module-level globals)."""
+"""Prometheus metrics, one registry per app (no module-level globals), served on their
+own port (`metrics_port`) by a small threaded server, never on the API port."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import logging
+from typing import Callable
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+log = logging.getLogger("visionserve.gateway")
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BYTES = tuple(2 ** k for k in range(10, 27, 2))  # 1 KiB .. 64 MiB
+# The `route` label of requests that matched no route: one value, whatever the path.
+UNMATCHED = "unmatched"
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         p = "visionserve_gateway_"
-        self.requests = Counter(p + "requests_total", "HTTP requests by route and status",
+        self.requests = Counter(p + "requests_total", "HTTP requests answered, by route "
+                                "template and status (client disconnects are counted apart)",
                                 ("route", "status"), registry=r)
         self.latency = Histogram(p + "request_duration_seconds", "HTTP request latency",
                                  ("route",), buckets=_LATENCY, registry=r)
         self.in_flight = Gauge(p + "in_flight_requests", "HTTP requests being served",
                                registry=r)
+        self.disconnects = Counter(p + "client_disconnects_total",
+                                   "requests whose client hung up: while sending the body "
+                                   "(stage=body) or before the answer (stage=response)",
+                                   ("route", "stage"), registry=r)
+        self.shed = Counter(p + "shed_total", "requests refused at admission (503 + "
+                            "Retry-After), by reason: memory, in_flight, capacity",
+                            ("reason",), registry=r)
+        self.memory_in_use = Gauge(p + "memory_in_use_bytes", "bytes of bodies and decoded "
+                                   "frames held by requests in flight", registry=r)
+        self.memory_budget = Gauge(p + "memory_budget_bytes", "the memory budget", registry=r)
         self.decode = Histogram(p + "decode_duration_seconds",
                                 "decode + letterbox time of one image (in the pool)",
                                 buckets=_LATENCY, registry=r)
@@ -32,4 +51,95 @@ class Metrics:
                                   "Triton calls by how the image tensor travelled: shm "
                                   "(system shared memory) or wire (gRPC bytes)",
                                   ("model", "path"), registry=r)
+        self.shm_fallbacks = Counter(p + "shm_wire_fallbacks_total",
+                                     "image batches sent over the wire although shared memory "
+                                     "is on, by reason", ("reason",), registry=r)
         self.images = Counter(p + "images_total", "images decoded", ("format",), registry=r)
+        self._pools: list[Callable[[], dict]] = []
+        self._capacity: Callable[[], dict] | None = None
+        r.register(_PoolCollector(self))
+        r.register(_CapacityCollector(self))
+
+    def watch_pool(self, stats: Callable[[], dict]) -> None:
+        """Export a shared-memory slot pool's state (its `stats()`) at every scrape, summed
+        with the other pools' (one per Triton endpoint on this machine)."""
+        self._pools.append(stats)
+
+    def watch_capacity(self, gates: Callable[[], dict]) -> None:
+        """Export each model's capacity gate ({model: ModelCapacity}) at every scrape."""
+        self._capacity = gates
+
+    def unwatch_pool(self, stats: Callable[[], dict]) -> None:
+        if stats in self._pools:
+            self._pools.remove(stats)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _ScrapeTimeCollector:
+    """A custom collector reading the Metrics' sources when scraped (nothing to describe
+    up front: families appear once their source exists)."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def describe(self):
+        return []
+
+
+class _PoolCollector(_ScrapeTimeCollector):
+    """Slots by state and bytes of the shared-memory pool, read when scraped."""
+
+    def collect(self):
+        pools = list(self.metrics._pools)
+        if not pools:
+            return
+        s: dict[str, int] = {}
+        for stats in pools:
+            for key, value in stats().items():
+                s[key] = s.get(key, 0) + value
+        slots = GaugeMetricFamily("visionserve_gateway_shm_slots",
+                                  "shared-memory slots by state: in_use (leased), free, "
+                                  "retired (Triton may still read them; reclaimed later)",
+                                  labels=("state",))
+        for state in ("in_use", "free", "retired"):
+            slots.add_metric((state,), s[state])
+        yield slots
+        yield GaugeMetricFamily("visionserve_gateway_shm_bytes",
+                                "bytes of all shared-memory slots", value=s["bytes"])
+        yield GaugeMetricFamily("visionserve_gateway_shm_bytes_limit",
+                                "shm_pool_bytes", value=s["bytes_limit"])
+
+
+class _CapacityCollector(_ScrapeTimeCollector):
+    """Per model: the admission limit by measured capacity and the requests holding it."""
+
+    def collect(self):
+        gates = self.metrics._capacity() if self.metrics._capacity else {}
+        limit = GaugeMetricFamily("visionserve_gateway_capacity_limit", "requests a model "
+                                  "admits at once (gateway/capacity.py)", labels=("model",))
+        held = GaugeMetricFamily("visionserve_gateway_capacity_in_flight",
+                                 "requests holding a place in a model's capacity",
+                                 labels=("model",))
+        for model, gate in sorted(gates.items()):
+            limit.add_metric((model,), gate.limit)
+            held.add_metric((model,), gate.in_flight)
+        yield limit
+        yield held
+
+
+class MetricsServer:
+    """Prometheus text on its own port, served from a daemon thread (a scrape never
+    waits for, or delays, the event loop)."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int):
+        from prometheus_client import start_wsgi_server
+
+        self.httpd, self.thread = start_wsgi_server(port, addr=host, registry=metrics.registry)
+        log.info("metrics on http://%s:%d/metrics", host, port)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)

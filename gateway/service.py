@@ -1,24 +1,36 @@
-"""The request-independent core every route uses: decode a batch, call Triton batched.
+"""The request-independent core every route uses: admit, decode a batch, call Triton
+batched, render the answer.
 
 One `Service` per app (held in app.state): the backend seam, the learned catalog, the
-bounded decode pool and the metrics.
+bounded pool (decodes, and big JSON parsing and rendering: never on the event loop),
+per-model capacity (gateway/capacity.py) and the metrics.
 """
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from contextvars import ContextVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import codec
+from .admission import Reservation
 from .backend import Backend
+from .capacity import ModelCapacity
 from .catalog import Catalog, ModelInfo
-from .errors import TritonTimeout, TritonUnavailable, UpstreamError
+from .errors import GatewayOverloaded, TritonTimeout, TritonUnavailable, UpstreamError
 from .metrics import Metrics
+from .responses import JSON, dumps, rendered
 from .settings import GatewaySettings
+
+# The capacity ticket of the request being handled (set by Service.admit).
+_TICKET: ContextVar = ContextVar("visionserve_capacity_ticket", default=None)
+# Answers whose Triton outputs are larger than this are built and serialised in the
+# pool (16 images of faces with embeddings are ~5 MB of JSON: ~10 ms of CPU).
+RENDER_INLINE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -44,24 +56,62 @@ class Service:
         self.backend = backend   # the Fleet: every Triton endpoint
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.capacity: dict[str, ModelCapacity] = {}
+        metrics.watch_capacity(lambda: dict(self.capacity))
 
     @property
     def catalog(self) -> Catalog | None:
         """The models the ready endpoints serve (None: no endpoint is ready)."""
         return self.backend.catalog
 
-    def model(self, name: str) -> ModelInfo:
+    def _info(self, name: str) -> ModelInfo:
         catalog = self.catalog
         if catalog is None:   # no endpoint is ready (yet): say why
             raise TritonUnavailable(self.backend.reason(), retry_after=self.settings.retry_after_s)
         return catalog.get(name)
 
-    async def frames(self, images: list[bytes], frame_hw: tuple[int, int],
-                     max_batch: int = 0) -> Frames:
-        """Headers first (limits judged before any pixel is decoded), then all images
-        decoded in parallel in the pool, each straight into its batch slot: a shared-
-        memory slot when the backend offers one (the pixels are then never copied),
-        else a fresh array. A leased Frames must be released: use `infer_frames`."""
+    def model(self, name: str) -> ModelInfo:
+        """The served model's info; a model at capacity sheds the request now (503 +
+        Retry-After), before its body is read (gateway/capacity.py)."""
+        info = self._info(name)
+        if self._gate(info).full():
+            raise self._shed(info)
+        return info
+
+    def admit(self, name: str, reservation: Reservation) -> None:
+        """Take a place in the model's capacity for this request, or shed it (503 +
+        Retry-After). Called once the body is in, before decoding: a slow upload does
+        not hold a place while Triton could be working."""
+        info = self._info(name)
+        gate = self._gate(info)
+        ticket = gate.enter()
+        if ticket is None:
+            raise self._shed(info)
+        _TICKET.set(ticket)   # _call marks it answered (the handler's task and its children)
+        reservation.defer(lambda: gate.leave(ticket))
+
+    def _gate(self, info: ModelInfo) -> ModelCapacity:
+        gate = self.capacity.get(info.name)
+        if gate is None:
+            gate = self.capacity[info.name] = ModelCapacity(info.max_batch_size,
+                                                            info.queue_timeout_s)
+        return gate
+
+    def _shed(self, info: ModelInfo) -> GatewayOverloaded:
+        self.metrics.shed.labels("capacity").inc()
+        gate = self.capacity[info.name]
+        return GatewayOverloaded(
+            f"{info.name} has {gate.in_flight} requests in flight: what Triton finishes in "
+            "a request time and two batches waiting; retry later",
+            retry_after=self.settings.retry_after_s)
+
+    async def frames(self, images: list, frame_hw: tuple[int, int], max_batch: int = 0,
+                     reservation: Reservation | None = None) -> Frames:
+        """Headers first (limits judged before any pixel is decoded), then the memory for
+        the frames charged to the request, then all images decoded in parallel in the
+        pool, each straight into its batch slot: a shared-memory slot when the backend
+        offers one (the pixels are then never copied), else a fresh array. A leased
+        Frames must be released: use `infer_frames`."""
         s = self.settings
         headers = [codec.read_header(d, max_pixels=s.max_image_pixels, max_side=s.max_image_side)
                    for d in images]
@@ -70,6 +120,15 @@ class Service:
         lease_fn = getattr(self.backend, "lease", None)
         lease = (await lease_fn(frame_hw, max_batch, len(images))
                  if lease_fn is not None and max_batch else None)
+        if reservation is not None:
+            try:
+                await reservation.charge_decoding(
+                    decoding_bytes(headers, boxes, frame_hw, s.decode_threads, lease is None),
+                    f"{len(images)} decoded frames", s.triton_timeout_s)
+            except BaseException:
+                if lease is not None:
+                    lease.release()
+                raise
         pixels = lease.array if lease is not None else np.empty((len(images), fh, fw, 3), np.uint8)
         futures = [self.pool.submit(self._decode_one, d, h, b, pixels[i])
                    for i, (d, h, b) in enumerate(zip(images, headers, boxes))]
@@ -113,7 +172,7 @@ class Service:
                     outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         """All rows in as few calls as max_batch_size allows (one when it fits), the
         chunks sent concurrently, the results concatenated in order."""
-        info = self.model(model)
+        info = self._info(model)
         n = len(next(iter(inputs.values())))
         step = max(1, info.max_batch_size)
         chunks = [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, n, step)]
@@ -126,18 +185,53 @@ class Service:
         m = self.metrics
         m.bytes_to_triton.labels(model).inc(
             sum(a.nbytes for a in inputs.values() if a.dtype != np.object_))
+        gate = self.capacity.get(model)
+        alone = gate is None or gate.alone
         t0 = time.perf_counter()
         try:
-            return await self.backend.infer(model, inputs, outputs,
-                                            timeout_s=self.settings.triton_timeout_s)
+            out = await self.backend.infer(model, inputs, outputs,
+                                           timeout_s=self.settings.triton_timeout_s)
         except UpstreamError as exc:
             m.triton_errors.labels(model, exc.code).inc()
             raise
         finally:
             m.triton.labels(model).observe(time.perf_counter() - t0)
+        if gate is not None:   # an answer: how long one execution (and any wait) took
+            seconds = time.perf_counter() - t0
+            gate.observe(seconds, alone)
+            ticket = _TICKET.get()
+            if ticket is not None:
+                ticket.answered(seconds)
+        return out
+
+    async def render(self, build, outputs: dict[str, np.ndarray]):
+        """The JSON answer `build()` makes: built and serialised in the pool when the
+        Triton outputs it comes from are large, inline otherwise."""
+        weight = sum(a.nbytes for a in outputs.values() if a.dtype != np.object_)
+        if weight <= RENDER_INLINE_BYTES:
+            return JSON(build())
+        return rendered(await asyncio.wrap_future(self.pool.submit(lambda: dumps(build()))))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def decoding_bytes(headers, boxes, frame_hw, threads: int, on_heap: bool) -> int:
+    """What decoding a request holds: its frames when they are not in a shared-memory
+    slot (twice: the gRPC request joins a copy of them), and the decode intermediates
+    of at most `threads` images at once: a JPEG decodes at its DCT-scaled size, under
+    twice the drawn size per side; a PNG at full size, then converted to RGB (two
+    copies); a rotated image is copied once more."""
+    fh, fw = frame_hw
+    frames = 2 * len(headers) * fh * fw * 3 if on_heap else 0
+    sizes = []
+    for h, b in zip(headers, boxes):
+        if h.kind == "jpeg":
+            px = min(h.width * h.height, 4 * b.new_w * b.new_h)
+            sizes.append(px * 3 * (2 if h.orientation != 1 else 1))
+        else:
+            sizes.append(h.width * h.height * 3 * 2)
+    return frames + sum(sorted(sizes, reverse=True)[:threads])
 
 
 def _release_when_done(futures, lease) -> None:

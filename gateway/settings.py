@@ -21,6 +21,13 @@ class GatewaySettings(BaseSettings):
     triton_grpc: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint(s)")
     host: str = "127.0.0.1"
     port: int = 8080
+    # Prometheus /metrics is served ONLY on this port (same host), never on the API port,
+    # so it can stay inside the cluster while the API is exposed (`python -m gateway`
+    # serves it; create_app alone does not). 0: no metrics server.
+    metrics_port: int = Field(8081, ge=0, le=65535)
+    # /docs, /redoc and /openapi.json: off unless asked for (they describe every route
+    # and limit to whoever can reach the API port).
+    docs: bool = False
     # The committed contract the Triton metadata is checked against at start-up.
     contract_repository: Path = MODEL_REPOSITORY
 
@@ -31,9 +38,16 @@ class GatewaySettings(BaseSettings):
     max_images: int = Field(16, gt=0, description="images (or texts) per request")
     max_text_chars: int = Field(1000, gt=0)
 
-    # Concurrency: decode threads, and the in-flight cap that sheds load with 503.
+    # Memory admitted at once: bytes of request bodies plus decoded frames (and decode
+    # intermediates) of the requests in flight. Checked from Content-Length before a body
+    # is read and again while it streams; over it: 503 + Retry-After at once. Sized for
+    # a 1 GiB pod: ~150 MB for the process itself, the rest slack for allocator and
+    # response buffers (measured: docs/gateway.md).
+    memory_budget_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    # Concurrency: decode (and big parse/render) threads, and a cap on requests in
+    # flight. Unset: the budget divided by a typical one-image request (below).
     decode_threads: int = Field(2, gt=0)
-    max_in_flight: int = Field(256, gt=0)
+    max_in_flight: int | None = Field(None, gt=0)
 
     # Triton calls.
     triton_timeout_s: float = Field(10.0, gt=0, description="deadline of a request's Triton "
@@ -61,8 +75,29 @@ class GatewaySettings(BaseSettings):
     # (serving/tritonserver.py; VISIONSERVE_TRITON_ADMIN_KEY chooses Triton's key).
     triton_admin_key: str | None = Field(None, repr=False)
 
+    # Bytes of shared-memory slots the pool may hold (in use, free and retired), on top
+    # of the budget above: /dev/shm pages are the gateway's memory too.
+    shm_pool_bytes: int = Field(128 * 1024 * 1024, gt=0)
+
     # Letterbox padding value (uint8) around the resized image.
     pad_value: int = Field(0, ge=0, le=255)
+
+    # What one in-flight request is assumed to hold when max_in_flight is not set: a
+    # 640x640 RGB frame (1.2 MB) and its JPEG body (~0.8 MB at most for a phone photo
+    # scaled to 1280 px). The count cap then only binds when requests are smaller.
+    typical_request_bytes: int = Field(2 * 1024 * 1024, gt=0)
+
+    @property
+    def in_flight_limit(self) -> int:
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        return max(1, self.memory_budget_bytes // self.typical_request_bytes)
+
+    @property
+    def request_limit(self) -> int:
+        """The most one request may hold: its body limit, and never more than the budget
+        (a request that could never fit is a 413, not a 503 to retry)."""
+        return min(self.max_body_bytes, self.memory_budget_bytes)
 
     @field_validator("triton_grpc")
     @classmethod

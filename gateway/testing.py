@@ -111,6 +111,13 @@ class FakeBackend:
         return out
 
 
+def metrics_text(app) -> str:
+    """The Prometheus text an app's metrics server would serve (`app`: the FastAPI app
+    or a TestClient of it), without binding the metrics port."""
+    app = getattr(app, "app", app)
+    return app.state.metrics.text().decode()
+
+
 def _tensor(spec: contract.TensorSpec) -> dict:
     return {"name": spec.name, "datatype": spec.triton_dtype,
             "shape": [str(-1)] + [str(d) for d in spec.dims]}

@@ -3,17 +3,28 @@
 #   make bench-gateway                           gateway vs the naive baseline, one run
 #   make bench-gateway BENCH_ARGS=--stub-model   same, yolo replaced by an instant stub
 #                                                (front ends alone, as with a GPU model)
+#   make bench-lean                              LeanRoute vs FastAPI's handler, same app
+#   make soak [SOAK_S=600]                       gateway + stand-in Triton at 0.7 x C: errors,
+#                                                RSS, fds, shm slots before and after
 TRITON_GRPC ?= 127.0.0.1:8001
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
+GATEWAY_METRICS_PORT ?= 8081
 BENCH_SECONDS ?= 10
 BENCH_ARGS ?=
+SOAK_S ?= 600
 
-.PHONY: gateway bench-gateway
+.PHONY: gateway bench-gateway bench-lean soak
 
 gateway: setup  ## start the JPEG gateway alone against TRITON_GRPC (default 127.0.0.1:8001)
-	$(PY) -m gateway --triton-grpc $(TRITON_GRPC) --host $(GATEWAY_HOST) --port $(GATEWAY_PORT)
+	$(PY) -m gateway --triton-grpc $(TRITON_GRPC) --host $(GATEWAY_HOST) --port $(GATEWAY_PORT) --metrics-port $(GATEWAY_METRICS_PORT)
 
 bench-gateway: setup  ## gateway vs naive baseline on the same Triton/yolo: req/s, latency, CPU, bytes
 	$(PY) -m export --models yolo
 	$(PY) -m perf.bench_gateway --seconds $(BENCH_SECONDS) $(BENCH_ARGS)
+
+bench-lean: setup  ## LeanRoute vs FastAPI's own handler on the same app, side by side: CPU us/request
+	$(PY) -m perf.bench_lean
+
+soak: setup  ## gateway + a fixed-time stand-in Triton at 0.7 x C for SOAK_S s (600): errors, RSS, fds, shm slots
+	$(PY) -m perf.soak --seconds $(SOAK_S)

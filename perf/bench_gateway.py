@@ -125,6 +125,7 @@ async def _load(url: str, data: bytes, concurrency: int, seconds: float, warmup:
 
 
 def _gateway_bytes(base: str) -> float:
+    """`base`: the gateway's metrics address (its own port, not the API's)."""
     import httpx
 
     text = httpx.get(base + "/metrics", timeout=10).text
@@ -197,7 +198,7 @@ def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
     adapter = baseline_naive.write_adapter(derived.path, "yolo")
     ports = free_port(), free_port(), free_port()
     server = TritonServer(derived.path, *ports, log_path=WORK / "triton.log")
-    gw_port, bl_port = free_port(), free_port()
+    gw_port, gw_metrics_port, bl_port = free_port(), free_port(), free_port()
     gw = bl = None
     data = test_image()
     try:
@@ -206,12 +207,14 @@ def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
         server.start(600)
         # the admin key lets the gateway register shared memory, as `make run` does
         gw = _start([sys.executable, "-m", "gateway", "--triton-grpc", server.grpc_url,
-                     "--port", str(gw_port), "--log-level", "warning"], WORK / "gateway.log",
+                     "--port", str(gw_port), "--metrics-port", str(gw_metrics_port),
+                     "--log-level", "warning"], WORK / "gateway.log",
                     VISIONSERVE_GATEWAY_TRITON_ADMIN_KEY=server.admin_key)
         bl = _start([sys.executable, "-m", "perf.baseline_naive", "--triton-http",
                      server.http_url, "--model", adapter, "--port", str(bl_port)],
                     WORK / "baseline.log")
         gw_base, bl_base = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{bl_port}"
+        gw_metrics = f"http://127.0.0.1:{gw_metrics_port}"
         _wait_http(gw_base + "/readyz", gw)
         _wait_http(bl_base + "/healthz", bl)
         # the machine may be shared: the decode reference is re-measured beside every
@@ -225,7 +228,7 @@ def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
         points = []
         for c in levels:
             for system, base, path, proc, rb in (
-                    ("gateway", gw_base, "/v1/detect", gw, _gateway_bytes),
+                    ("gateway", gw_base, "/v1/detect", gw, lambda _: _gateway_bytes(gw_metrics)),
                     ("baseline", bl_base, "/detect", bl, _baseline_bytes)):
                 p = measure(system, base, path, proc, rb, data, c, seconds)
                 points.append(p)
@@ -234,7 +237,7 @@ def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
                       f"p95 {p.p95_ms:7.1f}  p99 {p.p99_ms:7.1f} ms  cpu {p.cpu_ms_per_request:6.2f} "
                       f"ms/req  {p.bytes_to_triton_per_request / 1e6:5.2f} MB->Triton  "
                       f"({p.requests} req, {p.errors} errors)", flush=True)
-        paths = _gateway_paths(gw_base)
+        paths = _gateway_paths(gw_metrics)
         path = "+".join(sorted(paths)) or "none"
         print(f"gateway image input path: {path} (Triton calls: "
               + ", ".join(f"{k} {v:.0f}" for k, v in sorted(paths.items())) + ")", flush=True)

@@ -1,7 +1,7 @@
 """`make serve` / `make run`: derive a profile's repository, start Triton (and the gateway).
 
     python -m serving serve [--profile cpu] [--http-port 8000 --grpc-port 8001 --metrics-port 8002]
-    python -m serving run   [... --gateway-port 8080]
+    python -m serving run   [... --gateway-port 8080 --gateway-metrics-port 8081]
     python -m serving derive --profile onnx-gpu [--dest DIR]
 
 Ctrl-C (SIGINT) or SIGTERM stops everything cleanly: the gateway first, then Triton,
@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             s.add_argument("--gateway-host", default="127.0.0.1")
             s.add_argument("--gateway-port", type=int, default=8080)
+            s.add_argument("--gateway-metrics-port", type=int, default=8081,
+                           help="the gateway's Prometheus /metrics (never on its API port)")
     return p
 
 
@@ -87,7 +89,8 @@ def _gateway_command(args, server: TritonServer) -> list[str]:
         raise UsageError("the gateway module is not available (`python -m gateway` needs gateway/__main__.py); "
                          "use `make serve` to run Triton alone")
     return [sys.executable, "-m", "gateway", "--triton-grpc", server.grpc_url,
-            "--host", args.gateway_host, "--port", str(args.gateway_port)]
+            "--host", args.gateway_host, "--port", str(args.gateway_port),
+            "--metrics-port", str(args.gateway_metrics_port)]
 
 
 def _serve(args, with_gateway: bool) -> int:
@@ -116,7 +119,9 @@ def _serve(args, with_gateway: bool) -> int:
             # the admin key lets the gateway register shared memory (its default "auto")
             env = dict(os.environ, VISIONSERVE_GATEWAY_TRITON_ADMIN_KEY=server.admin_key)
             gateway = subprocess.Popen(_gateway_command(args, server), cwd=REPO_ROOT, env=env)
-            print(f"Gateway: http://{args.gateway_host}:{args.gateway_port}  (Ctrl-C stops both)", flush=True)
+            print(f"Gateway: http://{args.gateway_host}:{args.gateway_port}  metrics "
+                  f"http://{args.gateway_host}:{args.gateway_metrics_port}/metrics  "
+                  "(Ctrl-C stops both)", flush=True)
         else:
             print("Ctrl-C stops it.", flush=True)
         while not stop.wait(1.0):

@@ -32,6 +32,9 @@ def fixed_time_config(source: contract.ModelContract, batch_ms: float, image_ms:
     need a queue that does not shed, or one request per execution."""
     if source.max_batch_size < 1:
         raise contract.ContractError(f"{source.name}: a stand-in needs a batching model")
+    if max_batch_size is not None and not 1 <= max_batch_size <= source.max_batch_size:
+        raise contract.ContractError(f"{source.name}: max_batch_size {max_batch_size} is not "
+                                     f"in 1..{source.max_batch_size}")
     cfg = mc.ModelConfig()
     cfg.CopyFrom(source.config)
     cfg.platform = ""

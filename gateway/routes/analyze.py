@@ -2,14 +2,12 @@
 (the `analyze` ensemble runs the steps concurrently on the server)."""
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 
 from .. import postprocess
-from ..catalog import ROUTE_MODELS
-from ..responses import JSON
-from .common import ERRORS, IMAGE_BODY, ServiceDep, frames_for
+from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for,
+                     result_limit, threshold)
+from .faces import DEFAULT_THRESHOLD as FACE_THRESHOLD
 from .lean import LeanRoute
 
 router = APIRouter(tags=["analyze"], route_class=LeanRoute)
@@ -19,20 +17,30 @@ MODEL = "analyze"
 @router.post("/v1/analyze", openapi_extra=IMAGE_BODY, responses=ERRORS,
              summary="Objects, faces, text and an image embedding")
 async def analyze(request: Request, svc: ServiceDep,
-                  object_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.25,
-                  face_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.5,
-                  text_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.5,
-                  max_results: Annotated[int, Query(ge=1, le=100)] = 100) -> JSON:
-    frames = await frames_for(request, svc, MODEL)
-    o = await svc.infer_frames(MODEL, frames, ROUTE_MODELS[MODEL][1])
-    objs = postprocess.objects(o["object_boxes"], o["object_scores"], o["object_classes"],
-                               o["num_objects"], frames, object_threshold, max_results)
-    found = postprocess.faces(o["face_boxes"], o["face_scores"], o["face_landmarks"],
-                              o["face_embeddings"], o["num_faces"], frames, face_threshold,
-                              min(max_results, 64))
-    lines = postprocess.text_lines(o["texts"], o["text_polygons"], o["text_scores"],
-                                   o["num_lines"], frames, text_threshold, min(max_results, 64))
-    return JSON({"model": MODEL, "results": [
-        {**size, "objects": ob, "faces": f, "lines": ls, "embedding": e}
-        for size, ob, f, ls, e in zip(postprocess.sizes(frames), objs, found, lines,
-                                      o["image_embedding"].tolist())]})
+                  object_threshold: Threshold = None,
+                  face_threshold: Threshold = None,
+                  text_threshold: Threshold = None,
+                  max_results: MaxResults = None):
+    info = svc.model(MODEL)
+    floor = svc.catalog.score_floor
+    cuts = (threshold(object_threshold, floor(MODEL, "object_scores"), "object_threshold"),
+            threshold(face_threshold, floor(MODEL, "face_scores"), "face_threshold",
+                      FACE_THRESHOLD),
+            threshold(text_threshold, floor(MODEL, "text_scores"), "text_threshold"))
+    most = max(info.rows(o) for o in ("object_boxes", "face_boxes", "texts"))
+    limit = result_limit(max_results, info, "", most)
+    frames = await frames_for(request, svc, info)
+    o = await svc.infer_frames(MODEL, frames, info.output_names)
+
+    def build():
+        objs = postprocess.objects(o["object_boxes"], o["object_scores"], o["object_classes"],
+                                   o["num_objects"], frames, cuts[0], limit)
+        found = postprocess.faces(o["face_boxes"], o["face_scores"], o["face_landmarks"],
+                                  o["face_embeddings"], o["num_faces"], frames, cuts[1], limit)
+        lines = postprocess.text_lines(o["texts"], o["text_polygons"], o["text_scores"],
+                                       o["num_lines"], frames, cuts[2], limit)
+        return {"model": MODEL, "results": [
+            {**size, "objects": ob, "faces": f, "lines": ls, "embedding": e}
+            for size, ob, f, ls, e in zip(postprocess.sizes(frames), objs, found, lines,
+                                          o["image_embedding"].tolist())]}
+    return await svc.render(build, o)

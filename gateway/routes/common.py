@@ -6,8 +6,10 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 
 from .. import postprocess
+from ..admission import reservation_of
+from ..catalog import ModelInfo
+from ..errors import InvalidParameter
 from ..inputs import read_images
-from ..responses import JSON
 from ..service import Frames, Service
 
 
@@ -17,20 +19,70 @@ async def get_service(request: Request) -> Service:
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
-MaxResults = Annotated[int, Query(ge=1, le=100, description="results kept per image")]
+MaxResults = Annotated[int | None, Query(
+    ge=1, description="results kept per image (default and most: the model's K, "
+    "see GET /v1/models)")]
 
 
-async def frames_for(request: Request, svc: Service, model: str) -> Frames:
+Threshold = Annotated[float | None, Query(
+    ge=0.0, le=1.0, description="keep results scoring at least this (default and least: the "
+    "score floor the model applies itself, see GET /v1/models)")]
+
+
+def threshold(value: float | None, floor: tuple[float, str] | None, param: str,
+              default: float | None = None) -> float:
+    """The score threshold to apply: `value`, else `default`, never under the floor the
+    model applies itself (a lower one would silently behave as the floor: 422)."""
+    low = floor[0] if floor else 0.0
+    if value is None:
+        return max(low, default or 0.0)
+    if value < low:
+        raise InvalidParameter(f"{param}={value:g} is below {floor[1]}'s own score floor "
+                               f"{floor[0]:g} (its config.pbtxt parameter): results under it "
+                               f"are never returned; use {param} >= {floor[0]:g}")
+    return value
+
+
+def result_limit(value: int | None, info: ModelInfo, output: str, most: int | None = None) -> int:
+    """max_results: the model's K (rows of `output`) unless asked for fewer."""
+    k = info.rows(output) if most is None else most
+    if value is None:
+        return k
+    if value > k:
+        raise InvalidParameter(f"max_results={value} is more than {info.name} returns per "
+                               f"image (K={k})")
+    return value
+
+
+async def frames_for(request: Request, svc: Service, info: ModelInfo) -> Frames:
+    """The request's images read, admitted to the model's capacity (svc.admit), and
+    decoded into `info`'s frames. Get `info` with svc.model() first: a model that is
+    not served is a 503 before the body is read."""
     s = svc.settings
-    info = svc.model(model)  # 503 before reading the body when the model is not served
-    images = await read_images(request, max_bytes=s.max_body_bytes, max_images=s.max_images)
-    return await svc.frames(images, info.frame, info.max_batch_size)
+    reservation = reservation_of(request)
+    images = await read_images(request, max_bytes=s.max_body_bytes, max_images=s.max_images,
+                               pool=svc.pool, reservation=reservation)
+    svc.admit(info.name, reservation)
+    return await svc.frames(images, info.frame, info.max_batch_size, reservation)
 
 
-def per_image(model: str, frames: Frames, key: str, items: list) -> JSON:
-    """The response of a one-output image route: per image its original size and `key`."""
-    return JSON({"model": model, "results": [
-        {**size, key: it} for size, it in zip(postprocess.sizes(frames), items)]})
+async def scored(request: Request, svc: Service, model: str, score_threshold: float | None,
+                 max_results: int | None, rows_of: str, default: float | None = None):
+    """What a one-model image route with a score threshold does before its postprocess:
+    the model (503 before the body when not served or at capacity), the threshold against
+    the model's floor and max_results against its K (422), the frames, the Triton call.
+    Returns (frames, outputs, threshold, limit)."""
+    info = svc.model(model)
+    cut = threshold(score_threshold, svc.catalog.score_floor(model), "score_threshold", default)
+    limit = result_limit(max_results, info, rows_of)
+    frames = await frames_for(request, svc, info)
+    return frames, await svc.infer_frames(model, frames, info.output_names), cut, limit
+
+
+def per_image(model: str, frames: Frames, key: str, items: list) -> dict:
+    """The answer of a one-output image route: per image its original size and `key`."""
+    return {"model": model, "results": [
+        {**size, key: it} for size, it in zip(postprocess.sizes(frames), items)]}
 
 
 # The body is read by hand (limits while streaming), so describe it for OpenAPI here.
@@ -61,6 +113,7 @@ ERRORS = {code: {"description": desc, "content": {"application/json": {"example"
     (415, "not a JPEG or PNG", "unsupported_media_type"),
     (422, "invalid parameter or text", "invalid_parameter"),
     (429, "Triton's queue is full (Retry-After)", "triton_overloaded"),
-    (503, "Triton down or the gateway saturated (Retry-After)", "triton_unavailable"),
+    (503, "Triton down, or the gateway's memory budget or the model's capacity in use "
+     "(Retry-After)", "gateway_overloaded"),
     (504, "Triton missed the deadline", "triton_timeout"),
 )}

@@ -1,12 +1,17 @@
 """`LeanRoute`: the image and text endpoints' APIRoute, without FastAPI's general
-dependency solver on the hot path.
+dependency solver on the hot path when the route has nothing for it to solve.
 
 FastAPI still declares and documents these routes (OpenAPI, parameter constraints,
 error handlers), but its per-request machinery (dependency graph, telemetry hooks, body
-sniffing) cost ~0.2 ms of CPU per request in the gateway benchmark, as much as the rest
-of our Python around the decode. These endpoints need only the request, the Service and
-a few query parameters, so one pydantic model built from the endpoint's signature at
-start-up validates the query string, with FastAPI's 422 on failure.
+sniffing) costs CPU on every request (measured side by side: docs/gateway.md). These
+endpoints need only the request, the Service and a few query parameters, so one
+pydantic model built from the endpoint's signature at start-up validates the query
+string, with FastAPI's 422 on failure.
+
+FastAPI's own handler is used instead, so dependencies behave exactly as FastAPI's:
+- when the route has dependencies of its own, its router's, an including router's
+  (`include_router(..., dependencies=[...])`) or the app's (`FastAPI(dependencies=...)`);
+- for a request while `app.dependency_overrides` is not empty.
 
 Supported endpoint parameters: `Request`, dependencies computed from the request alone
 (`Depends(f)` with `async def f(request: Request)`, e.g. ServiceDep) and query
@@ -30,8 +35,15 @@ class LeanRoute(APIRoute):
         call = self.endpoint
         request_arg, depends, query = _plan(call)
         model = create_model(f"{call.__name__}_query", **query) if query else None
+        full = super().get_route_handler()   # FastAPI's, for this route as included
+        effective = _effective(self)
+        if effective.dependencies:
+            return full
+        overrides = effective.dependency_overrides_provider
 
         async def handler(request: Request):
+            if overrides is not None and getattr(overrides, "dependency_overrides", None):
+                return await full(request)
             kwargs: dict[str, Any] = {}
             if model is not None:
                 try:
@@ -46,6 +58,19 @@ class LeanRoute(APIRoute):
             return await call(**kwargs)
 
         return handler
+
+
+def _effective(route: APIRoute):
+    """The route as FastAPI builds it for the router that includes it: from FastAPI
+    0.16x an included route is not copied, its combined dependencies live in a context
+    FastAPI sets while it asks for the handler; older versions copy the route."""
+    from fastapi import routing
+
+    var = getattr(routing, "_effective_route_context_var", None)
+    context = var.get() if var is not None else None
+    if context is not None and getattr(context, "original_route", None) is route:
+        return context
+    return route
 
 
 def _plan(call) -> tuple[str | None, list[tuple[str, Any]], dict[str, tuple]]:

@@ -1,13 +1,15 @@
-"""Health, readiness, Prometheus metrics and the served-model listing."""
+"""Health and readiness probes, and the served-model listing. (/metrics is served on
+its own port: gateway/metrics.py.)"""
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import Response
-from ..responses import JSON
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..responses import JSON
 from .common import ServiceDep
 
+# Probes: never behind the dependencies given to create_app (an orchestrator's probe
+# carries no API key), never shed.
+probes = APIRouter(tags=["system"])
 router = APIRouter(tags=["system"])
 
 ENDPOINTS = {"faces": "/v1/faces", "yolo": "/v1/detect", "centernet": "/v1/detect?model=centernet",
@@ -15,12 +17,12 @@ ENDPOINTS = {"faces": "/v1/faces", "yolo": "/v1/detect", "centernet": "/v1/detec
              "ocr": "/v1/ocr", "analyze": "/v1/analyze"}
 
 
-@router.get("/healthz", summary="The process is alive")
+@probes.get("/healthz", summary="The process is alive")
 async def healthz() -> JSON:
     return JSON({"status": "ok"})
 
 
-@router.get("/readyz", summary="At least one Triton endpoint ready with its models",
+@probes.get("/readyz", summary="At least one Triton endpoint ready with its models",
             responses={503: {"description": "not ready: `reason` says why (Retry-After)"}})
 async def readyz(svc: ServiceDep):
     # the fleet's health checks keep the states current: no Triton call per probe
@@ -29,12 +31,8 @@ async def readyz(svc: ServiceDep):
                 headers={} if ready else {"Retry-After": str(svc.settings.retry_after_s)})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(svc: ServiceDep) -> Response:
-    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get("/v1/models", summary="Served models: provenance, input sizes, tensors")
+@router.get("/v1/models", summary="Served models: provenance, input sizes, tensors, "
+            "score floors")
 async def models(svc: ServiceDep) -> JSON:
     cat = svc.catalog
     if cat is None:
@@ -42,6 +40,7 @@ async def models(svc: ServiceDep) -> JSON:
     out = []
     for name, info in cat.models.items():
         frame = info.frame
+        floor = cat.score_floor(name)
         out.append({
             "name": name, "endpoint": ENDPOINTS.get(name), "platform": info.platform,
             "max_batch_size": info.max_batch_size,
@@ -52,6 +51,8 @@ async def models(svc: ServiceDep) -> JSON:
             "cpu_runtime": cat.runtimes.get(name),
             "component_cpu_runtimes": {c: cat.runtimes.get(c) for c in cat.components(name)},
             "input_size": {"height": frame[0], "width": frame[1]} if frame else None,
+            # the least score_threshold the route accepts: the model filters below it
+            "score_floor": floor[0] if floor else None,
             "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
                        for t in info.inputs],
             "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}

@@ -20,7 +20,7 @@ from serving import contract
 from serving.replicas import Replicas, loopback_hosts
 
 from tests.integration.conftest import require_triton
-from tests.integration.gateway_process import Gateway
+from perf.gatewayproc import Gateway
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("dnslib", reason="dnslib (the `test` extra) stands in for the headless Service")

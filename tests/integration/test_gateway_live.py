@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from serving.tritonserver import TritonServer, free_port
-from tests.integration.gateway_process import Gateway
 
 httpx = pytest.importorskip("httpx")
+from perf.gatewayproc import Gateway  # noqa: E402  (needs httpx)
+
 pytestmark = pytest.mark.integration
 # SCRFD-2.5G on the astronaut, in original 512x512 pixels (../shared/weights/README.md)
 ASTRONAUT_FACE = np.array([181, 55, 271, 178], np.float32)
@@ -62,7 +63,7 @@ def test_models_lists_what_triton_serves(served, gateway):
 
 def test_detect_on_the_astronaut(served, gateway, astronaut):
     served.need("yolo")
-    r = post(gateway, "/v1/detect", jpeg(astronaut), score_threshold=0.0)
+    r = post(gateway, "/v1/detect", jpeg(astronaut))
     assert r.status_code == 200, r.text
     res = r.json()["results"][0]
     assert (res["width"], res["height"]) == (512, 512)
@@ -114,7 +115,7 @@ def text_image(lines, w=900, h=500):
 def test_ocr_reads_rendered_text_back(served, gateway):
     served.need("ocr")
     lines = ["SERVING 2026", "HELLO WORLD"]
-    r = post(gateway, "/v1/ocr", jpeg(text_image(lines)), score_threshold=0.0)
+    r = post(gateway, "/v1/ocr", jpeg(text_image(lines)))
     assert r.status_code == 200, r.text
     res = r.json()["results"][0]
     got = " ".join(x["text"] for x in res["lines"]).upper().replace(" ", "")
@@ -143,7 +144,7 @@ def test_concurrent_burst_has_no_error(served, gateway, astronaut):
     with ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(lambda _: post(gateway, "/v1/detect", data).status_code, range(48)))
     assert codes == [200] * 48
-    metrics = gateway.client.get("/metrics").text
+    metrics = gateway.metrics()
     assert 'visionserve_gateway_requests_total{route="/v1/detect",status="200"}' in metrics
 
 
@@ -236,7 +237,7 @@ def wire_gateway(served, tmp_path_factory):
 
 def input_paths(gw) -> dict[tuple[str, str], float]:
     """{(model, "shm" | "wire"): Triton calls} from the gateway's /metrics."""
-    text = gw.client.get("/metrics").text
+    text = gw.metrics()
     return {(m, p): float(v) for m, p, v in re.findall(
         r'^visionserve_gateway_triton_input_path_total\{model="([^"]+)",path="([^"]+)"\} (\S+)$',
         text, re.M)}
@@ -253,7 +254,7 @@ def test_shared_memory_gives_the_wire_results_exactly(served, shm_gateway, wire_
     for kw in ({"content": one, "headers": {"content-type": "image/jpeg"}}, {"files": batch}):
         results = []
         for gw in (wire_gateway, shm_gateway):
-            r = gw.client.post(path, params={"score_threshold": 0.0}, **kw)
+            r = gw.client.post(path, **kw)
             assert r.status_code == 200, r.text
             results.append(r.json())
         assert results[0] == results[1]
@@ -271,11 +272,10 @@ def test_shared_memory_gateway_probes_and_concurrency(served, shm_gateway, astro
     assert c.get("/readyz").status_code == 200
     assert c.get("/v1/models").status_code == 200
     data = [jpeg(astronaut), jpeg(astronaut[::-1].copy())]
-    want = [post(shm_gateway, "/v1/detect", d, score_threshold=0.0).json() for d in data]
+    want = [post(shm_gateway, "/v1/detect", d).json() for d in data]
     # concurrent requests share the pool: no slot may be handed to two requests at once
     with ThreadPoolExecutor(12) as pool:
-        got = list(pool.map(lambda i: post(shm_gateway, "/v1/detect", data[i % 2],
-                                           score_threshold=0.0), range(36)))
+        got = list(pool.map(lambda i: post(shm_gateway, "/v1/detect", data[i % 2]), range(36)))
     assert [r.status_code for r in got] == [200] * 36
     assert all(r.json() == want[i % 2] for i, r in enumerate(got))
 
@@ -287,7 +287,7 @@ def test_shared_memory_survives_lost_registrations(served, shm_gateway, astronau
 
     served.need("yolo")
     data = jpeg(astronaut)
-    want = post(shm_gateway, "/v1/detect", data, score_threshold=0.0).json()
+    want = post(shm_gateway, "/v1/detect", data).json()
     client = grpcclient.InferenceServerClient(served.server.grpc_url)
     try:
         from gateway.backend import ADMIN_METADATA
@@ -296,7 +296,7 @@ def test_shared_memory_survives_lost_registrations(served, shm_gateway, astronau
         assert client.get_system_shared_memory_status(headers=headers, as_json=True).get("regions")
         client.unregister_system_shared_memory(headers=headers)
         before = input_paths(shm_gateway)
-        r = post(shm_gateway, "/v1/detect", data, score_threshold=0.0)
+        r = post(shm_gateway, "/v1/detect", data)
         assert r.status_code == 200, r.text
         assert r.json() == want
         after = input_paths(shm_gateway)

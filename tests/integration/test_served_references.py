@@ -16,9 +16,9 @@ from export.base import ExportJob
 from export.runner import onnx_path, read_record
 from export.samples import letterbox, ultralytics_photo
 from export.verify import recorded_weights
+from perf.gatewayproc import Gateway
 from serving.contract import MODEL_REPOSITORY
 
-from .gateway_process import Gateway
 from .triton_calls import infer
 
 pytestmark = pytest.mark.integration
@@ -100,7 +100,7 @@ def test_yolo_matches_ultralytics_predictor(served, gateway):
         matched += int(((m >= 0.99) & same).any(0).sum())
     assert matched / total >= 0.9, f"recall of the predictor's boxes {matched}/{total}"
     # the gateway on the same frame (scale 1): the same boxes in its JSON
-    http = np.array([o["box"] for o in post(gateway, "/v1/detect", png(frames[0]), model="yolo", score_threshold=0.0)["objects"]])
+    http = np.array([o["box"] for o in post(gateway, "/v1/detect", png(frames[0]), model="yolo")["objects"]])
     boxes = valid(out, 0)["boxes"]
     assert len(http) == len(boxes) and np.abs(np.sort(http, 0) - np.sort(boxes, 0)).max() < 0.01
 
@@ -202,7 +202,7 @@ def test_faces_match_scrfd_file_and_torch_iresnet(served, gateway):
         cos = (got["embeddings"] * want).sum(1)
         assert cos.min() >= 0.99, cos
     # the gateway, original 512x512 pixels: the same face, boxes scaled by 512/640
-    res = post(gateway, "/v1/faces", png(astronaut), score_threshold=0.0)["faces"]
+    res = post(gateway, "/v1/faces", png(astronaut))["faces"]
     assert len(res) == int(out["num_faces"][0, 0])
     np.testing.assert_allclose(res[0]["box"], out["boxes"][0, 0] * 512 / 640, atol=1.0)
 
@@ -258,7 +258,7 @@ def test_ocr_matches_rapidocr(served, gateway):
         list(zip(got, want))
     assert all(g == t for g, w, t in zip(got, want, OCR_LINES) if g != w), list(zip(got, want, OCR_LINES))
     assert sum(g == t for g, t in zip(got, OCR_LINES)) >= 0.95 * len(OCR_LINES), list(zip(got, OCR_LINES))
-    http = [x["text"] for x in post(gateway, "/v1/ocr", png(pages[0]), score_threshold=0.0)["lines"]]
+    http = [x["text"] for x in post(gateway, "/v1/ocr", png(pages[0]))["lines"]]
     assert http == got[:10]
 
 
@@ -285,7 +285,7 @@ def test_centernet_matches_its_file_and_finds_the_bus(served, gateway):
     # the gateway, on the JPEG as a client sends it: the bus and three people in original pixels
     from ultralytics.utils import ASSETS
 
-    r = gateway.client.post("/v1/detect", params={"model": "centernet", "score_threshold": 0.0}, headers={"content-type": "image/jpeg"},
+    r = gateway.client.post("/v1/detect", params={"model": "centernet"}, headers={"content-type": "image/jpeg"},
                             content=(Path(ASSETS) / "bus.jpg").read_bytes())
     assert r.status_code == 200, r.text
     res = r.json()["results"][0]

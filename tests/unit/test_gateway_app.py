@@ -17,7 +17,7 @@ from gateway.backend import translate
 from gateway.errors import (TritonOverloaded, TritonTimeout,
                             TritonUnavailable)
 from gateway.settings import GatewaySettings
-from gateway.testing import FakeBackend
+from gateway.testing import FakeBackend, metrics_text
 
 
 def jpeg_bytes(w=1280, h=720, seed=0) -> bytes:
@@ -87,7 +87,7 @@ def test_thresholds_and_limits_are_query_parameters():
         assert len(post(c, "/v1/detect").json()["results"][0]["objects"]) == 5
         r = post(c, "/v1/detect", params={"score_threshold": 0.8})
         assert [o["score"] for o in r.json()["results"][0]["objects"]] == [0.9, 0.825]
-        r = post(c, "/v1/detect", params={"max_results": 2, "score_threshold": 0})
+        r = post(c, "/v1/detect", params={"max_results": 2, "score_threshold": 0.25})
         assert len(r.json()["results"][0]["objects"]) == 2
         assert_error(post(c, "/v1/detect", params={"score_threshold": 2}), 422, "invalid_parameter")
         assert_error(post(c, "/v1/detect", params={"model": "nope"}), 422, "invalid_parameter")
@@ -203,7 +203,7 @@ def test_pixel_limit_is_judged_before_decoding():
     fake = FakeBackend()
     with client(fake, max_image_pixels=1000) as c:
         assert_error(post(c, "/v1/detect"), 413, "image_too_large")
-        metrics = c.get("/metrics").text
+        metrics = metrics_text(c)
     assert 'visionserve_gateway_images_total{format="jpeg"}' not in metrics   # nothing decoded
     assert fake.calls == []
 
@@ -233,7 +233,7 @@ def test_triton_slow_is_504_and_queue_full_is_429():
         r = post(c, "/v1/faces")
         assert_error(r, 429, "triton_overloaded")
         assert r.headers["retry-after"] == "1"
-        assert 'code="triton_overloaded"' in c.get("/metrics").text
+        assert 'code="triton_overloaded"' in metrics_text(c)
 
 
 def test_grpc_errors_are_translated_in_one_place():
@@ -269,7 +269,7 @@ def test_in_flight_limit_sheds_with_503_and_loses_nothing():
         t.join(10)
         assert results["a"].status_code == 200
         assert post(c, "/v1/detect").status_code == 200   # capacity is back
-        m = c.get("/metrics").text
+        m = metrics_text(c)
     assert 'visionserve_gateway_requests_total{route="/v1/detect",status="503"} 1.0' in m
     assert "visionserve_gateway_in_flight_requests 0.0" in m
 
@@ -287,14 +287,14 @@ def test_missing_model_is_503_and_a_contract_mismatch_is_refused_loudly():
         assert endpoint["state"] == "refused" and "FP32" in endpoint["reason"], endpoint
         assert "contract mismatch" in r.json()["reason"]
         assert_error(post(c, "/v1/detect"), 503, "triton_unavailable")
-        assert 'visionserve_gateway_triton_endpoints{state="refused"} 1.0' in c.get("/metrics").text
+        assert 'visionserve_gateway_triton_endpoints{state="refused"} 1.0' in metrics_text(c)
     assert bad.calls == []
 
 
 def test_metrics_expose_the_issue_list():
     with client() as c:
         post(c, "/v1/detect")
-        m = c.get("/metrics").text
+        m = metrics_text(c)
     for name in ("requests_total", "request_duration_seconds", "in_flight_requests",
                  "decode_duration_seconds", "triton_duration_seconds", "request_body_bytes",
                  "triton_sent_bytes_total"):
@@ -302,8 +302,17 @@ def test_metrics_expose_the_issue_list():
     assert 'visionserve_gateway_triton_sent_bytes_total{model="yolo"} 1.2288e+06' in m
 
 
-def test_openapi_documents_bodies_and_errors():
+def test_docs_are_off_unless_enabled():
     with client() as c:
+        for path in ("/docs", "/redoc", "/openapi.json", "/metrics"):
+            assert_error(c.get(path), 404, "not_found")
+    with client(docs=True) as c:
+        assert c.get("/docs").status_code == 200 and c.get("/redoc").status_code == 200
+        assert c.get("/openapi.json").json()["paths"]["/v1/detect"]
+
+
+def test_openapi_documents_bodies_and_errors():
+    with client(docs=True) as c:
         spec = c.get("/openapi.json").json()
     op = spec["paths"]["/v1/detect"]["post"]
     assert {"image/jpeg", "multipart/form-data", "application/json"} <= set(op["requestBody"]["content"])

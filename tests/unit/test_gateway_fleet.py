@@ -251,7 +251,7 @@ def test_shared_memory_is_per_endpoint_and_a_retry_elsewhere_uses_the_wire():
         fleet = Fleet(s, Metrics(), connect=fakes.__getitem__)
         await started(fleet)
         lease = await fleet.lease((640, 640), 16, 1)
-        owner = next(f for f in fakes.values() if f.pool.stats()["busy"] == 1)
+        owner = next(f for f in fakes.values() if f.pool.stats()["in_use"] == 1)
         other = next(f for f in fakes.values() if f is not owner)
         await fleet.infer("yolo", {"images": lease.array}, OUT)
         owner.fail = TritonUnavailable("Socket closed")
@@ -265,3 +265,40 @@ def test_shared_memory_is_per_endpoint_and_a_retry_elsewhere_uses_the_wire():
     owner_calls, other_calls = run(go())
     assert owner_calls == [True, True]     # both first attempts in its own slot
     assert other_calls == [False]          # the retry: the wire
+
+
+# -- Triton's connection age ------------------------------------------------------------------
+def test_a_call_lost_to_a_goaway_race_is_sent_again_on_the_same_channel():
+    """Triton's --grpc-max-connection-age closes a connection as a call starts: the call is
+    sent once more (within its deadline) instead of failing and ejecting a healthy endpoint;
+    any other UNAVAILABLE, or a second GOAWAY, is raised as it came."""
+    import grpc
+
+    from gateway.backend import _AgainAfterGoaway
+
+    def error(details):
+        return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
+                                    grpc.aio.Metadata(), details)
+
+    goaway = error("Stream removed (Socket closed (GOAWAY received; Error code: 0; Debug Text: ))")
+    down = error("failed to connect to all addresses")
+
+    def method(*outcomes):
+        calls = []
+
+        async def call(request, timeout=None):
+            calls.append(timeout)
+            outcome = outcomes[len(calls) - 1]
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+        return _AgainAfterGoaway(call), calls
+
+    again, calls = method(goaway, "answer")
+    assert asyncio.run(again(b"req", timeout=2.0)) == "answer"
+    assert len(calls) == 2 and calls[0] == 2.0 and 0 < calls[1] <= 2.0
+    for outcomes in ((down, "answer"), (goaway, goaway)):
+        again, calls = method(*outcomes)
+        with pytest.raises(grpc.aio.AioRpcError):
+            asyncio.run(again(b"req", timeout=2.0))
+        assert len(calls) == (1 if outcomes[0] is down else 2)

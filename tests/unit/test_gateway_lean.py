@@ -64,7 +64,7 @@ def test_gateway_422_names_the_parameter():
     s = GatewaySettings()
     with TestClient(create_app(s, backend=FakeBackend())) as c:
         r = c.post("/v1/faces", content=b"x", headers={"content-type": "image/jpeg"},
-                   params={"max_results": 65})
+                   params={"max_results": 0})
     assert r.status_code == 422
     err = r.json()["error"]
     assert err["code"] == "invalid_parameter" and "query.max_results" in err["message"]
@@ -110,3 +110,81 @@ def test_request_only_dependencies_are_called_with_the_request():
 def test_unsupported_endpoints_are_refused_when_built(endpoint, why):
     with pytest.raises(TypeError, match=why):
         _app(endpoint)
+
+
+# -- dependencies and overrides, exactly as FastAPI --------------------------------------
+API_KEY = "s3cret"
+
+
+async def require_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+    from fastapi import HTTPException
+
+    if x_api_key != API_KEY:
+        raise HTTPException(401, "missing or wrong API key")
+
+
+JPEG_BODY = {"content": b"\xff\xd8\xff" + b"0" * 100, "headers": {"content-type": "image/jpeg"}}
+
+
+def test_an_api_key_dependency_protects_every_route():
+    """create_app(dependencies=[...]) is include_router(router, dependencies=[...]) for
+    every router: each image, text and listing route answers 401 without the key."""
+    app = create_app(GatewaySettings(startup_wait_s=0, metrics_port=0), backend=FakeBackend(),
+                     dependencies=[Depends(require_key)])
+    with TestClient(app) as c:
+        for path in ("/v1/faces", "/v1/detect", "/v1/ocr", "/v1/analyze", "/v1/embed/image",
+                     "/v1/embed/text", "/v1/models"):
+            method = c.get if path == "/v1/models" else c.post
+            r = method(path, **({} if path == "/v1/models" else JPEG_BODY))
+            assert r.status_code == 401, (path, r.status_code, r.text)
+        ok = c.post("/v1/detect", content=JPEG_BODY["content"],
+                    headers={**JPEG_BODY["headers"], "x-api-key": API_KEY})
+        assert ok.status_code == 400, ok.text      # past the key: the body is judged
+        assert c.get("/healthz").status_code == 200   # probes stay open
+
+
+def test_app_and_router_level_dependencies_of_lean_routes():
+    """FastAPI(dependencies=...) and APIRouter(dependencies=...) reach lean routes."""
+    router = APIRouter(route_class=LeanRoute, dependencies=[Depends(require_key)])
+    router.post("/x")(echo)
+    for app in (FastAPI(dependencies=[Depends(require_key)]), FastAPI()):
+        plain = APIRouter(route_class=LeanRoute)
+        plain.post("/y")(echo)
+        app.include_router(router)
+        app.include_router(plain)
+        with TestClient(app) as c:
+            assert c.post("/x").status_code == 401
+            assert c.post("/x", headers={"x-api-key": API_KEY}).status_code == 200
+            assert c.post("/y").status_code == (401 if app.router.dependencies else 200)
+
+
+def test_route_level_dependency_of_a_lean_route_runs():
+    calls = []
+
+    async def audit(request: Request) -> None:
+        calls.append(request.url.path)
+
+    router = APIRouter(route_class=LeanRoute)
+    router.post("/x", dependencies=[Depends(audit)])(echo)
+    app = FastAPI()
+    app.include_router(router)
+    with TestClient(app) as c:
+        assert c.post("/x").status_code == 200
+    assert calls == ["/x"]
+
+
+def test_dependency_overrides_are_honoured():
+    """app.dependency_overrides replaces the Service dependency of a lean route."""
+    from gateway.routes.common import get_service
+
+    app = create_app(GatewaySettings(startup_wait_s=0, metrics_port=0), backend=FakeBackend())
+    seen = []
+
+    async def other_service(request: Request):
+        seen.append(True)
+        return request.app.state.service
+
+    app.dependency_overrides[get_service] = other_service
+    with TestClient(app) as c:
+        r = c.post("/v1/detect", content=b"x", headers={"content-type": "image/jpeg"})
+    assert r.status_code == 415 and seen == [True]

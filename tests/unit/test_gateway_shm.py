@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from gateway import shm
 from gateway.app import create_app
 from gateway.backend import TritonBackend, _lost_region
-from gateway.errors import TritonOverloaded, TritonTimeout, TritonUnavailable
+from gateway.errors import TritonError, TritonOverloaded, TritonTimeout, TritonUnavailable
 from gateway.settings import GatewaySettings
 from gateway.testing import FakeBackend
 
@@ -64,10 +64,12 @@ def test_settings_from_the_environment(monkeypatch):
 
 # -- the pool ----------------------------------------------------------------------------
 class Registry:
-    """Stands in for Triton's register/unregister RPCs."""
+    """Stands in for Triton's register/unregister RPCs; `in_use` names are refused
+    unregistration as Triton (>= 2.50) refuses a region a request still reads."""
 
     def __init__(self, fail=False):
         self.names, self.unregistered, self.fail = [], [], fail
+        self.in_use: set[str] = set()
 
     async def register(self, slot):
         if self.fail:
@@ -76,7 +78,13 @@ class Registry:
         self.names.append(slot.name)
 
     async def unregister(self, name):
+        if name in self.in_use:
+            raise TritonError(f"Cannot unregister shared memory region '{name}', it is "
+                              "currently in use.")
         self.unregistered.append(name)
+
+
+FRAME = 4 * 6 * 3          # bytes of one (4, 6) frame
 
 
 def run(coro):
@@ -85,7 +93,7 @@ def run(coro):
 
 def test_slots_are_leased_reused_capped_and_retired():
     reg = Registry()
-    pool = shm.SlotPool(2, reg.register)
+    pool = shm.SlotPool(7 * FRAME, reg.register)      # two 3-frame slots and one frame
 
     async def go():
         a = await pool.lease((4, 6), 3, 2)
@@ -96,12 +104,15 @@ def test_slots_are_leased_reused_capped_and_retired():
         one.release()
         b = await pool.lease((4, 6), 3, 3)
         assert b.slot is not a.slot
-        assert await pool.lease((4, 6), 3, 2) is None          # cap reached: the wire
+        assert await pool.lease((4, 6), 3, 2) is None          # no room left: the wire
         assert await pool.lease((8, 8), 2, 3) is None          # over the max batch
         a.array[:] = 7
         b.array[:] = 9
         assert (a.array == 7).all()                            # slots do not overlap
-        assert pool.stats() == {"slots": 3, "busy": 2, "retired": 0, "free": 1, "failed": 0}
+        assert pool.stats() == {"slots": 3, "in_use": 2, "retired": 0, "free": 1,
+                                "bytes": 7 * FRAME, "bytes_limit": 7 * FRAME, "failed": 0,
+                                "reclaimed": 0, "fallbacks": 2}
+        assert pool.fallbacks == {"pool_full": 1, "over_max_batch": 1}
         a.release()
         a.release()                                            # idempotent
         c = await pool.lease((4, 6), 3, 2)
@@ -112,6 +123,7 @@ def test_slots_are_leased_reused_capped_and_retired():
         assert d.slot is b.slot
         assert await pool.lease((4, 6), 3, 2) is None          # the retired one counts
         assert pool.stats()["retired"] == 1
+        assert await pool.reclaim() == 0                       # no unregister given: never
         d.release()
         names = [s.name for s in pool.slots]
         await pool.close(reg.unregister)
@@ -123,7 +135,7 @@ def test_slots_are_leased_reused_capped_and_retired():
 
 
 def test_locate_finds_chunks_of_a_leased_batch():
-    pool = shm.SlotPool(4, Registry().register)
+    pool = shm.SlotPool(1 << 20, Registry().register)
 
     async def go():
         lease = await pool.lease((2, 2), 4, 4)
@@ -138,7 +150,7 @@ def test_locate_finds_chunks_of_a_leased_batch():
 
 
 def test_a_refused_registration_falls_back_and_leaves_nothing_behind():
-    pool = shm.SlotPool(2, Registry(fail=True).register)
+    pool = shm.SlotPool(1 << 20, Registry(fail=True).register)
     before = set(os.listdir(shm.SHM_DIR))
 
     async def go():
@@ -151,11 +163,103 @@ def test_a_refused_registration_falls_back_and_leaves_nothing_behind():
     assert set(os.listdir(shm.SHM_DIR)) - before == set()
 
 
+def test_retired_slots_are_reclaimed_once_triton_lets_go():
+    reg = Registry()
+    pool = shm.SlotPool(2 * FRAME, reg.register, reg.unregister)
+
+    async def go():
+        a, b = await pool.lease((4, 6), 3, 1), await pool.lease((4, 6), 3, 1)
+        a.release(retire=True)
+        b.release(retire=True)
+        assert await pool.lease((4, 6), 3, 1) is None          # all retired: the wire
+        reg.in_use = {a.slot.name}                             # Triton still reads `a`
+        assert await pool.reclaim() == 1
+        assert pool.stats()["retired"] == 1 and pool.stats()["free"] == 1
+        assert reg.names.count(b.slot.name) == 2               # registered again
+        c = await pool.lease((4, 6), 3, 1)
+        assert c.slot is b.slot
+        reg.in_use = set()                                     # Triton answered `a`
+        assert await pool.reclaim() == 1
+        s = pool.stats()
+        assert (s["retired"], s["in_use"], s["free"], s["reclaimed"]) == (0, 1, 1, 2)
+        c.release()
+        await pool.close()
+
+    run(go())
+    assert pool.stats()["slots"] == 0
+
+
+def test_reclaim_runs_in_the_background_and_survives_triton_away():
+    reg = Registry()
+    pool = shm.SlotPool(FRAME, reg.register, reg.unregister, reclaim_every_s=0.01)
+
+    async def go():
+        pool.start()
+        a = await pool.lease((4, 6), 3, 1)
+        reg.fail = True                                         # Triton away: register fails
+        a.release(retire=True)
+        await asyncio.sleep(0.1)
+        assert pool.stats()["retired"] == 1
+        reg.fail = False
+        for _ in range(100):
+            if pool.stats()["retired"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (pool.stats()["retired"], pool.stats()["free"]) == (0, 1)
+        await pool.close()
+
+    run(go())
+
+
+def test_pool_state_is_in_the_metrics():
+    from gateway.metrics import Metrics
+
+    m = Metrics()
+    pool = shm.SlotPool(2 * FRAME, Registry().register, on_fallback=lambda r: m.shm_fallbacks.labels(r).inc())
+    m.watch_pool(pool.stats)
+
+    async def go():
+        a = await pool.lease((4, 6), 3, 1)
+        (await pool.lease((4, 6), 3, 1)).release(retire=True)
+        assert await pool.lease((4, 6), 3, 1) is None
+        text = m.text().decode()
+        a.release()
+        await pool.close()
+        return text
+
+    text = run(go())
+    for line in ('visionserve_gateway_shm_slots{state="in_use"} 1.0',
+                 'visionserve_gateway_shm_slots{state="retired"} 1.0',
+                 'visionserve_gateway_shm_slots{state="free"} 0.0',
+                 f"visionserve_gateway_shm_bytes {float(2 * FRAME)}",
+                 'visionserve_gateway_shm_wire_fallbacks_total{reason="pool_full"} 1.0'):
+        assert line in text, line
+
+
+def test_a_new_size_evicts_free_slots_of_another():
+    reg = Registry()
+    pool = shm.SlotPool(3 * FRAME, reg.register, reg.unregister)
+
+    async def go():
+        ones = [await pool.lease((4, 6), 3, 1) for _ in range(3)]
+        for lease in ones:
+            lease.release()
+        many = await pool.lease((4, 6), 3, 3)                  # room made from free ones
+        assert many is not None and many.slot.capacity == 3 * FRAME
+        assert sorted(reg.unregistered) == sorted(x.slot.name for x in ones)
+        assert pool.stats()["bytes"] == 3 * FRAME
+        assert await pool.lease((4, 6), 3, 1) is None           # the big one is in use
+        many.release()
+        await pool.close()
+
+    run(go())
+
+
 # -- the request on the wire -------------------------------------------------------------
 def test_request_carries_region_offset_and_size_instead_of_bytes():
     from tritonclient.grpc import service_pb2
 
-    pool = shm.SlotPool(1, Registry().register)
+    pool = shm.SlotPool(1 << 20, Registry().register)
 
     async def go():
         backend = TritonBackend("127.0.0.1:1")   # never connects: only builds a request
@@ -182,26 +286,34 @@ def test_request_carries_region_offset_and_size_instead_of_bytes():
 
 
 class _Err:
-    def __init__(self, msg):
-        self.msg = msg
+    def __init__(self, code, msg):
+        import grpc
+
+        self._code, self.msg = getattr(grpc.StatusCode, code), msg
+
+    def code(self):
+        return self._code
 
     def details(self):
         return self.msg
 
 
-def test_lost_region_is_recognised():
-    assert _lost_region(_Err("Unable to find system shared memory region: 'visionserve_gw_1'"))
-    assert not _lost_region(_Err("Exceeds maximum queue size"))
-    assert not _lost_region(_Err("failed to connect to all addresses"))
+def test_lost_region_is_recognised_by_status_code_then_message():
+    # what Triton 2.51 answers for a region it does not know (measured)
+    assert _lost_region(_Err("NOT_FOUND", "Unable to find shared memory region: 'visionserve_gw_1'"))
+    assert not _lost_region(_Err("INTERNAL", "Unable to find shared memory region: 'x'"))
+    assert not _lost_region(_Err("NOT_FOUND", "Request for unknown model: 'yolo' is not found"))
+    assert not _lost_region(_Err("UNAVAILABLE", "Exceeds maximum queue size"))
+    assert not _lost_region(_Err("UNAVAILABLE", "failed to connect to all addresses"))
 
 
 # -- every request path releases its slot -------------------------------------------------
 class ShmFake(FakeBackend):
     """The fake Triton with a real slot pool, recording whether inputs lay in a slot."""
 
-    def __init__(self, per_key=4):
+    def __init__(self, pool_bytes=1 << 26):
         super().__init__()
-        self.pool = shm.SlotPool(per_key, Registry().register)
+        self.pool = shm.SlotPool(pool_bytes, Registry().register)
         self.in_slot: list[bool] = []
 
     @property
@@ -237,17 +349,17 @@ def test_requests_decode_into_slots_and_always_give_them_back():
         assert c.post("/v1/detect", content=JPEG, headers=h).status_code == 200
         assert c.post("/v1/faces", files=multipart(3)).status_code == 200
         assert fake.in_slot and all(fake.in_slot)
-        assert fake.pool.stats()["busy"] == 0
+        assert fake.pool.stats()["in_use"] == 0
         assert c.post("/v1/detect", content=JPEG[:2000], headers=h).status_code == 400
-        assert fake.pool.stats()["busy"] == 0                  # a corrupt image
+        assert fake.pool.stats()["in_use"] == 0                  # a corrupt image
         fake.fail = TritonOverloaded("queue full", retry_after=1)
         assert c.post("/v1/detect", content=JPEG, headers=h).status_code == 429
         s = fake.pool.stats()
-        assert s["busy"] == 0 and s["retired"] == 0            # Triton answered: reusable
+        assert s["in_use"] == 0 and s["retired"] == 0            # Triton answered: reusable
         fake.fail = TritonTimeout("late")
         assert c.post("/v1/detect", content=JPEG, headers=h).status_code == 504
         s = fake.pool.stats()
-        assert s["busy"] == 0 and s["retired"] == 1            # may still be read: retired
+        assert s["in_use"] == 0 and s["retired"] == 1            # may still be read: retired
         fake.fail = None
         n = len(fake.in_slot)
         assert c.post("/v1/detect", content=JPEG, headers=h).status_code == 200
@@ -266,3 +378,31 @@ def test_more_images_than_the_max_batch_use_the_wire():
     assert fake.in_slot and not any(fake.in_slot)
     assert fake.pool.stats()["slots"] == 0
     run(fake.pool.close())
+
+
+def test_large_wire_requests_are_assembled_off_the_event_loop():
+    import threading
+
+    from tritonclient.grpc import service_pb2
+
+    threads = []
+
+    async def go():
+        backend = TritonBackend("127.0.0.1:1")   # never connects: only builds requests
+        real = backend._request
+
+        def spy(*a, **kw):
+            threads.append(threading.current_thread() is threading.main_thread())
+            return real(*a, **kw)
+
+        backend._request = spy
+        big = np.zeros((16, 640, 640, 3), np.uint8)
+        small = np.zeros((1, 640, 640, 3), np.uint8)
+        wire = await backend._wire_request("yolo", {"images": big}, ("boxes",), None)
+        await backend._wire_request("yolo", {"images": small}, ("boxes",), None)
+        await backend.close()
+        return wire
+
+    wire = run(go())
+    assert threads == [False, True]        # 19.7 MB in a worker thread, 1.2 MB inline
+    assert len(service_pb2.ModelInferRequest.FromString(wire).raw_input_contents[0]) == 16 * 640 * 640 * 3

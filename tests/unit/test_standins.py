@@ -34,3 +34,15 @@ def test_stand_in_replaces_a_linked_model(tmp_path):
 def test_repository_of_stand_ins_only(tmp_path):
     repo = standins.write_fixed_time_repository(tmp_path / "r", {"yolo": 10, "scrfd": 5})
     assert sorted(contract.load_all(repo)) == ["scrfd", "yolo"]
+
+
+def test_a_smaller_max_batch_keeps_the_config_loadable(tmp_path):
+    import pytest
+
+    standins.add_fixed_time(tmp_path, "yolo", batch_ms=100, max_batch_size=4)
+    got = contract.load("yolo", tmp_path).config
+    assert got.max_batch_size == 4
+    # Triton refuses preferred sizes over the max batch
+    assert list(got.dynamic_batching.preferred_batch_size) == [4]
+    with pytest.raises(contract.ContractError, match="max_batch_size"):
+        standins.add_fixed_time(tmp_path, "yolo", batch_ms=1, max_batch_size=17)
