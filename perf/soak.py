@@ -9,7 +9,9 @@ tensors through shared memory (as `make run` does) so its slot pool is exercised
 load is evenly spaced small JPEGs to /v1/detect. Printed: requests, errors (anything but
 200), latency, and at the start (after a warm-up) and the end: gateway RSS, open file
 descriptors (shm slot files apart), shared-memory slots. Exit status 0 when the run
-held: no error, RSS grew under 5%, fds back where they started, every slot free again
+held: no error but in a second when the hypervisor took >= 10% of this VM's CPU (see
+STEAL_BEFORE_S; those are counted and printed apart, and a run with under half of its
+time free of such steal is not judged), RSS grew under 5%, fds back where they started, every slot free again
 (none in use or retired; the pool may grow to its working size within its byte bound).
 """
 from __future__ import annotations
@@ -34,6 +36,12 @@ BATCH_MS, MAX_BATCH = 50, 4
 CAPACITY = MAX_BATCH / (BATCH_MS / 1000)     # requests/s of one stand-in instance
 WARMUP_S = 15.0
 RSS_GROWTH = 0.05
+# an error is the machine's, not the code's, only when >= 10% of this VM's CPU was stolen
+# by the hypervisor (openloop.StealWatch) during it or at most 0.5 s before it (the backlog
+# of a 0.7 x C load drains at 0.3 x C afterwards); any other error fails the soak. A run
+# with less than QUIET_SHARE of its time free of such steal cannot tell them apart.
+STEAL_BEFORE_S = 0.5
+QUIET_SHARE = 0.5
 
 
 def small_jpeg() -> bytes:
@@ -119,7 +127,8 @@ def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=_print) ->
             log(f"  {done:5.0f} s  {len(records)} requests  {errors} errors  RSS "
                 f"{openloop.rss_bytes(gw.pid) / 2**20:.1f} MiB")
 
-        records = asyncio.run(_drive(gw, rate, seconds, body, progress))
+        with openloop.StealWatch() as watch:
+            records = asyncio.run(_drive(gw, rate, seconds, body, progress))
         elapsed = time.monotonic() - t0
         time.sleep(1.0)          # the last answers' slots given back, connections closed
         end = holdings(gw)
@@ -130,31 +139,39 @@ def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=_print) ->
         server.stop()
     ok = [r.total_s for r in records if r.status == 200]
     errors = len(records) - len(ok)
+    failed = [(r, watch.during(r, STEAL_BEFORE_S)) for r in records if r.status != 200]
+    in_steal = sum(share > 0 for _, share in failed)
+    t_first = min((r.started for r in records), default=0.0)
     growth = end["rss_bytes"] / start["rss_bytes"] - 1
     result = {
         "seconds": round(elapsed, 1), "rate": rate, "requests": len(records), "errors": errors,
-        "error_kinds": _kinds(records),
-        # evenly spaced: the i-th request was sent i / rate seconds into the run
-        "first_errors": [{"at_s": round(i / rate, 1), "status": r.status or r.error,
-                          "body": r.body[:300].decode(errors="replace")}
-                         for i, r in enumerate(records) if r.status != 200][:5],
+        "error_kinds": _kinds(records), "errors_in_steal": in_steal,
+        "steal": watch.summary(), "quiet_share": round(watch.quiet_share, 3),
+        "first_errors": [{"at_s": round(r.started - t_first, 2), "status": r.status or r.error,
+                          "steal": round(share, 2),
+                          "body": r.body[:300].decode(errors="replace")} for r, share in failed][:8],
         "p50_ms": round(openloop.percentile(ok, 50) * 1e3, 1),
         "p99_ms": round(openloop.percentile(ok, 99) * 1e3, 1),
         "start": start, "end": end, "rss_growth": round(growth, 4),
         "gateway_statuses": {f"{k[0]} {k[1]}": v for k, v in statuses.items()},
     }
-    held = errors == 0 and growth < RSS_GROWTH and end["fds"] == start["fds"] and slots_flat(end)
+    judged = watch.quiet_share >= QUIET_SHARE
+    result["judged"] = judged
+    held = judged and errors == in_steal and growth < RSS_GROWTH and end["fds"] == start["fds"] and slots_flat(end)
     result["held"] = held
     log(f"soak: {len(records)} requests in {elapsed:.0f} s, {errors} errors "
-        f"{result['error_kinds'] or ''}; p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
+        f"{result['error_kinds'] or ''} ({in_steal} with >= 10% of the CPU stolen); p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
     for e in result["first_errors"]:
-        log(f"  error at {e['at_s']} s: {e['status']} {e['body']}")
+        log(f"  error at {e['at_s']} s (CPU stolen {e['steal']:.0%}): {e['status']} {e['body']}")
+    log(f"  {result['steal']}" + ("" if judged else
+        f": under {QUIET_SHARE:.0%} of the run without steal, NOT JUDGED (run again)"))
     log(f"  RSS   start {start['rss_bytes'] / 2**20:.1f} MiB  end {end['rss_bytes'] / 2**20:.1f} MiB"
         f"  ({growth:+.2%})")
     log(f"  fds   start {start['fds']}  end {end['fds']}   (shm slot files {start['shm_files']} -> "
         f"{end['shm_files']})")
     log(f"  shm slots start {start['shm_slots']}  end {end['shm_slots']}")
-    log(f"  {'held' if held else 'DID NOT HOLD'}: 0 errors, RSS growth < {RSS_GROWTH:.0%}, fds flat, "
+    log(f"  {'held' if held else 'DID NOT HOLD'}: no error but in CPU stolen by the hypervisor, "
+        f"RSS growth < {RSS_GROWTH:.0%}, fds flat, "
         "every shm slot free again")
     return result
 
