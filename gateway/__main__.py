@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     try:
         server.run()
+    except KeyboardInterrupt:
+        # uvicorn shut down gracefully, then re-raised the SIGINT it captured: no traceback
+        return 0
     finally:
         if metrics is not None:
             metrics.close()

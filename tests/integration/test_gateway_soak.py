@@ -1,7 +1,7 @@
 """`make soak` for a minute (`make soak` runs SOAK_S=600): the gateway and a Triton of
-fixed-time stand-ins at 0.7 x C, then no error (but in seconds when the hypervisor took >= 10%
-of the VM's CPU: measured, printed, and a run mostly under such steal is skipped as not
-judged), RSS grown under 5%, fds back where they
+fixed-time stand-ins at 0.7 x C, then no error but in seconds when the hypervisor took >= 10%
+of the VM's CPU (measured, printed; others <= 0.1% of the requests, see perf/soak.py; a
+run mostly under such steal is skipped as not judged), RSS grown under 5%, fds back where they
 started, every shared-memory slot free again."""
 from __future__ import annotations
 
@@ -28,6 +28,6 @@ def test_a_minute_of_soak_holds(tmp_path):
     if not result["judged"]:
         pytest.skip(f"not judged: {result['steal']} (perf.openloop.StealWatch); the "
                     f"stand-ins ran late whatever the gateway did, errors {result['error_kinds']}")
-    # errors only in CPU stolen by the hypervisor (measured by perf.openloop.StealWatch)
-    assert result["errors"] == result["errors_in_steal"], result["first_errors"]
+    # errors in CPU stolen by the hypervisor (perf.openloop.StealWatch), others <= 0.1%
+    assert result["unexplained"] <= soak.UNEXPLAINED * result["requests"], result["first_errors"]
     assert result["held"]
