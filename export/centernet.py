@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import ExportError, ExportJob
+from .boxes import iou_matrix
 from .onnx_graph import join, load_onnx, torch_to_onnx
 
 MODELS = ("centernet",)
@@ -367,17 +368,10 @@ def known_answers(contract, sess):
     worst_iou, worst_score = 1.0, 0.0
     for cls, score, box in KNOWN_BUS:
         same = np.flatnonzero(classes == cls)
-        ious = [box_iou_np(np.array(box, np.float32), boxes[j]) for j in same]
-        j = same[int(np.argmax(ious))] if ious else None
-        worst_iou = min(worst_iou, max(ious, default=0.0))
+        ious = iou_matrix(np.array([box], np.float32), boxes[same])[0]
+        j = same[int(np.argmax(ious))] if len(ious) else None
+        worst_iou = min(worst_iou, float(ious.max(initial=0.0)))
         worst_score = max(worst_score, abs(float(scores[j]) - score) if j is not None else 1.0)
     ok = worst_iou >= 0.98 and worst_score <= 0.01
     return [("bus.jpg (known answer)", ok, f"{n} detections; the 4 published ones matched with IoU >= "
              f"{worst_iou:.3f}, score within {worst_score:.3f}")]
-
-
-def box_iou_np(a: np.ndarray, b: np.ndarray) -> float:
-    lt, rb = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
-    inter = float(np.prod(np.clip(rb - lt, 0, None)))
-    union = float(np.prod(a[2:] - a[:2])) + float(np.prod(b[2:] - b[:2])) - inter
-    return inter / union if union > 0 else 0.0

@@ -372,13 +372,14 @@ class _Stub:
         self._stub = stub
 
     def __getattr__(self, name):
-        return _AgainAfterGoaway(getattr(self._stub, name))
+        method = _AgainAfterGoaway(getattr(self._stub, name))
+        setattr(self, name, method)          # made once per method, not per call
+        return method
 
 
 def _goaway(exc) -> bool:
-    code = exc.code()
-    return (getattr(code, "name", str(code)) == "UNAVAILABLE"
-            and _GOAWAY_MARKER in (exc.details() or ""))
+    code, msg = _code_and_message(exc)
+    return code == "UNAVAILABLE" and _GOAWAY_MARKER in msg
 
 
 ADMIN_METADATA = "triton-grpc-protocol-admin-key"
@@ -403,8 +404,7 @@ def _lost_region(exc) -> bool:
     """Triton does not know a region the request names: NOT_FOUND first (2.51 answers
     NOT_FOUND "Unable to find shared memory region: '<name>'"), then the message, as
     NOT_FOUND also means an unknown model."""
-    code = getattr(exc.code(), "name", str(exc.code()))
-    msg = exc.details() or ""
+    code, msg = _code_and_message(exc)
     return (code == "NOT_FOUND" and "shared memory region" in msg
             and any(m in msg for m in _LOST_REGION_MARKERS))
 

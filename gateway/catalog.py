@@ -100,11 +100,19 @@ class Catalog:
         self.steps = steps or {}             # pipeline -> the models it calls
         self.runtimes = runtimes or {}       # route models and their steps -> CPU runtime (cpu profile)
         self.configs = configs or {}         # route models and their steps -> Triton config
+        self._floors: dict[tuple[str, str], tuple[float, str] | None] = {}
 
     def score_floor(self, model: str, output: str = "scores") -> tuple[float, str] | None:
         """(floor, model that applies it) for the scores in `output` of `model`: the
         model's own floor parameter, else that of the ensemble step whose output it is,
-        else that of the first pipeline step with such an output; None: no floor."""
+        else that of the first pipeline step with such an output; None: no floor.
+        Worked out once per catalog (a catalog is never changed: a new one replaces it)."""
+        key = (model, output)
+        if key not in self._floors:
+            self._floors[key] = self._score_floor(model, output)
+        return self._floors[key]
+
+    def _score_floor(self, model: str, output: str) -> tuple[float, str] | None:
         cfg = self.configs.get(model, {})
         params = cfg.get("parameters", {})
         for key in FLOOR_PARAMETERS:

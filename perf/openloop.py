@@ -34,6 +34,13 @@ class Record:
     sent: int = 0
     started: float = 0.0      # time.perf_counter() when the request began (CLOCK_MONOTONIC)
 
+    @property
+    def code(self) -> str:
+        """The gateway's stable error code of a refusal ("" when there is none)."""
+        if self.status == 200 or b'"code":"' not in self.body:
+            return ""
+        return self.body.split(b'"code":"')[1].split(b'"')[0].decode()
+
 
 async def request(host: str, port: int, path: str, body: bytes | memoryview = b"", *,
                   method: str = "POST", headers: dict | None = None, declared: int | None = None,
@@ -235,6 +242,10 @@ class StealWatch:
         end = rec.started + rec.total_s
         return max((share for t0, t1, share in self.stolen
                     if t0 < end and t1 > rec.started - before_s), default=0.0)
+
+    def unexplained(self, records, before_s: float = 0.0) -> list:
+        """Those of `records` that no steal interval (see `during`) accounts for."""
+        return [r for r in records if not self.during(r, before_s)]
 
     @property
     def quiet_share(self) -> float:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from export.boxes import iou_matrix
 from export.tolerances import BF16_DETECTIONS, BF16_EMBEDDINGS, Bf16
 
 
@@ -44,16 +45,6 @@ class Verdict:
     passed: bool
     figures: str            # what was measured (worst IoU, worst score diff, cosine, ...)
     why: str = ""
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[N,4] x [M,4] boxes (x1,y1,x2,y2) -> [N,M] IoU."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
 def compare_detections(ref: dict, got: dict, tol: Bf16 = BF16_DETECTIONS, threshold: float = 0.0) -> Verdict:

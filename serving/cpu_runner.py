@@ -17,7 +17,9 @@ and no core pinning.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -155,16 +157,11 @@ class ExecutionSlots:
     flock'ed: released by the kernel if a process dies, nothing to clean up."""
 
     def __init__(self, folder: Path | str, permits: int):
-        import os
-
         self.permits = max(1, int(permits))
         self._fds = [os.open(str(Path(folder) / f".cpu-slot-{i}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
                      for i in range(self.permits)]
 
     def __enter__(self):
-        import fcntl
-        import os
-
         for fd in self._fds:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -177,13 +174,9 @@ class ExecutionSlots:
         return self
 
     def __exit__(self, *exc):
-        import fcntl
-
         fcntl.flock(self._held, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        import os
-
         for fd in self._fds:
             os.close(fd)
         self._fds = []

@@ -54,8 +54,10 @@ def stitch(ids: np.ndarray, probs: np.ndarray, line: np.ndarray, start: np.ndarr
         ov_b = ids[b]
         prev_b = np.concatenate([np.full((len(b), 1), -1, ids.dtype), ids[b][:, :-1]], 1)
         # characters each chunk has begun before overlap step c (c = steps taken from a)
-        count_a = np.cumsum(_char_starts(ov_a, prev_a) & inside, 1) - (_char_starts(ov_a, prev_a) & inside)
-        count_b = np.cumsum(_char_starts(ov_b, prev_b) & inside, 1) - (_char_starts(ov_b, prev_b) & inside)
+        starts_a = _char_starts(ov_a, prev_a) & inside
+        starts_b = _char_starts(ov_b, prev_b) & inside
+        count_a = np.cumsum(starts_a, 1) - starts_a
+        count_b = np.cumsum(starts_b, 1) - starts_b
         blank = (ov_a == 0) & (ov_b == 0)
         away = np.abs(j - overlap[:, None] / 2.0)
         # a blank in both first, then the same characters read on both sides, then the middle;

@@ -15,6 +15,7 @@ chunk stitching, CTC collapse, charset lookup) is vectorised across all lines of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -79,7 +80,7 @@ class OcrSettings:
         return cls(**{**overrides, "rec_height": height, "rec_opt_width": opt, "rec_max_width": hi,
                       "rec_stride": stride})
 
-    @property
+    @cached_property      # the settings never change once made: not recomputed per batch
     def buckets(self) -> np.ndarray:
         """The crop widths the recogniser is called with (ValueError for unusable settings)."""
         if not 0 <= self.chunk_overlap < self.rec_max_width:

@@ -21,6 +21,7 @@ import numpy as np
 from serving.contract import TensorSpec
 
 from .. import registry
+from ..boxes import iou_matrix
 from ..tolerances import DEFAULT_PARITY, ParitySpec, Tolerance  # noqa: F401 (part of this module's API)
 from .errors import ParityError
 
@@ -161,10 +162,7 @@ def matched_rows(ref: dict, got: dict, count: str, rows: list[str], min_iou: flo
     for i in range(len(ref[count])):
         nr, ng = int(ref[count][i].reshape(-1)[0]), int(got[count][i].reshape(-1)[0])
         a, b = ref["boxes"][i, :nr].astype(np.float64), got["boxes"][i, :ng].astype(np.float64)
-        lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-        inter = np.prod(np.clip(rb - lt, 0, None), -1)
-        area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), -1)  # noqa: E731
-        iou = inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+        iou = iou_matrix(a, b)
         # degenerate boxes (zero area) have no IoU: the same box within 2 px is a match too
         iou = np.maximum(iou, np.abs(a[:, None] - b[None]).max(-1, initial=0) <= 2.0)
         if "classes" in ref:        # a box pairs only with a box of its own class
