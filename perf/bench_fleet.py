@@ -32,7 +32,7 @@ from serving.contract import REPO_ROOT
 from serving.replicas import Replicas, loopback_hosts
 from serving.tritonserver import free_port
 
-from .bench_gateway import BenchError, _load, _start, _stop, _wait_http
+from .bench_gateway import BenchError, _load, _start, _wait_http, stop_process
 
 WORK = REPO_ROOT / "build" / "bench-fleet"
 MODEL, ROUTE = "mobileclip_image", "/v1/embed/image"
@@ -70,7 +70,7 @@ def measure(replicas: Replicas, hosts: list[str], balancer: str, seconds: float)
         latencies, errors, wall = asyncio.run(_load(base + ROUTE, data, c, seconds, 0))
         served = {h: replicas.success(h, MODEL) - before[h] for h in hosts}
     finally:
-        _stop(proc)
+        stop_process(proc)
     return {"balancer": balancer, "replicas": len(hosts), "concurrency": c,
             "img_s": (len(latencies) - errors) / wall, "latencies": latencies,
             "errors": errors, "served": served}

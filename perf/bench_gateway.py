@@ -177,11 +177,12 @@ def _start(cmd, log: Path, **env_extra) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)
 
 
-def _stop(proc: subprocess.Popen | None) -> None:
+def stop_process(proc: subprocess.Popen | None, wait_s: float = 15) -> None:
+    """SIGINT (the gateway shuts down gracefully), SIGKILL after `wait_s`."""
     if proc is not None and proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(15)
+            proc.wait(wait_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
@@ -242,8 +243,8 @@ def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
         print(f"gateway image input path: {path} (Triton calls: "
               + ", ".join(f"{k} {v:.0f}" for k, v in sorted(paths.items())) + ")", flush=True)
     finally:
-        _stop(gw)
-        _stop(bl)
+        stop_process(gw)
+        stop_process(bl)
         server.stop()
     decode_ms = float(np.median(decodes))
     print(f"bare decode reference: median {decode_ms:.2f} ms of {len(decodes)} measurements "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ import httpx
 
 from serving.contract import REPO_ROOT
 from serving.tritonserver import free_port
+
+from .bench_gateway import stop_process
 
 TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 GATEWAY_ROOT = os.environ.get("VISIONSERVE_TEST_GATEWAY_ROOT", str(REPO_ROOT))
@@ -87,11 +88,5 @@ class Gateway:
 
     def stop(self):
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, wait_s=20)
         self.log.close()
