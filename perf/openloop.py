@@ -44,13 +44,17 @@ class Record:
 
 async def request(host: str, port: int, path: str, body: bytes | memoryview = b"", *,
                   method: str = "POST", headers: dict | None = None, declared: int | None = None,
-                  cut_after: int | None = None, timeout_s: float = 60.0) -> Record:
+                  cut_after: int | None = None, timeout_s: float = 60.0,
+                  keep_alive: bool = False) -> Record:
     """One HTTP/1.1 request on its own connection. `declared`: the Content-Length sent
-    (default len(body)); `cut_after`: close the connection after that many body bytes."""
+    (default len(body)); `cut_after`: close the connection after that many body bytes;
+    `keep_alive`: do not ask the server to close after its answer (as HTTP clients do by
+    default: a server that answers before reading a big body then reads the rest instead
+    of closing on it, which can reset the connection before the answer is read)."""
     t0 = time.perf_counter()
     body = memoryview(body)
     length = len(body) if declared is None else declared
-    head = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close",
+    head = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", f"Connection: {'keep-alive' if keep_alive else 'close'}",
             f"Content-Length: {length}"]
     head += [f"{k}: {v}" for k, v in (headers or {}).items()]
     try:

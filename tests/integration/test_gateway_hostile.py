@@ -220,7 +220,10 @@ def test_big_bodies_stay_within_the_budget_in_memory(start_gateway, tmp_path):
 
     async def run():
         with openloop.Sampler(gw.pid, watch=str(tmpdir)) as sampler:
-            recs = await asyncio.gather(*(post(gw, "/v1/detect", body,
+            # keep-alive, as HTTP clients are: with "Connection: close" uvicorn closes at
+            # once on a refused, unread 31 MB body, and the reset can beat the 503 to a
+            # client slowed by a loaded machine (13 of 49 refusals lost once in make test)
+            recs = await asyncio.gather(*(post(gw, "/v1/detect", body, keep_alive=True,
                                                headers={"Content-Type": ctype}, timeout_s=120)
                                           for _ in range(64)))
         return recs, sampler
@@ -229,9 +232,12 @@ def test_big_bodies_stay_within_the_budget_in_memory(start_gateway, tmp_path):
     codes = [r.status for r in recs]
     print(f"\n64 x {len(body) / 1e6:.1f} MB: {codes.count(200)} ok, {codes.count(503)} shed; "
           f"peak RSS {sampler.peak_rss / MiB:.0f} MiB; temp files seen: {sorted(sampler.seen)}")
-    assert set(codes) <= {200, 503}, codes
+    # 429: Triton's 200 ms queue timeout (3-frame requests run one per batch of 4 in the
+    # 100 ms stand-in when several finish decoding together): a busy answer, not memory
+    assert set(codes) <= {200, 429, 503}, [(r.status, r.error) for r in recs
+                                           if r.status not in (200, 429, 503)]
     assert codes.count(200) >= 4 and codes.count(503) >= 1
-    assert all("retry-after" in r.headers for r in recs if r.status == 503)
+    assert all("retry-after" in r.headers for r in recs if r.status in (429, 503))
     assert gw.series("shed_total").get(("memory",), 0) >= 1
     assert sampler.peak_rss <= BUDGET + 200 * MiB
     assert not sampler.seen and not list(tmpdir.iterdir()), "a temporary file was written"
