@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from serving.contract import ModelContract
+from contract import ModelContract
 
 log = logging.getLogger("export")
 

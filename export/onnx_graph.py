@@ -8,7 +8,6 @@ from pathlib import Path
 from .base import OPSET, ExportError
 
 
-
 def torch_to_onnx(module, args: tuple, path: Path, input_names, output_names,
                   extra_axes: dict[str, dict[int, str]] | None = None) -> None:
     """Export a torch module with a dynamic leading "batch" axis on every input and output

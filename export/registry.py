@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from .base import ExportError, WeightsSearch, WeightsSource
-from .tolerances import (BF16_DETECTIONS, BF16_OCR, FACE_OUTPUTS, OBJECT_OUTPUTS, Bf16, ParitySpec, Tolerance,
-                         Tolerances, detector)
+from .tolerances import BF16_DETECTIONS, BF16_OCR, FACE_OUTPUTS, OBJECT_OUTPUTS, Bf16, ParitySpec, Tolerance, Tolerances, detector
 
 
 @dataclass(frozen=True)

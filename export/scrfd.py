@@ -11,7 +11,6 @@ seeded SCRFD-style network with the same head layout stands in (loudly: see the 
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from .base import ExportError, ExportJob

@@ -36,7 +36,7 @@ DEFAULT_PARITY = ParitySpec({"*": Tolerance(atol=1e-2, rtol=1e-2)})
 
 @dataclass(frozen=True)
 class Bf16:
-    """OpenVINO bf16 on the CPU vs ONNX Runtime f32 (serving/bf16_parity.py applies it).
+    """OpenVINO bf16 on the CPU vs ONNX Runtime f32 (export/bf16_parity.py applies it).
 
     kind "detections": every detection clear of the cut (score threshold or K-th score) by
     `score_atol` has a partner of the same class at IoU >= `min_iou` within `score_atol`, both

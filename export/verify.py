@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import contract as contract_mod
-from serving.contract import MODEL_REPOSITORY, ModelContract
+import contract as contract_mod
+from contract import MODEL_REPOSITORY, ModelContract
 
 from . import registry
 from .base import DEFAULT_SEED, ExportJob, WeightsSearch, WeightsSource

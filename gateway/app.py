@@ -81,7 +81,7 @@ def decode_headroom(settings: GatewaySettings) -> int:
     frames of the largest route model's frame in the contract, twice: the gRPC request
     copies them, plus the decode scratch of decode_threads images), at most a quarter of
     the budget."""
-    from serving import contract
+    import contract
 
     largest = 0
     for name in ROUTE_MODELS:

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
-from .errors import (ModelUnavailable, TritonError, TritonOverloaded, TritonTimeout,
-                     TritonUnavailable, UpstreamError)
+from .errors import ModelUnavailable, TritonError, TritonOverloaded, TritonTimeout, TritonUnavailable, UpstreamError
 
 if TYPE_CHECKING:
     from .shm import Lease, SlotPool
@@ -412,8 +411,7 @@ def _lost_region(exc) -> bool:
 def _outputs(response, names) -> dict[str, np.ndarray]:
     """The requested outputs as numpy arrays (views of the response's raw bytes), decoded
     as tritonclient's InferResult.as_numpy does; a missing output is None as there."""
-    from tritonclient.utils import (deserialize_bf16_tensor, deserialize_bytes_tensor,
-                                    triton_to_np_dtype)
+    from tritonclient.utils import deserialize_bf16_tensor, deserialize_bytes_tensor, triton_to_np_dtype
 
     raw = response.raw_output_contents
     found = {}

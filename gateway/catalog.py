@@ -1,7 +1,7 @@
 """What a Triton endpoint serves, learned from it and held against the committed contract.
 
 The gateway never restates a shape: frame sizes, tensor names and batch limits come
-from Triton's model metadata; `config.pbtxt` (serving.contract) is what they must
+from Triton's model metadata; `config.pbtxt` (contract) is what they must
 match. A mismatch is a deployment bug: that endpoint is refused (gateway/fleet.py), loudly.
 Each endpoint has its own catalog; `merge` is what the routes see.
 """
@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving import contract
+import contract
 
 from .backend import Backend
 from .errors import ContractMismatch, ModelUnavailable

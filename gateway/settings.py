@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.contract import MODEL_REPOSITORY
+from contract import MODEL_REPOSITORY
 
 
 class GatewaySettings(BaseSettings):

@@ -17,11 +17,15 @@ import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import estimate as est
 from .errors import RunFailed, SetupError, UsageError
 from .memcap import CappedRun, run_capped
 from .record import ResultRecord
+
+if TYPE_CHECKING:
+    import contract
 
 LIBB64 = "libb64.so.0d"
 LIBCUDART = "libcudart.so.12"
@@ -268,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
     import time
 
-    from serving import contract
+    import contract
+    from export import scene
 
-    from . import report, scene
+    from . import report
     from .memcap import default_cap
     from .net import require_loopback
     from .units import human_bytes, parse_bytes, parse_range
@@ -291,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                          "$VISIONSERVE_TRITON_ADMIN_KEY); sent as the admin-key header over HTTP, as "
                          "triton-grpc-protocol-admin-key metadata over gRPC")
     ap.add_argument("--input-data", default="scene",
-                    help="scene (default: perf.scene's real frame, captions and landmarks as a JSON), "
+                    help="scene (default: export.scene's real frame, captions and landmarks as a JSON), "
                          "zero, random, a directory or a JSON file")
     ap.add_argument("--max-threads", type=int, default=None)
     ap.add_argument("--request-count", type=int, default=50, help="requests per count window")

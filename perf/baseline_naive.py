@@ -80,11 +80,11 @@ def write_adapter(repository: Path, target: str = "yolo", frame: tuple[int, int]
 
 
 def create_app(triton_http: str, model: str, frame: tuple[int, int] = (640, 640)):
+    import tritonclient.http as httpclient
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
-    from starlette.concurrency import run_in_threadpool
     from PIL import Image
-    import tritonclient.http as httpclient
+    from starlette.concurrency import run_in_threadpool
 
     app = FastAPI()
     local = threading.local()

@@ -29,8 +29,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from serving import contract, cpu_machine, profiles
-from serving.bf16_parity import never_bf16
+import contract
+from export.bf16_parity import never_bf16
+from serving import cpu_machine, profiles
 from serving.cpu_machine import CpuSettings
 from serving.tritonserver import TritonServer, TritonServerError, free_port
 

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics, report, scene
+from export import scene
+
+from . import metrics, report
 from .errors import PerfError, ServerUnavailable, UsageError
 from .net import grpc_target, require_loopback
 from .record import ResultRecord
 from .units import parse_int_list
-
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,11 @@ class Sweep:
 
 
 def make_inputs(config: dict, batch: int):
-    """tritonclient InferInputs for `batch` items of the real scene (perf.scene: a face, objects,
+    """tritonclient InferInputs for `batch` items of the real scene (export.scene: a face, objects,
     text, captions), from the server's model config (JSON form), so every pipeline branch runs."""
     from tritonclient.grpc import InferInput
 
-    from serving.contract import ContractError, from_json
+    from contract import ContractError, from_json
 
     try:
         # variable dims (face_align's faces per image): the range's opt, what the model usually gets
@@ -92,8 +93,8 @@ async def _point(client, model, inputs, sweep: Sweep, concurrency: int, bar) -> 
 
 
 async def bench_model(model: str, sweep: Sweep) -> list[ResultRecord]:
-    from tritonclient.grpc.aio import InferenceServerClient
     from tqdm import tqdm
+    from tritonclient.grpc.aio import InferenceServerClient
 
     target = grpc_target(require_loopback(sweep.url))
     require_loopback(metrics.metrics_url(sweep.metrics_url))

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import report, scene
+from export import scene
+
+from . import report
 from .errors import PerfError, ServerUnavailable, UsageError
 from .net import require_loopback
 from .record import ResultRecord
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", default="http://127.0.0.1:8080", help="gateway base URL (loopback only)")
     ap.add_argument("--routes", default=",".join(ROUTES), help=f"comma list of {', '.join(ROUTES)}")
     ap.add_argument("--scenarios", default="single,burst,sustained")
-    ap.add_argument("--image", type=Path, help="JPEG to send (default: perf.scene's 1280x720 q90 frame: a face, objects, text)")
+    ap.add_argument("--image", type=Path, help="JPEG to send (default: export.scene's 1280x720 q90 frame: a face, objects, text)")
     ap.add_argument("--sla-p95-ms", type=float, default=500.0)
     ap.add_argument("--single", type=int, default=20)
     ap.add_argument("--burst", type=int, default=16)
@@ -213,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = verdicts(records, a.sla_p95_ms)
     out = report.new_dir(a.name, a.reports)
     meta = {"tool": "bench_pipelines (HTTP through the gateway, httpx)", "gateway": a.url,
-            "image": str(a.image or "perf.scene 1280x720 q90 (faces, objects, text)"), "SLA": f"p95 <= {a.sla_p95_ms:g} ms, 0 errors",
+            "image": str(a.image or "export.scene 1280x720 q90 (faces, objects, text)"),
+            "SLA": f"p95 <= {a.sla_p95_ms:g} ms, 0 errors",
             "scenarios": f"single {sc.single} sequential; burst {sc.burst} x {sc.burst_rounds}; "
                          f"sustained {sc.rate:g}/s for {sc.seconds:g} s",
             "verdict": "PASS" if all(ok for _, ok, _ in rows) else "FAIL",

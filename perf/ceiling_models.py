@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from serving import contract
+import contract
 
 # Families whose graph comes from a third party as ONNX (no torch module in the project).
 ONNX_ONLY = ("scrfd", "centerface", "ppocr_det", "ppocr_rec")

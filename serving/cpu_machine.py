@@ -2,7 +2,7 @@
 
 Pure and cheap (no openvino/onnxruntime import unless asked): serving/profiles.py
 resolves the settings once at derive time and writes them into each network model's
-config parameters, where the runner (serving/python_models/onnx_model.py) reads them
+config parameters, where the runner (pipelines/onnx_model.py) reads them
 and `GET /v1/models` on the gateway shows them.
 
 Usable cores = the CPUs this process may run on (sched_getaffinity) capped by the

@@ -6,7 +6,7 @@ ONE transform here, never hand-copied:
 
   cpu       the embedded default (the tritonserver from the nvidia-pytriton wheel has
             only the python backend): every network model becomes a python-backend
-            model running serving/python_models/onnx_model.py over its model.onnx with
+            model running pipelines/onnx_model.py over its model.onnx with
             OpenVINO (bf16 where the CPU has it natively, else f32; ONNX Runtime when
             OpenVINO is absent or cannot compile the graph), every usable core per
             model, KIND_CPU, no CUDA graphs, warmup at batch 1. The runtime, precision
@@ -36,14 +36,17 @@ from pathlib import Path
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from . import contract
-from .contract import MODEL_REPOSITORY, REPO_ROOT
-from .bf16_parity import never_bf16
+import contract
+from contract import MODEL_REPOSITORY, REPO_ROOT
+from export.bf16_parity import never_bf16
+from pipelines import ENTRY_FILE, entry_source
+
 from .cpu_machine import ONNXRUNTIME_MODELS, CpuSettings, ResolvedCpu
 
 PROFILES = ("cpu", "openvino", "onnx-gpu")
 CPU_PROFILES = ("cpu", "openvino")
-ONNX_RUNNER = Path(__file__).resolve().parent / "python_models" / "onnx_model.py"
+# the python-backend model a network becomes in the cpu profile: pipelines/onnx_model.py
+ONNX_RUNNER = entry_source("onnx_model")
 DERIVED_ROOT = REPO_ROOT / "build" / "repositories"
 
 # CPU: GPU-tuned queue deadlines (200 ms) would REJECT ordinary load on a CPU that is
@@ -344,7 +347,7 @@ def _write_model(c: contract.ModelContract, out: Path, profile: str, engine_cach
             if (src / name).exists():
                 _place(src / name, version / name, copy)
         if profile == "cpu":
-            _place(ONNX_RUNNER, version / "model.py", copy)
+            (version / ENTRY_FILE).write_text(ONNX_RUNNER)
     elif c.kind == "python" and src.is_dir():
         # model.py and its data (vocabularies, charsets): everything in the version dir.
         for item in sorted(src.iterdir()):

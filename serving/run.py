@@ -21,8 +21,9 @@ import sys
 import threading
 from pathlib import Path
 
+from contract import REPO_ROOT
+
 from . import cpu_machine, profiles
-from .contract import REPO_ROOT
 from .tritonserver import TritonServer, TritonServerError
 
 log = logging.getLogger("serving")

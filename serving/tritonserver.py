@@ -10,7 +10,8 @@ models run through ONNX Runtime inside python-backend models (see serving/profil
 
 Hardened by default: models are loaded once at start (`--model-control-mode none`), the
 model-repository and shared-memory APIs need the header `admin-key: <key>` on HTTP (on
-gRPC the metadata key is `triton-grpc-protocol-admin-key`), and every endpoint binds 127.0.0.1 (tritonserver's own default is 0.0.0.0).
+gRPC the metadata key is `triton-grpc-protocol-admin-key`), and every endpoint binds 127.0.0.1
+(tritonserver's own default is 0.0.0.0).
 
 Several servers per host (tests, benchmarks, one Triton per GPU): `start()` refuses ports
 that are already taken, gives the server a unique `--id` and accepts readiness only from
@@ -43,7 +44,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract import REPO_ROOT
+from contract import REPO_ROOT
 
 BACKENDS_DIR = REPO_ROOT / "build" / "triton-backends"
 # Behind the admin key: control, memory registration, and what reveals or changes internals.
@@ -271,7 +272,7 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH")]))
         # The python-backend stub runs `python` from PATH: it must be this venv's.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        # Python models import serving.* (the ONNX runner); make the project importable.
+        # python-backend models import pipelines.* and contract; make the project importable.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         if not self.log_to_stdout:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,9 +32,9 @@ def exported_model(model: str, tmp_path_factory, search=None):
     says it is up to date for `search`, else one export into a temporary repository."""
     import shutil
 
+    import contract
     from export import registry, runner
     from export.base import ExportJob, WeightsSearch
-    from serving import contract
 
     search = search or WeightsSearch()
     weights = registry.resolve_weights(model, search)

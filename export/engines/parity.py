@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.contract import TensorSpec
+from contract import TensorSpec
 
 from .. import registry
 from ..boxes import iou_matrix
@@ -154,7 +154,8 @@ _MISSING = 1e6    # added to the partner of an unmatched detection row: beyond e
 
 def matched_rows(ref: dict, got: dict, count: str, rows: list[str], min_iou: float = 0.5) -> tuple[dict, dict]:
     """Detections compared as detections: per image, the valid rows of both sides paired by box
-    (same class, highest IoU first, IoU >= min_iou or the same box within 2 px), every per-row output flattened to the matched pairs, and
+    (same class, highest IoU first, IoU >= min_iou or the same box within 2 px), every per-row
+    output flattened to the matched pairs, and
     each unmatched row (a box only one side found) paired with a row that fails every
     tolerance, so it counts as a mismatch. Padding rows are not compared."""
     pairs_ref: dict[str, list] = {n: [] for n in rows}

@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from .. import postprocess
-from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for,
-                     result_limit, threshold)
+from .common import ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for, result_limit, threshold
 from .faces import DEFAULT_THRESHOLD as FACE_THRESHOLD
 from .lean import LeanRoute
 

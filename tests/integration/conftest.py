@@ -19,7 +19,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from serving import contract, profiles
+import contract
+from serving import profiles
 from serving.tritonserver import TritonInstall, TritonServer, TritonServerError, free_port
 
 QUEUE_PROBE = "queue_probe"     # scratch copy of a small network model with max_queue_size 1

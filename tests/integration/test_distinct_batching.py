@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serving import contract
+import contract
 
 from . import real_images
 from .triton_calls import infer

@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving import contract
-from serving.replicas import Replicas, loopback_hosts
-
-from tests.integration.conftest import require_triton
+import contract
 from perf.gatewayproc import Gateway
+from serving.replicas import Replicas, loopback_hosts
+from tests.integration.conftest import require_triton
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("dnslib", reason="dnslib (the `test` extra) stands in for the headless Service")

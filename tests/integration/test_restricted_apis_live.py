@@ -13,7 +13,6 @@ from perf import estimate as est
 from perf.errors import RunFailed
 from serving import standins
 from serving.tritonserver import GRPC_ADMIN_METADATA
-
 from tests.integration.conftest import require_triton, running
 
 pytestmark = pytest.mark.integration

@@ -45,8 +45,8 @@ def test_concurrent_requests_share_one_execution(stand_in):
     """16 concurrent requests on one instance with max_batch_size 16: a handful of
     executions, not 16. Requests that arrive while one batch sleeps queue and leave
     together in the next, however slowly a loaded machine starts the client threads."""
-    import urllib.request
     import json
+    import urllib.request
 
     def stats():
         req = urllib.request.Request(f"http://{stand_in.http_url}/v2/models/yolo/stats",

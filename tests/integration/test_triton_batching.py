@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from serving import contract
+import contract
 
 from .conftest import CLIENT_TIMEOUT_S, QUEUE_PROBE, sample_inputs
 from .triton_calls import infer

@@ -8,7 +8,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from serving import contract
+import contract
 
 from .conftest import sample_inputs
 from .triton_calls import infer

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from serving import standins
-from tests.integration.conftest import require_triton
 from serving.tritonserver import TritonServer, TritonServerError, free_port
+from tests.integration.conftest import require_triton
 
 pytestmark = pytest.mark.integration
 SHM = Path("/dev/shm")

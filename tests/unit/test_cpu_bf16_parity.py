@@ -1,5 +1,5 @@
 """OpenVINO (bf16 and f32) against ONNX Runtime f32 on real images, held to the per-family
-bf16 tolerances of export/registry.py (applied by serving/bf16_parity.py): detections matched at IoU >= 0.9 within a score bound,
+bf16 tolerances of export/registry.py (applied by export/bf16_parity.py): detections matched at IoU >= 0.9 within a score bound,
 embeddings at cosine >= 0.99, OCR strings identical on rendered text.
 
 bf16 runs wherever OpenVINO compiles it (emulated on CPUs without native bf16, so the
@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import contract
+from export import bf16_parity as bp
 from export.tolerances import BF16_DETECTIONS, Bf16
-from serving import bf16_parity as bp
-from serving import contract
-from serving.cpu_runner import RunnerError, open_runner
+from pipelines.cpu_runner import RunnerError, open_runner
 from tests.conftest import MODEL_REPOSITORY
 
 pytest.importorskip("openvino", reason="the OpenVINO runtime is a project dependency: make setup")
@@ -116,7 +116,7 @@ def test_embeddings_match(model, precision):
     elif model == "mobileclip_image":
         feed = {"images": real_frames(*contract.load(model).input("images").dims[:2])}
     else:
-        from serving.clip_tokenizer import ClipTokenizer
+        from pipelines.clip_tokenizer import ClipTokenizer
 
         feed = {"tokens": ClipTokenizer()(["a photo of an astronaut", "a cat on a sofa", "a cup of coffee"])}
     ref = outputs(model, "onnxruntime", "f32", feed)["embeddings"]
@@ -127,7 +127,7 @@ def test_embeddings_match(model, precision):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_ocr_strings_identical_on_rendered_text(precision):
-    from serving import ocr_postprocess as op
+    from pipelines import ocr_postprocess as op
     from tests.unit.test_ocr_pipeline_local import PAGES, _render
 
     images = np.stack([_render(p) for p in PAGES])

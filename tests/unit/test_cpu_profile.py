@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving import contract, cpu_machine, profiles
-from serving.bf16_parity import never_bf16
+import contract
+from export.bf16_parity import never_bf16
+from serving import cpu_machine, profiles
 from serving.cpu_machine import CpuSettings, CpuSettingsError
 from tests.unit.test_profiles import source  # noqa: F401  (fixture: committed configs + stand-in artifacts)
 

@@ -9,12 +9,12 @@ import types
 import onnx
 import pytest
 
+import contract
 from export.engines import trt_api
 from export.engines.errors import UnsupportedTensorRT
 from export.engines.precision import PrecisionPlan, fp32_nodes, marked_copy
 from export.engines.profiles import derive_profile
 from export.engines.request import BuildRequest
-from serving import contract
 from tests.unit.test_engines_fixtures import make_repository
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import onnx
 import pytest
 
+import contract
 from export.engines import trtexec
 from export.engines.errors import BuildFailed
 from export.engines.precision import fp32_nodes
 from export.engines.profiles import derive_profile
 from export.engines.request import BuildRequest, assert_raw_plan
-from serving import contract
 from tests.unit.test_engines_fixtures import tinyface_onnx
 
 

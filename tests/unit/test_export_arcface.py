@@ -123,7 +123,6 @@ def test_wraps_a_fixed_batch_insightface_onnx(tmp_path, exported, faces):
 
 
 def test_refuses_onnx_with_batch_folded_into_a_reshape(tmp_path, exported):
-    from export import arcface
     from export.base import ExportError, ExportJob, WeightsSource
 
     class Folded(torch.nn.Module):

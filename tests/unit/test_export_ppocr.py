@@ -9,9 +9,9 @@ from tests.conftest import MODEL_REPOSITORY
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
+import contract  # noqa: E402
 from export import ppocr, registry  # noqa: E402
 from export.base import ExportError, WeightsSearch  # noqa: E402
-from serving import contract  # noqa: E402
 
 
 @pytest.fixture(scope="session")

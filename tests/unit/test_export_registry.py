@@ -1,5 +1,5 @@
 """export/registry.py: one record per family, complete and consistent with the contracts;
-pipeline steps declared once (config parameter "steps", serving.contract ModelContract.steps)."""
+pipeline steps declared once (config parameter "steps", contract ModelContract.steps)."""
 from __future__ import annotations
 
 import importlib
@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
+import contract
 from export import registry
 from export.base import ExportError, WeightsSearch
 from export.tolerances import ParitySpec, Tolerance, Tolerances
-from serving import contract, profiles
+from serving import profiles
 
 COMMITTED = contract.load_all()
 HOOKS = ("exporter", "reference", "inputs", "known_answers", "side_artifacts")

@@ -14,8 +14,7 @@ from PIL import Image
 
 from gateway.app import create_app
 from gateway.backend import translate
-from gateway.errors import (TritonOverloaded, TritonTimeout,
-                            TritonUnavailable)
+from gateway.errors import TritonOverloaded, TritonTimeout, TritonUnavailable
 from gateway.settings import GatewaySettings
 from gateway.testing import FakeBackend, metrics_text
 

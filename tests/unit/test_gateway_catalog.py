@@ -8,10 +8,10 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
+import contract
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.testing import FakeBackend
-from serving import contract
 
 JPEG_HEADERS = {"content-type": "image/jpeg"}
 

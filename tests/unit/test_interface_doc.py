@@ -1,6 +1,6 @@
 """README's gRPC interface section is generated from the configs and must match them."""
+from contract import REPO_ROOT, load_all
 from serving import interface_doc
-from serving.contract import REPO_ROOT, load_all
 
 
 def test_readme_interface_section_matches_configs():

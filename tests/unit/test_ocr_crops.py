@@ -1,4 +1,4 @@
-"""Line crops for the variable-width recogniser (serving/ocr_crops.py) on hand-made frames."""
+"""Line crops for the variable-width recogniser (pipelines/ocr_crops.py) on hand-made frames."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from serving import contract, ocr_crops
-from serving import ocr_postprocess as op
+import contract
+from pipelines import ocr_crops
+from pipelines import ocr_postprocess as op
 from tests.unit.test_ocr_postprocess import RECOGNISER
 
 REC = op.OcrSettings.for_recogniser(contract.load("ppocr_rec"))

@@ -1,12 +1,12 @@
-"""DB boxes, chunk stitching and CTC of serving/ocr_postprocess.py on hand-made inputs."""
+"""DB boxes, chunk stitching and CTC of pipelines/ocr_postprocess.py on hand-made inputs."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from serving import ocr_chunks
-from serving import ocr_postprocess as op
+from pipelines import ocr_chunks
+from pipelines import ocr_postprocess as op
 
 CHARS = np.array(["", "a", "b", "c", " "], dtype="<U1")   # id 0 = blank
 # the box geometry tests below check PaddleOCR's closed-form unclip on undilated maps

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.boxes import iou_matrix
-from export.tolerances import BF16_DETECTIONS, BF16_EMBEDDINGS, Bf16
+from .boxes import iou_matrix
+from .tolerances import BF16_DETECTIONS, BF16_EMBEDDINGS, Bf16
 
 
 def tolerance(model: str) -> Bf16:
@@ -56,7 +56,7 @@ def compare_detections(ref: dict, got: dict, tol: Bf16 = BF16_DETECTIONS, thresh
     when the list is full (top-K), else the score threshold baked into the graph."""
     k = len(np.ravel(ref["scores"]))
     sides = []
-    for a, b in ((ref, got), (got, ref)):
+    for a in (ref, got):
         n = int(np.ravel(a["num_detections"])[0])
         sides.append((np.asarray(a["boxes"])[:n], np.asarray(a["scores"])[:n],
                       np.asarray(a["classes"])[:n] if "classes" in a else np.zeros(n, int)))
