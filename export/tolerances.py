@@ -41,13 +41,13 @@ class Bf16:
     kind "detections": every detection clear of the cut (score threshold or K-th score) by
     `score_atol` has a partner of the same class at IoU >= `min_iou` within `score_atol`, both
     ways; "embeddings": per-row cosine >= `min_cosine`; "ocr": strings read from rendered
-    text identical. `never`: why this model is never run in bf16 (the CPU profile keeps f32)."""
+    text identical. A model that never runs in bf16 says so in its config (contract/facts.py
+    cpu_f32_only), not here: the CPU profile reads it without the build tools."""
 
     kind: str = "embeddings"
     min_iou: float = 0.9
     score_atol: float = 0.05
     min_cosine: float = 0.99
-    never: str = ""
 
 
 BF16_DETECTIONS = Bf16("detections")

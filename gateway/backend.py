@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
+from contract import defaults
+
 from .errors import ModelUnavailable, TritonError, TritonOverloaded, TritonTimeout, TritonUnavailable, UpstreamError
 
 if TYPE_CHECKING:
@@ -381,7 +383,7 @@ def _goaway(exc) -> bool:
     return code == "UNAVAILABLE" and _GOAWAY_MARKER in msg
 
 
-ADMIN_METADATA = "triton-grpc-protocol-admin-key"
+ADMIN_METADATA = defaults.GRPC_ADMIN_METADATA
 # Requests with more tensor bytes than this are assembled off the event loop (a 640x640
 # frame is 1.2 MB: one-image requests stay inline, where a thread hop costs more).
 INLINE_REQUEST_BYTES = 4 * 1024 * 1024

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from contract import defaults
+
 from . import estimate as est
 from .errors import RunFailed, SetupError, UsageError
 from .memcap import CappedRun, run_capped
@@ -86,7 +88,7 @@ def environment() -> dict:
 @dataclass(frozen=True)
 class Options:
     model: str
-    url: str = "127.0.0.1:8001"
+    url: str = defaults.TRITON_GRPC
     protocol: str = "grpc"
     batch: int = 1
     concurrency: tuple[int, int, int] = (1, 1, 1)
@@ -283,9 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m perf.analyzer",
                                  description="perf_analyzer under a memory cap, with a pre-flight estimate")
     ap.add_argument("--model", required=True)
-    ap.add_argument("--url", default="127.0.0.1:8001")
+    ap.add_argument("--url", default=defaults.TRITON_GRPC)
     ap.add_argument("--protocol", default="grpc", choices=("grpc", "http"))
-    ap.add_argument("--metrics-url", default="http://127.0.0.1:8002/metrics")
+    ap.add_argument("--metrics-url", default=defaults.TRITON_METRICS_URL)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--concurrency", default="1:16:4", help="start:end:step")
     ap.add_argument("--mem", default=None, help="memory cap, e.g. 4G (default min(4G, MemAvailable/2))")

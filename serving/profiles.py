@@ -38,10 +38,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 import contract
 from contract import MODEL_REPOSITORY, REPO_ROOT
-from export.bf16_parity import never_bf16
+from contract.facts import facts
 from pipelines import ENTRY_FILE, entry_source
 
-from .cpu_machine import ONNXRUNTIME_MODELS, CpuSettings, ResolvedCpu
+from .cpu_machine import CpuSettings, ResolvedCpu
 
 PROFILES = ("cpu", "openvino", "onnx-gpu")
 CPU_PROFILES = ("cpu", "openvino")
@@ -129,13 +129,18 @@ def _to_cpu(cfg: mc.ModelConfig) -> None:
         del cfg.model_warmup[1:]
 
 
+def _facts(cfg: mc.ModelConfig):
+    return facts(contract.ModelContract(cfg.name, Path(cfg.name), cfg))
+
+
 def _python_runner(cfg: mc.ModelConfig, cpu: ResolvedCpu, openvino_cache: Path | None) -> None:
     cfg.backend = "python"
-    if cfg.name in ONNXRUNTIME_MODELS and cpu.runtime == "openvino":
-        cpu = cpu.with_runtime("onnxruntime", "f32")
-        cfg.parameters["cpu_runtime_why"].string_value = ONNXRUNTIME_MODELS[cfg.name]
-    never = never_bf16(cfg.name)
-    if never:       # e.g. pixel-coordinate arithmetic (its family record says why)
+    f = _facts(cfg)
+    if f.cpu_prefer_runtime == "onnxruntime" and cpu.runtime == "openvino":
+        cpu = cpu.with_runtime(f.cpu_prefer_runtime, "f32")
+        cfg.parameters["cpu_runtime_why"].string_value = f.cpu_prefer_runtime_why
+    never = f.cpu_f32_only
+    if never:       # e.g. pixel-coordinate arithmetic (its config says why)
         cpu = cpu.with_runtime(cpu.runtime, "f32")
         cfg.parameters["cpu_precision_why"].string_value = "f32 always: " + never
     for key, value in cpu.parameters().items():
@@ -152,7 +157,7 @@ def _native_openvino(cfg: mc.ModelConfig, cpu: ResolvedCpu) -> None:
     picks it by itself on CPUs with native bf16; HINT_BF16 only when asked explicitly.
     The backend has no parameter that forces f32, so the geometry models (never bf16) run
     in Triton's onnxruntime backend on the CPU instead (NGC images ship both)."""
-    never = never_bf16(cfg.name)
+    never = _facts(cfg).cpu_f32_only
     if never:
         cfg.backend = ""
         cfg.platform = "onnxruntime_onnx"

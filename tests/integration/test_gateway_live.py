@@ -18,6 +18,7 @@ from serving.tritonserver import TritonServer, free_port
 
 httpx = pytest.importorskip("httpx")
 from perf.gatewayproc import Gateway  # noqa: E402  (needs httpx)
+from contract.routes import route_table
 
 pytestmark = pytest.mark.integration
 # SCRFD-2.5G on the astronaut, in original 512x512 pixels (../shared/weights/README.md)
@@ -51,10 +52,12 @@ def post(gw, path, data, ctype="image/jpeg", **params):
 def test_models_lists_what_triton_serves(served, gateway):
     body = gateway.client.get("/v1/models").json()
     names = {m["name"] for m in body["models"]}
-    for m in ("faces", "yolo", "centernet", "mobileclip_image", "text_embed", "ocr", "analyze"):
+    table = route_table()
+    for m in table.models:
         assert (m in names) == (m in served.contracts), (m, body["not_served"])
     for m in body["models"]:
-        if m["name"] in ("yolo", "centernet", "mobileclip_image"):
+        assert m["endpoint"] == table.endpoint(m["name"]), m
+        if served.contracts[m["name"]].kind == "network":
             assert m["weights_provenance"], m
         if m["input_size"]:
             c = served.contracts[m["name"]].inputs[0]

@@ -139,7 +139,9 @@ def test_readiness_and_the_catalog_ask_triton_about_every_model_at_once():
     from types import SimpleNamespace
 
     from gateway.backend import TritonBackend
-    from gateway.catalog import ROUTE_MODELS, Catalog
+    from gateway.catalog import Catalog, route_models
+
+    ROUTE_MODELS = route_models(contract.MODEL_REPOSITORY)
 
     class SlowStub:
         async def ServerLive(self, request, timeout=None):
