@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contract.routes import route_table
 from serving.tritonserver import TritonServer, free_port
 
 httpx = pytest.importorskip("httpx")
 from perf.gatewayproc import Gateway  # noqa: E402  (needs httpx)
-from contract.routes import route_table
 
 pytestmark = pytest.mark.integration
 # SCRFD-2.5G on the astronaut, in original 512x512 pixels (../shared/weights/README.md)
