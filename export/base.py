@@ -105,3 +105,10 @@ class ExportJob:
     @property
     def name(self) -> str:
         return self.contract.name
+
+    @property
+    def architecture(self) -> str | None:
+        """What the exporter builds itself (the family record's `architecture`)."""
+        from .registry import record
+
+        return record(self.name).architecture

@@ -27,7 +27,6 @@ import numpy as np
 
 from .base import OPSET, ExportError, ExportJob, WeightsSource
 
-MODELS = ("mobileclip_image", "mobileclip_text", "clip_resize")
 OPEN_CLIP_MODEL = "MobileCLIP2-S2"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _SYNTHETIC_LAYER_SCALE = 0.5

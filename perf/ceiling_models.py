@@ -141,11 +141,12 @@ def _yolo(c):
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    from export.yolo import ARCH, build_module, geometry
+    from export import registry
+    from export.yolo import build_module, geometry
 
     torch.manual_seed(SEED)
     g = geometry(type("Job", (), {"contract": c})())
-    det = DetectionModel(ARCH, verbose=False).eval()
+    det = DetectionModel(registry.record(c.name).architecture, verbose=False).eval()
     return Candidate("yolo", build_module(det, g), _frames(c), "torch", "YOLO11s + in-graph NMS, synthetic")
 
 

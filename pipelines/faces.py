@@ -33,15 +33,15 @@ from .bls import StepError, call_chunked
 DET_OUTPUTS = ("boxes", "scores", "landmarks", "num_detections")
 
 
-def _max_batch_size(repository: Path, model: str) -> int:
+def _max_batch_size(repository: Path, model: str, pipeline: str) -> int:
     from contract import ContractError, load
 
     try:
         limit = load(model, repository).max_batch_size
     except ContractError as exc:
-        raise pb_utils.TritonModelException(f"faces: {exc}") from exc
+        raise pb_utils.TritonModelException(f"{pipeline}: {exc}") from exc
     if limit < 1:
-        raise pb_utils.TritonModelException(f"faces: {model} has no max_batch_size")
+        raise pb_utils.TritonModelException(f"{pipeline}: {model} has no max_batch_size")
     return limit
 
 
@@ -49,12 +49,13 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         repo = Path(args["model_repository"]).parent
+        self.name = config["name"]      # this pipeline's model name (one per detector)
         steps = from_json(config).steps
         if len(steps) != 3:
-            raise pb_utils.TritonModelException(f"faces: parameter steps must name detector, aligner and "
+            raise pb_utils.TritonModelException(f"{self.name}: parameter steps must name detector, aligner and "
                                                 f"embedder, got {steps}")
         self.detector, self.aligner, self.embedder = steps
-        self.limits = {m: _max_batch_size(repo, m) for m in steps}
+        self.limits = {m: _max_batch_size(repo, m, self.name) for m in steps}
         out = {t["name"]: t for t in config["output"]}
         self.k = int(out["boxes"]["dims"][0])
         self.dim = int(out["embeddings"]["dims"][1])
@@ -69,7 +70,7 @@ class TritonPythonModel:
                 images = pb_utils.Tensor("images", np.concatenate([t.as_numpy() for t in tensors]))
             result = self.run(images)
         except StepError as exc:
-            err = pb_utils.TritonError(f"faces: {exc}")
+            err = pb_utils.TritonError(f"{self.name}: {exc}")
             return [pb_utils.InferenceResponse(error=err) for _ in requests]
         bounds = np.cumsum(sizes)[:-1]
         split = {k: np.split(v, bounds) for k, v in result.items()}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
 pytest.importorskip("open_clip", reason="open_clip (export extra) is not installed")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 
@@ -38,7 +39,7 @@ def exported():
     from export.runner import export_one
 
     search = _search()
-    return {m: export_one(m, search, MODEL_REPOSITORY) for m in mobileclip.MODELS}
+    return {m: export_one(m, search, MODEL_REPOSITORY) for m in registry.family_models('mobileclip')}
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +72,7 @@ def tokens():
     return mobileclip.sample_tokens(8, 77)
 
 
-@pytest.mark.parametrize("model", mobileclip.MODELS)
+@pytest.mark.parametrize("model", registry.family_models('mobileclip'))
 def test_graph_matches_config(exported, model):
     import onnx
 

