@@ -74,9 +74,10 @@ def test_weights_are_searched_in_the_stated_order(tmp_path):
         registry.resolve_weights("scrfd", WeightsSearch(explicit={"scrfd": tmp_path / "missing.onnx"}))
 
 
-def _example(pattern: str) -> str:
-    """A file name `pattern` matches (each wildcard filled with a plain word)."""
-    return pattern.replace("*", "custom").replace("?", "x")
+def _examples(pattern: str) -> list[str]:
+    """File names `pattern` matches: each wildcard filled with nothing, a plain word, and
+    the words real release files carry (scrfd_500m_kps.onnx, yolo11s-seg.pt)."""
+    return [pattern.replace("*", fill).replace("?", "x") for fill in ("", "custom", "kps", "_kps", "-seg")]
 
 
 def _shared_files(table) -> list[str]:
@@ -87,10 +88,10 @@ def _shared_files(table) -> list[str]:
     out = []
     for rec in table:
         for pattern in rec.weights.patterns:
-            name = _example(pattern)
-            takers = [o.model for o in table if o.model != rec.model and o.model not in rec.weights.shared_with
-                      and any(fnmatch(name, p) for p in o.weights.patterns)]
-            out += [f"{name} ({rec.model}: {pattern}) also taken by {takers}"] if takers else []
+            for name in _examples(pattern):
+                takers = [o.model for o in table if o.model != rec.model and o.model not in rec.weights.shared_with
+                          and any(fnmatch(name, p) for p in o.weights.patterns)]
+                out += [f"{name} ({rec.model}: {pattern}) also taken by {takers}"] if takers else []
     return out
 
 
