@@ -16,7 +16,7 @@ export VISIONSERVE_WEIGHTS_DIR := $(WEIGHTS_DIR)
 export YOLO_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup lock export-onnx verify test test-unit test-integration clean
+.PHONY: help setup lock export-onnx verify lint test test-unit test-integration clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
@@ -39,7 +39,10 @@ export-onnx: setup  ## export models to model_repository/<m>/1/model.onnx (MODEL
 verify: export-onnx  ## verify exported models (checker, parity, batch invariance, config match)
 	$(PY) -m export.verify --models '$(MODELS)'
 
-test: setup export-onnx  ## run the whole test suite (verify, unit, integration, gpu-if-available)
+lint: setup  ## ruff (pyproject's [tool.ruff]) over the whole tree
+	$(VENV)/bin/ruff check .
+
+test: setup export-onnx lint  ## run the whole test suite (lint, verify, unit, integration, gpu-if-available)
 	@# perf_analyzer's Debian library needs root; without it those tests skip and say why.
 	-@$(MAKE) --no-print-directory perf-setup
 	$(PY) -m export.verify --models '$(MODELS)'
