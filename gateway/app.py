@@ -8,8 +8,7 @@ address. Start-up does not wait for Triton (at most `startup_wait_s` for a first
 
 Its metrics (`app.state.metrics`) are served on their own port by `python -m gateway`
 (metrics.MetricsServer), never by the app. `dependencies` (FastAPI `Depends(...)`, e.g.
-an API-key check) are given to every router but the probes, exactly as
-`include_router(router, dependencies=...)` does.
+an API-key check) are given to every route but the probes, as route dependencies.
 """
 from __future__ import annotations
 
@@ -65,10 +64,13 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
                   "Coordinates are in the original image's pixels. Errors are "
                   '`{"error": {"code": ..., "message": ...}}`.')
     app.state.metrics = metrics
-    probe_router, api = probes(), routers(route_table(settings.contract_repository))
-    app.include_router(probe_router)
-    for router in api:
-        app.include_router(router, dependencies=dependencies)
+    probe_router = probes(dependency_overrides_provider=app)
+    api = routers(route_table(settings.contract_repository), dependencies=list(dependencies or ()),
+                  dependency_overrides_provider=app)
+    # The routes go into the app's router as built (with their dependencies), not through
+    # include_router: an included LeanRoute serves with FastAPI's handler (routes/lean.py).
+    for router in (probe_router, *api):
+        app.router.routes.extend(router.routes)
     _install_error_handlers(app)
     app.add_middleware(Admission, metrics=metrics,
                        budget=budget,

@@ -10,8 +10,8 @@ from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, fram
 from .lean import LeanRoute
 
 
-def router(route: Route, table: RouteTable) -> APIRouter:
-    r = APIRouter(tags=["analyze"], route_class=LeanRoute)
+def router(route: Route, table: RouteTable, mount: dict | None = None) -> APIRouter:
+    r = APIRouter(tags=["analyze"], route_class=LeanRoute, **(mount or {}))
     Model = model_query(route)
 
     @r.post(route.path, openapi_extra=IMAGE_BODY, responses=ERRORS,

@@ -15,8 +15,8 @@ TEXT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "example": {"texts": ["a photo of an astronaut", "a dog"]}}}}}
 
 
-def image_router(route: Route, table: RouteTable) -> APIRouter:
-    r = APIRouter(tags=["embed"], route_class=LeanRoute)
+def image_router(route: Route, table: RouteTable, mount: dict | None = None) -> APIRouter:
+    r = APIRouter(tags=["embed"], route_class=LeanRoute, **(mount or {}))
     Model = model_query(route)
 
     @r.post(route.path, openapi_extra=IMAGE_BODY, responses=ERRORS,
@@ -32,8 +32,8 @@ def image_router(route: Route, table: RouteTable) -> APIRouter:
     return r
 
 
-def text_router(route: Route, table: RouteTable) -> APIRouter:
-    r = APIRouter(tags=["embed"], route_class=LeanRoute)
+def text_router(route: Route, table: RouteTable, mount: dict | None = None) -> APIRouter:
+    r = APIRouter(tags=["embed"], route_class=LeanRoute, **(mount or {}))
     Model = model_query(route)
 
     @r.post(route.path, openapi_extra=TEXT_BODY, responses=ERRORS,

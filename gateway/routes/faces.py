@@ -11,8 +11,8 @@ from .lean import LeanRoute
 # are built from the route table at start-up, so FastAPI must see them as objects, not strings.
 
 
-def router(route: Route, table: RouteTable) -> APIRouter:
-    r = APIRouter(tags=["faces"], route_class=LeanRoute)
+def router(route: Route, table: RouteTable, mount: dict | None = None) -> APIRouter:
+    r = APIRouter(tags=["faces"], route_class=LeanRoute, **(mount or {}))
     Model = model_query(route)
 
     @r.post(route.path, openapi_extra=IMAGE_BODY, responses=ERRORS, summary="Faces",

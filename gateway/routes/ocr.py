@@ -8,8 +8,8 @@ from .common import ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, model
 from .lean import LeanRoute
 
 
-def router(route: Route, table: RouteTable) -> APIRouter:
-    r = APIRouter(tags=["ocr"], route_class=LeanRoute)
+def router(route: Route, table: RouteTable, mount: dict | None = None) -> APIRouter:
+    r = APIRouter(tags=["ocr"], route_class=LeanRoute, **(mount or {}))
     Model = model_query(route)
 
     @r.post(route.path, openapi_extra=IMAGE_BODY, responses=ERRORS, summary="Text lines",

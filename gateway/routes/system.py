@@ -9,31 +9,32 @@ from contract.routes import RouteTable
 from ..responses import JSON
 from .common import ServiceDep
 
-# Probes: never behind the dependencies given to create_app (an orchestrator's probe
-# carries no API key), never shed.
-probes = APIRouter(tags=["system"])
+
+def probe_router(mount: dict | None = None) -> APIRouter:
+    """/healthz and /readyz: never given the app's dependencies (an orchestrator's probe
+    carries no API key), never shed (gateway/admission.py exempts their paths)."""
+    r = APIRouter(tags=["system"], **{k: v for k, v in (mount or {}).items() if k != "dependencies"})
+
+    @r.get("/healthz", summary="The process is alive")
+    async def healthz() -> JSON:
+        return JSON({"status": "ok"})
+
+    @r.get("/readyz", summary="At least one Triton endpoint ready with its models",
+                 responses={503: {"description": "not ready: `reason` says why (Retry-After)"}})
+    async def readyz(svc: ServiceDep):
+        # the fleet's health checks keep the states current: no Triton call per probe
+        ready, body = svc.backend.readiness()
+        return JSON(body, status_code=200 if ready else 503,
+                    headers={} if ready else {"Retry-After": str(svc.settings.retry_after_s)})
+
+    return r
 
 
-@probes.get("/healthz", summary="The process is alive")
-async def healthz() -> JSON:
-    return JSON({"status": "ok"})
-
-
-@probes.get("/readyz", summary="At least one Triton endpoint ready with its models",
-            responses={503: {"description": "not ready: `reason` says why (Retry-After)"}})
-async def readyz(svc: ServiceDep):
-    # the fleet's health checks keep the states current: no Triton call per probe
-    ready, body = svc.backend.readiness()
-    return JSON(body, status_code=200 if ready else 503,
-                headers={} if ready else {"Retry-After": str(svc.settings.retry_after_s)})
-
-
-def router(table: RouteTable) -> APIRouter:
+def router(table: RouteTable, mount: dict | None = None) -> APIRouter:
     """GET /v1/models: every served route model, with the endpoint the route table gives it."""
-    r = APIRouter(tags=["system"])
+    r = APIRouter(tags=["system"], **(mount or {}))
 
-    @r.get("/v1/models", summary="Served models: provenance, input sizes, tensors, "
-                "score floors")
+    @r.get("/v1/models", summary="Served models: provenance, input sizes, tensors, score floors")
     async def models(svc: ServiceDep) -> JSON:
         cat = svc.catalog
         if cat is None:
