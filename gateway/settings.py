@@ -59,7 +59,7 @@ class GatewaySettings(BaseSettings):
     # Spreading requests over the endpoints (gateway/fleet.py).
     # least_outstanding: per call, the ready endpoint with the fewest calls in flight, own
     # discovery, health checks and retries. pick_first / round_robin: ONE gRPC channel
-    # over the whole target with gRPC's own policy (the old behaviour; behind a mesh).
+    # over the whole target with gRPC's own policy (for a service mesh that balances itself).
     balancer: Literal["least_outstanding", "pick_first", "round_robin"] = "least_outstanding"
     discovery_interval_s: float = Field(15.0, gt=0, description="re-resolve dns: targets")
     health_interval_s: float = Field(2.0, gt=0, description="probe ready endpoints")

@@ -32,7 +32,7 @@ from contract import REPO_ROOT
 from serving.replicas import Replicas, loopback_hosts
 from serving.tritonserver import free_port
 
-from .bench_gateway import BenchError, _load, _start, _wait_http, stop_process
+from .processes import BenchError, http_load, start_process, stop_process, wait_http
 
 WORK = REPO_ROOT / "build" / "bench-fleet"
 MODEL, ROUTE = "mobileclip_image", "/v1/embed/image"
@@ -58,16 +58,16 @@ def measure(replicas: Replicas, hosts: list[str], balancer: str, seconds: float)
     target = "ipv4:" + ",".join(replicas.address(h) for h in hosts)
     port = free_port()
     log = WORK / f"gateway-{balancer}-{len(hosts)}.log"
-    proc = _start([sys.executable, "-m", "gateway", "--triton-grpc", target, "--host",
+    proc = start_process([sys.executable, "-m", "gateway", "--triton-grpc", target, "--host",
                    "127.0.0.1", "--port", str(port)], log,
                   VISIONSERVE_GATEWAY_BALANCER=balancer, VISIONSERVE_GATEWAY_DECODE_THREADS="1")
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(base + "/readyz", proc)
+        wait_http(base + "/readyz", proc)
         data, c = _jpeg(), CONCURRENCY_PER_REPLICA * len(hosts)
-        asyncio.run(_load(base + ROUTE, data, c, 1.5, 0))          # warm-up
+        asyncio.run(http_load(base + ROUTE, data, c, 1.5, 0))          # warm-up
         before = {h: replicas.success(h, MODEL) for h in hosts}
-        latencies, errors, wall = asyncio.run(_load(base + ROUTE, data, c, seconds, 0))
+        latencies, errors, wall = asyncio.run(http_load(base + ROUTE, data, c, seconds, 0))
         served = {h: replicas.success(h, MODEL) - before[h] for h in hosts}
     finally:
         stop_process(proc)

@@ -18,8 +18,6 @@ import asyncio
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -33,13 +31,10 @@ from serving import profiles, standins
 from serving.tritonserver import TritonServer, free_port
 
 from . import baseline_naive
+from .processes import BenchError, http_load, start_process, stop_process, wait_http
 
 WORK = REPO_ROOT / "build" / "bench-gateway"
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(RuntimeError):
-    """Something the user can fix (a model not exported, a server that did not start)."""
 
 
 @dataclass
@@ -85,46 +80,6 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / TICKS
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{url} exited with code {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise BenchError(f"{url} not ready after {timeout_s:.0f}s")
-
-
-async def _load(url: str, data: bytes, concurrency: int, seconds: float, warmup: int):
-    import httpx
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), limits=limits) as client:
-        headers = {"content-type": "image/jpeg"}
-        await asyncio.gather(*(client.post(url, content=data, headers=headers)
-                               for _ in range(warmup)))
-        latencies, errors = [], 0
-        stop_at = time.monotonic() + seconds
-
-        async def worker():
-            nonlocal errors
-            while time.monotonic() < stop_at:
-                t0 = time.perf_counter()
-                r = await client.post(url, content=data, headers=headers)
-                latencies.append(time.perf_counter() - t0)
-                errors += r.status_code != 200
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return latencies, errors, time.perf_counter() - t0
-
-
 def _gateway_bytes(base: str) -> float:
     """`base`: the gateway's metrics address (its own port, not the API's)."""
     import httpx
@@ -152,7 +107,7 @@ def _baseline_bytes(base: str) -> float:
 
 def measure(system, base, path, proc, read_bytes, data, concurrency, seconds) -> Point:
     cpu0, bytes0 = cpu_seconds(proc.pid), read_bytes(base)
-    lat, errors, wall = asyncio.run(_load(base + path, data, concurrency, seconds,
+    lat, errors, wall = asyncio.run(http_load(base + path, data, concurrency, seconds,
                                           warmup=0))
     cpu1, bytes1 = cpu_seconds(proc.pid), read_bytes(base)
     n = len(lat)
@@ -168,25 +123,6 @@ def _no_queue_deadline(config: Path) -> None:
     cfg = contract.parse_config(config.read_text(), config)
     cfg.dynamic_batching.default_queue_policy.default_timeout_microseconds = 0
     config.write_text(contract.to_text(cfg))
-
-
-def _start(cmd, log: Path, **env_extra) -> subprocess.Popen:
-    # the gateway's per-call deadline matches the baseline's 300 s client timeout
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VISIONSERVE_GATEWAY_TRITON_TIMEOUT_S="300",
-               **env_extra)
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT)
-
-
-def stop_process(proc: subprocess.Popen | None, wait_s: float = 15) -> None:
-    """SIGINT (the gateway shuts down gracefully), SIGKILL after `wait_s`."""
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(wait_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
@@ -208,17 +144,17 @@ def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
               f"{'instant stub' if stub else 'the real ONNX model'}) ...", flush=True)
         server.start(600)
         # the admin key lets the gateway register shared memory, as `make run` does
-        gw = _start([sys.executable, "-m", "gateway", "--triton-grpc", server.grpc_url,
+        gw = start_process([sys.executable, "-m", "gateway", "--triton-grpc", server.grpc_url,
                      "--port", str(gw_port), "--metrics-port", str(gw_metrics_port),
                      "--log-level", "warning"], WORK / "gateway.log",
                     VISIONSERVE_GATEWAY_TRITON_ADMIN_KEY=server.admin_key)
-        bl = _start([sys.executable, "-m", "perf.baseline_naive", "--triton-http",
+        bl = start_process([sys.executable, "-m", "perf.baseline_naive", "--triton-http",
                      server.http_url, "--model", adapter, "--port", str(bl_port)],
                     WORK / "baseline.log")
         gw_base, bl_base = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{bl_port}"
         gw_metrics = f"http://127.0.0.1:{gw_metrics_port}"
-        _wait_http(gw_base + "/readyz", gw)
-        _wait_http(bl_base + "/healthz", bl)
+        wait_http(gw_base + "/readyz", gw)
+        wait_http(bl_base + "/healthz", bl)
         # the machine may be shared: the decode reference is re-measured beside every
         # point and its median used, so both sides of the CPU ratio see the same load
         decodes = [bare_decode_ms(data)]
@@ -226,7 +162,7 @@ def run(seconds: float, levels: list[int], stub: bool = False) -> dict:
               f"(simplejpeg, 1 thread): {decodes[0]:.2f} ms", flush=True)
         # warm both paths (model sessions, connections) before measuring
         for base, path in ((gw_base, "/v1/detect"), (bl_base, "/detect")):
-            asyncio.run(_load(base + path, data, 2, 0.0, warmup=4))
+            asyncio.run(http_load(base + path, data, 2, 0.0, warmup=4))
         points = []
         for c in levels:
             for system, base, path, proc, rb in (

@@ -14,7 +14,7 @@ import httpx
 from contract import REPO_ROOT
 from serving.tritonserver import free_port
 
-from .bench_gateway import stop_process
+from .processes import stop_process
 
 TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 GATEWAY_ROOT = os.environ.get("VISIONSERVE_TEST_GATEWAY_ROOT", str(REPO_ROOT))

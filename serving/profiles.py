@@ -39,6 +39,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 import contract
 from contract import MODEL_REPOSITORY, REPO_ROOT
 from contract.facts import facts
+from contract.shapes import shape_ranges
 from pipelines import ENTRY_FILE, entry_source
 
 from .cpu_machine import CpuSettings, ResolvedCpu
@@ -191,11 +192,9 @@ def _to_onnx_gpu(cfg: mc.ModelConfig, engine_cache: str) -> None:
     ea = cfg.optimization.execution_accelerators
     del ea.gpu_execution_accelerator[:]
     trt = ea.gpu_execution_accelerator.add(name="tensorrt")
-    # One engine profile covering every batch the dynamic batcher can form, so a new
-    # batch size never triggers an engine rebuild under load.
-    opt_batch = max(cfg.dynamic_batching.preferred_batch_size or [cfg.max_batch_size])
-    at = {w: contract.ModelContract(cfg.name, Path(cfg.name), cfg).with_variable_dims(w).config
-          for w in ("min", "opt", "max")}   # variable dims (face_align's faces) span their range
+    # One set of engine shapes covering every batch the dynamic batcher can form, so a new
+    # batch size never triggers an engine rebuild under load: the plans' rule (contract/shapes.py).
+    shapes = shape_ranges(contract.ModelContract(cfg.name, Path(cfg.name), cfg))
     params = {
         "precision_mode": "FP16",
         "max_workspace_size_bytes": TRT_WORKSPACE_BYTES,
@@ -203,18 +202,14 @@ def _to_onnx_gpu(cfg: mc.ModelConfig, engine_cache: str) -> None:
         "trt_engine_cache_path": f"{engine_cache}/{cfg.name}",
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": f"{engine_cache}/{cfg.name}",
-        "trt_profile_min_shapes": _shapes(at["min"], 1),
-        "trt_profile_opt_shapes": _shapes(at["opt"], opt_batch),
-        "trt_profile_max_shapes": _shapes(at["max"], cfg.max_batch_size),
+        "trt_profile_min_shapes": shapes.shapes("min"),
+        "trt_profile_opt_shapes": shapes.shapes("opt"),
+        "trt_profile_max_shapes": shapes.shapes("max"),
     }
     for k, v in params.items():
         trt.parameters[k] = v
     # Anything TensorRT cannot take falls back to the CUDA EP, which ORT adds by itself
     # for KIND_GPU; the committed warmup (batch 8-32) builds the engine before "ready".
-
-
-def _shapes(cfg: mc.ModelConfig, batch: int) -> str:
-    return ",".join(f"{t.name}:" + "x".join(str(d) for d in (batch, *t.dims)) for t in cfg.input)
 
 
 # -- building a repository folder -----------------------------------------------------------

@@ -29,7 +29,7 @@ from .tritonserver import TritonServer, TritonServerError
 log = logging.getLogger("serving")
 
 
-class UsageError(RuntimeError):
+class StartError(RuntimeError):
     """Something the user can fix (missing module, artifacts, ports): printed, exit 2."""
 
 
@@ -87,7 +87,7 @@ def _derive(args) -> profiles.Derived:
 
 def _gateway_command(args, server: TritonServer) -> list[str]:
     if importlib.util.find_spec("gateway") is None or importlib.util.find_spec("gateway.__main__") is None:
-        raise UsageError("the gateway module is not available (`python -m gateway` needs gateway/__main__.py); "
+        raise StartError("the gateway module is not available (`python -m gateway` needs gateway/__main__.py); "
                          "use `make serve` to run Triton alone")
     return [sys.executable, "-m", "gateway", "--triton-grpc", server.grpc_url,
             "--host", args.gateway_host, "--port", str(args.gateway_port),
@@ -96,7 +96,7 @@ def _gateway_command(args, server: TritonServer) -> list[str]:
 
 def _serve(args, with_gateway: bool) -> int:
     if args.profile != "cpu":
-        raise UsageError(f"the embedded tritonserver runs only the 'cpu' profile (it has the python backend "
+        raise StartError(f"the embedded tritonserver runs only the 'cpu' profile (it has the python backend "
                          f"alone); serve {args.profile!r} with a GPU Triton: `python -m serving derive "
                          f"--profile {args.profile}` then tritonserver --model-repository <that folder>")
     derived = _derive(args)
@@ -129,7 +129,7 @@ def _serve(args, with_gateway: bool) -> int:
             if server.process is None or server.process.poll() is not None:
                 raise TritonServerError(f"tritonserver exited; see {server.log_path}:\n{server.log_tail()}")
             if gateway is not None and gateway.poll() is not None:
-                raise UsageError(f"the gateway exited with code {gateway.returncode}")
+                raise StartError(f"the gateway exited with code {gateway.returncode}")
         print("stopping...", flush=True)
         return 0
     finally:
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             print(d.path)
             return 0
         return _serve(args, with_gateway=args.command == "run")
-    except (profiles.ProfileError, cpu_machine.CpuSettingsError, UsageError, TritonServerError) as exc:
+    except (profiles.ProfileError, cpu_machine.CpuSettingsError, StartError, TritonServerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

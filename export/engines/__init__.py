@@ -1,4 +1,4 @@
-"""FP16 TensorRT plans with one dynamic-batch profile per model (`make export-engines`).
+"""FP16 TensorRT plans with one dynamic-batch optimization profile (contract/shapes.py) per model (`make export-engines`).
 
 Light to import (no tensorrt/onnx at import time). The functions other packages use:
 
@@ -8,15 +8,15 @@ Light to import (no tensorrt/onnx at import time). The functions other packages 
     check_repository(repository, ...) -> [PlanCheck]
         Whether the plan Triton would load on this GPU may be served; `.ok`, `.status`
         ("ok" | "stale" | "foreign" | "missing") and `.message` (which plan, why, how to rebuild).
-    derive_profile(contract, max_batch=None) -> Profile
+    derive_shapes(contract, max_batch=None) -> ShapeRanges
 """
 from .check import check_model, check_repository
-from .errors import EngineError, NoGpu, ParityError, ProfileError, TensorRTUnavailable
+from .errors import EngineError, NoGpu, ParityError, ShapeError, TensorRTUnavailable
 from .gpu import GpuInfo, current_gpu, tensorrt_version
 from .metadata import PlanCheck, cc_model_filenames, cc_model_filenames_from_names, check_plan, plan_filename
-from .profiles import Profile, derive_profile
+from .shapes import ShapeRanges, derive_shapes
 
-__all__ = ["check_model", "check_repository", "EngineError", "NoGpu", "ParityError", "ProfileError",
+__all__ = ["check_model", "check_repository", "EngineError", "NoGpu", "ParityError", "ShapeError",
            "TensorRTUnavailable", "GpuInfo", "current_gpu", "tensorrt_version", "PlanCheck",
            "cc_model_filenames", "cc_model_filenames_from_names", "check_plan", "plan_filename",
-           "Profile", "derive_profile"]
+           "ShapeRanges", "derive_shapes"]

@@ -33,7 +33,7 @@ from .metadata import (
     staleness,
     write_sidecar,
 )
-from .profiles import Profile, check_onnx_inputs, derive_profile
+from .shapes import ShapeRanges, check_onnx_inputs, derive_shapes
 from .request import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_MB, BuildOutput, BuildRequest, assert_raw_plan, build_flags
 
 ONNX_NAME = "model.onnx"
@@ -94,7 +94,7 @@ class Plan:
     contract: object
     onnx: Path
     onnx_sha256: str
-    profile: Profile
+    shapes: ShapeRanges
     precision: precision_mod.PrecisionPlan
     flags: dict
     target: Path
@@ -111,12 +111,12 @@ def prepare(model: str, gpu: GpuInfo, opts: Options) -> Plan:
     src = vdir / ONNX_NAME
     if not src.is_file():
         raise EngineError(f"{model}: no ONNX at {src}; run: make export-onnx MODELS={model}")
-    profile = derive_profile(c, opts.max_batch)
+    shapes = derive_shapes(c, opts.max_batch)
     graph = onnx.load(str(src), load_external_data=False)
-    check_onnx_inputs(profile, onnx_input_dims(graph))
+    check_onnx_inputs(shapes, onnx_input_dims(graph))
     prec = precision_mod.fp32_nodes(graph, model, opts.fp32_name_patterns)
-    flags = build_flags(profile, prec, opts.workspace_mb, opts.opt_level)
-    return Plan(model, c, src, onnx_sha256(src), profile, prec, flags, vdir / plan_filename(gpu.compute_capability))
+    flags = build_flags(shapes, prec, opts.workspace_mb, opts.opt_level)
+    return Plan(model, c, src, onnx_sha256(src), shapes, prec, flags, vdir / plan_filename(gpu.compute_capability))
 
 
 def _current(p: Plan, gpu: GpuInfo, trt_version: str | None) -> tuple[list[str], list[str]]:
@@ -130,9 +130,9 @@ def _current(p: Plan, gpu: GpuInfo, trt_version: str | None) -> tuple[list[str],
 def build_model(model: str, gpu: GpuInfo, trt_version: str | None, opts: Options, *, builder: Builder,
                 candidate: Candidate | None, log: Callable[[str], None] = print) -> Outcome:
     p = prepare(model, gpu, opts)
-    prof = p.profile
+    prof = p.shapes
     if not prof.serves_config:
-        log(f"  {model}: WARNING profile max {prof.max_batch} < config max_batch_size {prof.config_max_batch}: "
+        log(f"  {model}: WARNING max batch {prof.max_batch} < config max_batch_size {prof.config_max_batch}: "
             f"Triton will refuse this plan unless max_batch_size in {p.contract.path} is <= {prof.max_batch}")
     reasons, warns = _current(p, gpu, trt_version)
     if not opts.force and not reasons:
@@ -161,8 +161,8 @@ def compile_plan(p: Plan, gpu: GpuInfo, trt_version: str | None, opts: Options, 
     `workdir` holds the marked ONNX copy while TensorRT reads it (a writable folder on the
     same volume as the result, or any scratch folder). Returns (output, parity report, seconds).
     """
-    prof = p.profile
-    log(f"  {p.model}: profile batch {prof.min_batch}/{prof.opt_batch}/{prof.max_batch}, "
+    prof = p.shapes
+    log(f"  {p.model}: batch {prof.min_batch}/{prof.opt_batch}/{prof.max_batch}, "
         f"{'FP16' if p.precision.fp16 else 'FP32'}, {len(p.precision.fp32_nodes)} nodes kept FP32 "
         f"{p.precision.reasons}")
     t0 = time.perf_counter()
@@ -195,7 +195,7 @@ def _parity(p: Plan, plan: bytes, opts: Options, candidate: Candidate | None, lo
     if candidate is None:
         raise TensorRTUnavailable(f"{p.model}: the parity check needs the TensorRT Python API to run the plan "
                                   "(trtexec-only host); pass --no-parity to accept the plan unchecked")
-    batches = tuple(sorted({1, p.profile.max_batch}))
+    batches = tuple(sorted({1, p.shapes.max_batch}))
     log(f"  {p.model}: parity vs ONNX Runtime at batch {' and '.join(map(str, batches))}")
     report = parity_mod.check(p.model, parity_mod.onnxrt_runner(p.onnx), candidate(plan),
                               p.contract.with_variable_dims("max").inputs,

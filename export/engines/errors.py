@@ -1,7 +1,7 @@
 """One exception tree for engine building.
 
 `EngineError` and its children are user-facing conditions (no TensorRT here, a stale
-plan, a parity failure, a config the profile cannot be derived from): the CLI prints
+plan, a parity failure, a config the engine shapes cannot be derived from): the CLI prints
 them and exits 2. Anything else escaping is a bug and keeps its traceback.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ class NoGpu(EngineError):
     """No CUDA device is visible, so nothing can be built or checked against one."""
 
 
-class ProfileError(EngineError):
-    """The optimisation profile cannot be derived from the config (or the ONNX disagrees)."""
+class ShapeError(EngineError):
+    """The engine's input shapes cannot be derived from the config (or the ONNX disagrees)."""
 
 
 class ParityError(EngineError):

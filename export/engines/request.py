@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from .precision import MARK, PrecisionPlan
-from .profiles import Profile
+from .shapes import ShapeRanges
 
 DEFAULT_WORKSPACE_MB = 8192
 DEFAULT_OPT_LEVEL = 3      # TensorRT's default builder optimisation level
@@ -19,7 +19,7 @@ RECIPE_VERSION = 2
 class BuildRequest:
     model: str
     onnx: Path                     # the MARKED copy (FP32 nodes renamed MARK + name)
-    profile: Profile
+    shapes: ShapeRanges
     precision: PrecisionPlan
     timing_cache: Path
     workspace_mb: int = DEFAULT_WORKSPACE_MB
@@ -39,9 +39,10 @@ class BuildOutput:
     builder: str                   # "tensorrt-python" | "trtexec"
 
 
-def build_flags(profile: Profile, precision: PrecisionPlan, workspace_mb: int, opt_level: int) -> dict:
+def build_flags(shapes: ShapeRanges, precision: PrecisionPlan, workspace_mb: int, opt_level: int) -> dict:
     """Everything that shapes the plan besides TensorRT, GPU and ONNX (compared for staleness)."""
-    return {"recipe": RECIPE_VERSION, "profile": profile.as_dict(), **precision.flags(),
+    # "profile" (TensorRT's optimization profile) is the key stored plans were filed under
+    return {"recipe": RECIPE_VERSION, "profile": shapes.as_dict(), **precision.flags(),
             "tf32": False, "workspace_mb": workspace_mb, "opt_level": opt_level, "timing_cache": True}
 
 

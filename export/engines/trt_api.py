@@ -85,7 +85,7 @@ def configure(trt, builder, network, req: BuildRequest):
     else:
         req.log(f"  {req.model}: FP32 only, TF32 off")
     profile = builder.create_optimization_profile()
-    for s in req.profile.inputs:
+    for s in req.shapes.inputs:
         profile.set_shape(s.name, s.min, s.opt, s.max)
     config.add_optimization_profile(profile)
     return config

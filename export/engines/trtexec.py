@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import BuildFailed, TensorRTUnavailable, UnsupportedTensorRT
 from .gpu import require_supported_tensorrt, tensorrt_version, version_from_int
 from .lock import place_file, target_lock
-from .profiles import trtexec_shapes
+from .shapes import trtexec_shapes
 from .request import BuildOutput, BuildRequest
 
 _VERSION_RE = re.compile(r"\[TensorRT v(\d+)\]")
@@ -35,7 +35,7 @@ def find_trtexec() -> Path | None:
 
 def command(exe: Path | str, req: BuildRequest, plan_out: Path, cache_file: Path) -> list[str]:
     """The trtexec argv for `req` (pure)."""
-    p = req.profile
+    p = req.shapes
     argv = [str(exe), f"--onnx={req.onnx}", f"--saveEngine={plan_out}",
             f"--minShapes={trtexec_shapes(p, 'min')}", f"--optShapes={trtexec_shapes(p, 'opt')}",
             f"--maxShapes={trtexec_shapes(p, 'max')}",

@@ -58,7 +58,7 @@ def test_build_places_plan_sidecar_and_default_copy(repo, tmp_path):
     assert out.status == "built" and out.plan == vdir / "model.sm90.plan"
     assert "b1 max|d| 0" in out.parity and "b8" in out.parity
     req = b.calls[0]
-    assert (req.profile.min_batch, req.profile.opt_batch, req.profile.max_batch) == (1, 4, 8)
+    assert (req.shapes.min_batch, req.shapes.opt_batch, req.shapes.max_batch) == (1, 4, 8)
     assert req.precision.fp16 and req.timing_cache == tmp_path / "cache" / "sm90-trt10.3.0.cache"
     assert not req.onnx.exists()             # the marked copy lived in a temp dir; the fake plan IS it:
     marked = onnx.load_from_string(out.plan.read_bytes())

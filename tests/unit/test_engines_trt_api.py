@@ -13,7 +13,7 @@ import contract
 from export.engines import trt_api
 from export.engines.errors import UnsupportedTensorRT
 from export.engines.precision import PrecisionPlan, fp32_nodes, marked_copy
-from export.engines.profiles import derive_profile
+from export.engines.shapes import derive_shapes
 from export.engines.request import BuildRequest
 from tests.unit.test_engines_fixtures import make_repository
 
@@ -105,7 +105,7 @@ def fake_tensorrt(version: str):
             self.network.layers = [_Layer(n.name, trt) for n in onnx.load(path).graph.node]
             return True
 
-    class Profile:
+    class ShapeRanges:
         def __init__(self):
             self.shapes = {}
 
@@ -125,7 +125,7 @@ def fake_tensorrt(version: str):
             return self.config
 
         def create_optimization_profile(self):
-            return Profile()
+            return ShapeRanges()
 
         def build_serialized_network(self, network, config):
             return b"\x00" * 128
@@ -139,7 +139,7 @@ def _request(tmp_path, model: str, precision: PrecisionPlan | None = None) -> Bu
     src = repo / "tinyface" / "1" / "model.onnx"
     plan = precision or fp32_nodes(onnx.load(str(src)), "tinyface")
     marked = marked_copy(src, tmp_path / "marked.onnx", plan)
-    return BuildRequest(model, marked, derive_profile(contract.load("tinyface", repo)), plan,
+    return BuildRequest(model, marked, derive_shapes(contract.load("tinyface", repo)), plan,
                         tmp_path / "tc" / "x.cache", log=lambda m: None)
 
 

@@ -11,14 +11,14 @@ import contract
 from export.engines import trtexec
 from export.engines.errors import BuildFailed
 from export.engines.precision import fp32_nodes
-from export.engines.profiles import derive_profile
+from export.engines.shapes import derive_shapes
 from export.engines.request import BuildRequest, assert_raw_plan
 from tests.unit.test_engines_fixtures import tinyface_onnx
 
 
 def _req(model, tmp_path, onnx_model=None):
     prec = fp32_nodes(onnx_model or tinyface_onnx(), model)
-    return BuildRequest(model, tmp_path / "marked.onnx", derive_profile(contract.load(model)), prec,
+    return BuildRequest(model, tmp_path / "marked.onnx", derive_shapes(contract.load(model)), prec,
                         tmp_path / "cache" / "sm90-trt10.3.0.cache", log=lambda m: None)
 
 
