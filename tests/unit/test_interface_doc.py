@@ -35,3 +35,16 @@ def test_a_stale_section_is_found(tmp_path):
     doc.write_text(f"x\n{docs.begin('routes')}\n{docs.render('routes', fewer)}{docs.end('routes')}\ny\n")
     assert docs.embedded(doc.read_text())["routes"] != docs.render("routes")
     assert contract.MODEL_REPOSITORY.is_dir()
+
+
+def test_the_weights_table_matches_the_records():
+    """README's weights table (export/docs.py) is what the family records say."""
+    from export import docs as export_docs
+    from export import registry
+
+    text = (REPO_ROOT / "README.md").read_text()
+    (section,) = docs.embedded(text, export_docs.SECTIONS, export_docs.TOOL).values()
+    assert section == export_docs.render("weights"), \
+        "README's weights table is stale: run `python -m export.docs --write`"
+    for rec in registry.TABLE:
+        assert f"| `{rec.model}` |" in section
