@@ -15,7 +15,7 @@ from export.engines.precision import PrecisionPlan, fp32_nodes, marked_copy
 from export.engines.profiles import derive_profile
 from export.engines.request import BuildRequest
 from serving import contract
-from tests.unit.test_engines_fixtures import make_repository
+from tests.support.engines import make_repository
 
 
 class _Tensor:

@@ -13,7 +13,7 @@ from export.engines.precision import fp32_nodes
 from export.engines.profiles import derive_profile
 from export.engines.request import BuildRequest, assert_raw_plan
 from serving import contract
-from tests.unit.test_engines_fixtures import tinyface_onnx
+from tests.support.engines import tinyface_onnx
 
 
 def _req(model, tmp_path, onnx_model=None):

@@ -14,20 +14,6 @@ from export.base import ExportError, WeightsSearch  # noqa: E402
 from serving import contract  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def ppocr_exports():
-    """Export both models once (the runner skips them when already up to date)."""
-    from export.runner import export_one
-
-    try:
-        results = {m: export_one(m, WeightsSearch(), MODEL_REPOSITORY) for m in ppocr.MODELS}
-    except ExportError as exc:
-        if "could not download the wheel" in str(exc):
-            pytest.skip(f"the rapidocr-onnxruntime wheel is not cached in build/wheels and PyPI is unreachable: {exc}")
-        raise
-    return results
-
-
 def _session(path):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1

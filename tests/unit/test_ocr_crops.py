@@ -9,7 +9,7 @@ import pytest
 
 from serving import contract, ocr_crops
 from serving import ocr_postprocess as op
-from tests.unit.test_ocr_postprocess import RECOGNISER
+from tests.support.ocr import RECOGNISER
 
 REC = op.OcrSettings.for_recogniser(contract.load("ppocr_rec"))
 EXACT = replace(REC, crop_height=1.0)         # crops exactly the box: geometry checks below

@@ -11,7 +11,6 @@ ort = pytest.importorskip("onnxruntime")
 
 from serving import contract  # noqa: E402
 from serving import ocr_postprocess as op  # noqa: E402
-from tests.unit.test_export_ppocr import ppocr_exports  # noqa: E402,F401  (session fixture: one export)
 
 PAGES = [
     [((40, 100), "HELLO WORLD 2026"), ((60, 300), "visionserve reads text")],
