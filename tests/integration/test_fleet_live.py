@@ -133,6 +133,27 @@ def test_spread_over_replicas_from_two_gateways(fleet):
         assert abs(n / total - 1 / 3) <= 0.10, f"{host} served {n / total:.1%}: {served}"
 
 
+@pytest.mark.parametrize("balancer", ["round_robin", "pick_first"])
+def test_grpc_own_balancers_over_a_static_list(fleet, gateways, balancer):
+    """balancer=round_robin / pick_first: one gRPC channel over ipv4:a,b,c with gRPC's own
+    policy (behind a mesh): round_robin spreads evenly, pick_first sends everything to one
+    replica. Triton's own counts say where the requests went."""
+    target = "ipv4:" + ",".join(fleet.replicas.address(h) for h in fleet.members)
+    gw = gateways.start(target, balancer=balancer)
+    before = fleet.served()
+    with Load([gw]) as load:
+        wait_for(lambda: len(load.results) >= 120, 30, "120 requests answered")
+    assert not load.failures(), load.failures()[:5]
+    got = {h: fleet.replicas.success(h, MODEL) - before[h] for h in fleet.members}
+    total = sum(got.values())
+    assert total >= len(load.results), got
+    shares = sorted(n / total for n in got.values())
+    if balancer == "round_robin":
+        assert shares[0] >= 1 / 3 - 0.1, got
+    else:
+        assert shares[-1] == 1.0, got
+
+
 @pytest.mark.load
 def test_discovery_adds_and_drops_replicas(fleet):
     """At the gateways' discovery period P (DISCOVERY_S): a replica added to DNS serves

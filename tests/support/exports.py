@@ -33,8 +33,9 @@ def require_real(model: str, needs: str = "", repository: Path = MODEL_REPOSITOR
 
 def exported_model(model: str, tmp_path_factory, search=None):
     """(onnx path, ExportJob) for `model`: model_repository's file when the export runner
-    says it is up to date for the weights `make export-onnx` finds (VISIONSERVE_WEIGHTS_DIR,
-    as the Makefile sets it), else one export into a temporary repository."""
+    says it is up to date for the weights its export record names (else those `make
+    export-onnx` finds: VISIONSERVE_WEIGHTS_DIR), else one export into a temporary
+    repository."""
     from export import registry, runner
     from export.__main__ import weights_search
     from export.base import ExportJob
@@ -46,9 +47,11 @@ def exported_model(model: str, tmp_path_factory, search=None):
         from export.base import DEFAULT_SEED
 
         search = weights_search(argparse.Namespace(weights_dir=[], weights=[], seed=DEFAULT_SEED))
-    weights = registry.resolve_weights(model, search)
+    from export.verify import recorded_weights
+
     path = runner.onnx_path(model, MODEL_REPOSITORY)
     record = runner.read_record(model, MODEL_REPOSITORY)
+    weights = recorded_weights(record) or registry.resolve_weights(model, search)
     if not (path.exists() and record
             and record.get("fingerprint") == runner.fingerprint(model, weights, MODEL_REPOSITORY)):
         repo = tmp_path_factory.mktemp("repo")
