@@ -17,7 +17,7 @@ export VISIONSERVE_WEIGHTS_DIR := $(WEIGHTS_DIR)
 export YOLO_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup lock export-onnx verify clean
+.PHONY: help setup lock export-onnx verify lint clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
@@ -39,6 +39,9 @@ export-onnx: setup  ## export models to model_repository/<m>/1/model.onnx (MODEL
 
 verify: export-onnx  ## verify exported models (checker, parity, batch invariance, config match)
 	$(PY) -m export.verify --models '$(MODELS)'
+
+lint: setup  ## ruff (pyproject's [tool.ruff]) over the whole tree
+	$(VENV)/bin/ruff check .
 
 clean:  ## remove build artifacts (keeps .venv)
 	rm -rf build model_repository/*/1/*.onnx model_repository/*/1/export.json

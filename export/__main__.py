@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from serving.contract import MODEL_REPOSITORY
+from contract import MODEL_REPOSITORY
 
 from . import registry
 from .base import DEFAULT_SEED, ExportError, WeightsSearch

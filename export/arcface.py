@@ -14,7 +14,6 @@ import numpy as np
 from .base import OPSET, ExportError, ExportJob, WeightsSource
 from .onnx_graph import torch_to_onnx
 
-MODELS = ("arcface",)
 LAYERS_R50 = (3, 4, 14, 3)
 # insightface ArcFaceONNX: blobFromImages(scalefactor=1/127.5, mean=127.5, swapRB=True) -> RGB.
 MEAN, STD = 127.5, 127.5

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from serving.contract import ModelContract
+from contract import ModelContract
 
 log = logging.getLogger("export")
 
@@ -105,3 +105,10 @@ class ExportJob:
     @property
     def name(self) -> str:
         return self.contract.name
+
+    @property
+    def architecture(self) -> str | None:
+        """What the exporter builds itself (the family record's `architecture`)."""
+        from .registry import record
+
+        return record(self.name).architecture

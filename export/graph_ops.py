@@ -53,12 +53,6 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, index)
 
 
-def select_top_k(scores: torch.Tensor, k: int, *tensors: torch.Tensor):
-    """Per-image top-k by score: scores [B,N] and row-aligned tensors [B,N,...]."""
-    top, idx = scores.topk(k, dim=1)
-    return (top, idx, *(gather_rows(t, idx) for t in tensors))
-
-
 NMS_ITERATIONS = 8
 
 

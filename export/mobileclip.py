@@ -4,7 +4,7 @@ mobileclip_image  uint8 NHWC RGB 256x256 -> the model's own normalisation (open_
                   preprocess config for MobileCLIP2-S2: mean 0, std 1 on [0,1] pixels)
                   -> FastViT-MCi2 (MobileOne branches re-parameterised, as Apple does for
                   inference and export) -> L2-normalised 512-d embedding.
-mobileclip_text   int32 BPE tokens [77] (serving/clip_tokenizer.py) -> the text
+mobileclip_text   int32 BPE tokens [77] (pipelines/clip_tokenizer.py) -> the text
                   transformer with open_clip's argmax (end-token) pooling -> L2 norm.
                   Also writes the BPE vocabulary into model_repository/clip_tokenizer/1/.
 clip_resize       uint8 640x640x3 -> uint8 256x256x3, bilinear (half-pixel centres,
@@ -27,7 +27,6 @@ import numpy as np
 
 from .base import OPSET, ExportError, ExportJob, WeightsSource
 
-MODELS = ("mobileclip_image", "mobileclip_text", "clip_resize")
 OPEN_CLIP_MODEL = "MobileCLIP2-S2"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _SYNTHETIC_LAYER_SCALE = 0.5
@@ -167,7 +166,7 @@ def _check_tokenizer(context: int) -> Path:
     if not isinstance(tok, SimpleTokenizer) or tok.reduction_fn is not None \
             or getattr(tok.clean_fn, "__name__", "") != "_clean_lower" or tok.context_length != context:
         raise ExportError(f"open_clip {open_clip.__version__} tokenises {OPEN_CLIP_MODEL} with {tok!r} "
-                          f"(context {getattr(tok, 'context_length', '?')}); serving/clip_tokenizer.py "
+                          f"(context {getattr(tok, 'context_length', '?')}); pipelines/clip_tokenizer.py "
                           f"implements CLIP SimpleTokenizer(clean='lower', context {context}) only")
     return Path(default_bpe())
 
@@ -276,7 +275,7 @@ CAPTIONS = ("a photo of a cat", "a diagram", "two dogs playing in the snow at ni
 def sample_tokens(n: int, context: int) -> np.ndarray:
     from open_clip.tokenizer import default_bpe
 
-    from serving.clip_tokenizer import ClipTokenizer
+    from pipelines.clip_tokenizer import ClipTokenizer
 
     tok = ClipTokenizer(default_bpe(), context_length=context)
     return tok([CAPTIONS[i % len(CAPTIONS)] for i in range(n)])

@@ -8,7 +8,6 @@ from pathlib import Path
 from .base import OPSET, ExportError
 
 
-
 def torch_to_onnx(module, args: tuple, path: Path, input_names, output_names,
                   extra_axes: dict[str, dict[int, str]] | None = None) -> None:
     """Export a torch module with a dynamic leading "batch" axis on every input and output
@@ -47,6 +46,26 @@ def join(pre, core, post, pre_io: list[tuple[str, str]], post_io: list[tuple[str
     whole = compose.merge_models(front, post, io_map=[(prefix + a, "post/" + b) for a, b in post_io])
     onnx.checker.check_model(whole)
     return whole
+
+
+def wrap_third_party(job, core, core_input: str, pre, decode, heads: list[tuple[str, str, tuple[int, ...]]]):
+    """A third-party graph between the project's parts, as ONE graph with the contract's I/O:
+    `pre` (a torch module: the contract's uint8 images [B,H,W,3] -> "pixels", the file's input)
+    -> `core` (the file, batch-patched; `core_input` its input) -> `decode` (a torch module:
+    the file's heads -> the contract's outputs, batched and fixed-size). `heads`: per head,
+    (the core's output name, decode's input name, its per-image dummy shape). The file's
+    weights are used byte for byte; only the parts around it are exported from torch."""
+    import torch
+
+    c = job.contract
+    h, w, _ = c.input("images").dims
+    pre_path, post_path = job.work_dir / "pre.onnx", job.work_dir / "post.onnx"
+    torch_to_onnx(pre, (torch.zeros(1, h, w, 3, dtype=torch.uint8),), pre_path, ["images"], ["pixels"])
+    torch_to_onnx(decode, tuple(torch.rand(1, *shape) for _, _, shape in heads), post_path,
+                  [name for _, name, _ in heads], [o.name for o in c.outputs])
+    job.progress("joining preprocessing + the third-party graph + decode")
+    return join(load_onnx(pre_path), core, load_onnx(post_path), [("pixels", core_input)],
+                [(out, name) for out, name, _ in heads])
 
 
 def set_io_dims(model, contract) -> None:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import ExportError  # noqa: F401 (callers catch it from here)
-from .batch_proof import BatchMismatchError, BatchProof, UnprovableGraphError, attr  # noqa: F401
+from .base import ExportError
+from .batch_proof import BatchMismatchError, BatchProof, UnprovableGraphError, attr
 
 log = logging.getLogger("export.patch_batch")
 

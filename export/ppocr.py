@@ -30,7 +30,6 @@ import numpy as np
 
 from .base import OPSET, ExportError, ExportJob
 
-MODELS: tuple[str, ...] = ("ppocr_det", "ppocr_rec")
 
 # (x * SCALE - MEAN) / STD per channel, in the network's (BGR) order; from config.yaml.
 SCALE = 1.0 / 255.0

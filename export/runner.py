@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving import contract as contract_mod
+import contract as contract_mod
 
 from . import registry
 from .base import ExportError, ExportJob, WeightsSearch, WeightsSource

@@ -77,7 +77,7 @@ def photo_inputs(contract, batch: int, rng: np.random.Generator) -> dict[str, np
 def real_frames(n: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """Frames for checks: the perf scene first (a face, objects, printed lines), then photos;
     a text-line strip (w > 2h, e.g. the recogniser's 48x320) gets printed words instead."""
-    from perf import scene
+    from export import scene
 
     if w > 2 * h:
         words = ("VISIONSERVE 2026", "Triton Inference", "batch of lines", "Lorem ipsum 123", "text recognition")

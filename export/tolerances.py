@@ -36,18 +36,18 @@ DEFAULT_PARITY = ParitySpec({"*": Tolerance(atol=1e-2, rtol=1e-2)})
 
 @dataclass(frozen=True)
 class Bf16:
-    """OpenVINO bf16 on the CPU vs ONNX Runtime f32 (serving/bf16_parity.py applies it).
+    """OpenVINO bf16 on the CPU vs ONNX Runtime f32 (export/bf16_parity.py applies it).
 
     kind "detections": every detection clear of the cut (score threshold or K-th score) by
     `score_atol` has a partner of the same class at IoU >= `min_iou` within `score_atol`, both
     ways; "embeddings": per-row cosine >= `min_cosine`; "ocr": strings read from rendered
-    text identical. `never`: why this model is never run in bf16 (the CPU profile keeps f32)."""
+    text identical. A model that never runs in bf16 says so in its config (contract/facts.py
+    cpu_f32_only), not here: the CPU profile reads it without the build tools."""
 
     kind: str = "embeddings"
     min_iou: float = 0.9
     score_atol: float = 0.05
     min_cosine: float = 0.99
-    never: str = ""
 
 
 BF16_DETECTIONS = Bf16("detections")

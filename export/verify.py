@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import contract as contract_mod
-from serving.contract import MODEL_REPOSITORY, ModelContract
+import contract as contract_mod
+from contract import MODEL_REPOSITORY, ModelContract
 
 from . import registry
 from .base import DEFAULT_SEED, ExportJob, WeightsSearch, WeightsSource
@@ -96,10 +96,10 @@ def max_diff(a: dict, b: dict, model: str) -> float:
 
 
 def detection_diff(got: dict, ref: dict, count: str) -> tuple[float, int, int]:
-    """Detections paired by box (engines.parity.matched_rows): (max abs diff over the matched
+    """Detections paired by box (boxes.matched_rows): (max abs diff over the matched
     rows, rows only one side has, reference rows). A near-tie at the score threshold or in
     NMS may flip one box between runtimes; the caller bounds how many."""
-    from .engines.parity import matched_rows
+    from .boxes import matched_rows
 
     rows = [n for n in got if n != count and np.asarray(got[n]).ndim >= 2]
     r, g = matched_rows({n: np.asarray(v) for n, v in ref.items()}, {n: np.asarray(v) for n, v in got.items()},

@@ -10,7 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from serving.contract import REPO_ROOT
+from contract import REPO_ROOT
 
 from .base import ExportError
 

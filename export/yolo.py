@@ -16,8 +16,6 @@ import numpy as np
 from .base import OPSET, ExportError, ExportJob, WeightsSource
 from .onnx_graph import torch_to_onnx
 
-MODELS = ("yolo",)
-ARCH = "yolo11s.yaml"
 # The batched NMS compares the top candidates pairwise ([B,C,C] IoU). ultralytics' predictor looks
 # at up to 30000 boxes with a sequential loop; 1000 covers every realistic image above the
 # config's score threshold and keeps the matrix at 4 MB per image. The config may set
@@ -29,15 +27,16 @@ _SYNTHETIC_POSITIVE_RATE = 0.005
 _SYNTHETIC_LOGIT_STD = 0.5
 
 
-def load_yolo(weights: WeightsSource):
-    """An ultralytics YOLO object on the given weights, built without network access."""
+def load_yolo(weights: WeightsSource, architecture: str):
+    """An ultralytics YOLO object on the given weights (else `architecture`, an ultralytics
+    model yaml, with synthetic weights), built without network access."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     import torch
     from ultralytics import YOLO
 
     if weights.synthetic:
         torch.manual_seed(weights.seed)
-        yolo = YOLO(ARCH)
+        yolo = YOLO(architecture)
         _calibrate_synthetic(yolo.model, weights.seed)
     else:
         try:
@@ -193,7 +192,7 @@ def export(job: ExportJob) -> None:
 
     g = geometry(job)
     job.progress("building YOLO11s" + (" (synthetic, calibrating BN)" if job.weights.synthetic else ""))
-    module = build_module(load_yolo(job.weights).model, g)
+    module = build_module(load_yolo(job.weights, job.architecture).model, g)
     name_in = job.contract.inputs[0].name
     names_out = [t.name for t in job.contract.outputs]
     expected = ["boxes", "scores", "classes", "num_detections"]
@@ -213,7 +212,7 @@ def reference(job: ExportJob):
     import torch
 
     g = geometry(job)
-    module = build_module(load_yolo(job.weights).model, g)
+    module = build_module(load_yolo(job.weights, job.architecture).model, g)
     names = ["boxes", "scores", "classes", "num_detections"]
     in_name = job.contract.inputs[0].name
 
@@ -233,7 +232,7 @@ def ultralytics_predict(job: ExportJob, images: np.ndarray) -> list[np.ndarray]:
     Returns per image an array [n, 6]: x1, y1, x2, y2, score, class.
     """
     g = geometry(job)
-    yolo = load_yolo(job.weights)
+    yolo = load_yolo(job.weights, job.architecture)
     # the predictor takes OpenCV-style BGR arrays and flips them to RGB itself
     results = yolo.predict([np.ascontiguousarray(img[..., ::-1]) for img in images], imgsz=(g["h"], g["w"]),
                            conf=g["score_threshold"], iou=g["iou_threshold"], max_det=g["k"],

@@ -26,8 +26,6 @@ from .errors import GatewayError, GatewayOverloaded, PayloadTooLarge
 from .metrics import UNMATCHED, Metrics
 
 log = logging.getLogger("visionserve.gateway")
-# Probes are never shed, charged or counted as in-flight work.
-PROBES = frozenset({"/healthz", "/readyz"})
 SCOPE_KEY = "visionserve.reservation"
 
 
@@ -144,8 +142,10 @@ class Admission:
     """Pure ASGI middleware: budget, count cap, labels, disconnects, request metrics."""
 
     def __init__(self, app, *, metrics: Metrics, budget: MemoryBudget, limit: int,
-                 request_limit: int, retry_after: int, templates: Callable[[], dict]):
+                 request_limit: int, retry_after: int, templates: Callable[[], dict],
+                 exempt: frozenset[str] = frozenset()):
         self.app, self.metrics, self.budget = app, metrics, budget
+        self.exempt = exempt            # the probes' paths: never shed, charged or counted
         self.limit, self.request_limit, self.retry_after = limit, request_limit, retry_after
         self._templates = templates
         self._known: dict[str, str] | None = None
@@ -162,7 +162,7 @@ class Admission:
         return self._known.get(scope["path"], UNMATCHED)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in PROBES:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
             return await self.app(scope, receive, send)
         m = self.metrics
         t0 = time.perf_counter()

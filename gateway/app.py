@@ -8,8 +8,7 @@ address. Start-up does not wait for Triton (at most `startup_wait_s` for a first
 
 Its metrics (`app.state.metrics`) are served on their own port by `python -m gateway`
 (metrics.MetricsServer), never by the app. `dependencies` (FastAPI `Depends(...)`, e.g.
-an API-key check) are given to every router but the probes, exactly as
-`include_router(router, dependencies=...)` does.
+an API-key check) are given to every route but the probes, as route dependencies.
 """
 from __future__ import annotations
 
@@ -23,12 +22,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .admission import Admission, MemoryBudget
 from .backend import Backend
-from .catalog import ROUTE_MODELS
+from .catalog import route_table
 from .errors import GatewayError
 from .fleet import Fleet
 from .metrics import Metrics
 from .responses import JSON
-from .routes import PROBES, ROUTERS
+from .routes import probes, routers
 from .service import Service
 from .settings import GatewaySettings
 
@@ -65,14 +64,20 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
                   "Coordinates are in the original image's pixels. Errors are "
                   '`{"error": {"code": ..., "message": ...}}`.')
     app.state.metrics = metrics
-    app.include_router(PROBES)
-    for router in ROUTERS:
-        app.include_router(router, dependencies=dependencies)
+    probe_router = probes(dependency_overrides_provider=app)
+    api = routers(route_table(settings.contract_repository), dependencies=list(dependencies or ()),
+                  dependency_overrides_provider=app)
+    # The routes go into the app's router as built (with their dependencies), not through
+    # include_router: an included LeanRoute serves with FastAPI's handler (routes/lean.py).
+    for router in (probe_router, *api):
+        app.router.routes.extend(router.routes)
     _install_error_handlers(app)
     app.add_middleware(Admission, metrics=metrics,
                        budget=budget,
                        limit=settings.in_flight_limit, request_limit=settings.request_limit,
-                       retry_after=settings.retry_after_s, templates=lambda: _templates(app))
+                       retry_after=settings.retry_after_s,
+                       templates=lambda: _templates(app, (probe_router, *api)),
+                       exempt=frozenset(r.path for r in probe_router.routes))
     return app
 
 
@@ -81,10 +86,10 @@ def decode_headroom(settings: GatewaySettings) -> int:
     frames of the largest route model's frame in the contract, twice: the gRPC request
     copies them, plus the decode scratch of decode_threads images), at most a quarter of
     the budget."""
-    from serving import contract
+    import contract
 
     largest = 0
-    for name in ROUTE_MODELS:
+    for name in route_table(settings.contract_repository).models:
         dims = contract.load(name, settings.contract_repository).inputs[0].dims
         if len(dims) == 3 and dims[2] == 3:
             largest = max(largest, dims[0] * dims[1] * 3)
@@ -92,11 +97,11 @@ def decode_headroom(settings: GatewaySettings) -> int:
     return min(worst, settings.memory_budget_bytes // 4)
 
 
-def _templates(app: FastAPI) -> dict[str, str]:
+def _templates(app: FastAPI, mounted) -> dict[str, str]:
     """{path: route template} of the routes whose path has no parameter (all of ours;
     the routers are mounted without a prefix): the label of a request refused before
     routing. Routed requests are labelled by the route they matched."""
-    routes = [r for router in (PROBES, *ROUTERS) for r in router.routes] + list(app.routes)
+    routes = [r for router in mounted for r in router.routes] + list(app.routes)
     return {r.path: r.path for r in routes if getattr(r, "path", None) and "{" not in r.path}
 
 

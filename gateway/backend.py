@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
-from .errors import (ModelUnavailable, TritonError, TritonOverloaded, TritonTimeout,
-                     TritonUnavailable, UpstreamError)
+from contract import defaults
+
+from .errors import ModelUnavailable, TritonError, TritonOverloaded, TritonTimeout, TritonUnavailable, UpstreamError
 
 if TYPE_CHECKING:
     from .shm import Lease, SlotPool
@@ -382,7 +383,7 @@ def _goaway(exc) -> bool:
     return code == "UNAVAILABLE" and _GOAWAY_MARKER in msg
 
 
-ADMIN_METADATA = "triton-grpc-protocol-admin-key"
+ADMIN_METADATA = defaults.GRPC_ADMIN_METADATA
 # Requests with more tensor bytes than this are assembled off the event loop (a 640x640
 # frame is 1.2 MB: one-image requests stay inline, where a thread hop costs more).
 INLINE_REQUEST_BYTES = 4 * 1024 * 1024
@@ -412,8 +413,7 @@ def _lost_region(exc) -> bool:
 def _outputs(response, names) -> dict[str, np.ndarray]:
     """The requested outputs as numpy arrays (views of the response's raw bytes), decoded
     as tritonclient's InferResult.as_numpy does; a missing output is None as there."""
-    from tritonclient.utils import (deserialize_bf16_tensor, deserialize_bytes_tensor,
-                                    triton_to_np_dtype)
+    from tritonclient.utils import deserialize_bf16_tensor, deserialize_bytes_tensor, triton_to_np_dtype
 
     raw = response.raw_output_contents
     found = {}

@@ -1,24 +1,24 @@
 """What a Triton endpoint serves, learned from it and held against the committed contract.
 
 The gateway never restates a shape: frame sizes, tensor names and batch limits come
-from Triton's model metadata; `config.pbtxt` (serving.contract) is what they must
+from Triton's model metadata; `config.pbtxt` (contract) is what they must
 match. A mismatch is a deployment bug: that endpoint is refused (gateway/fleet.py), loudly.
 Each endpoint has its own catalog; `merge` is what the routes see.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving import contract
+import contract
+from contract.routes import RouteTable
+from contract.routes import route_table as _route_table
 
 from .backend import Backend
 from .errors import ContractMismatch, ModelUnavailable
 
-# The models the routes call. Their tensors, frame sizes, result counts (K) and score
-# floors are NOT here: they come from Triton's metadata and config (config.pbtxt).
-ROUTE_MODELS = ("faces", "yolo", "centernet", "mobileclip_image", "text_embed", "ocr", "analyze")
 # Config parameters that filter scores inside a model: a threshold below them cannot
 # return more (score_threshold of the detectors' in-graph NMS, text_score of the OCR
 # pipeline's recognition).
@@ -76,6 +76,18 @@ class ModelInfo:
     @property
     def weights_provenance(self) -> str | None:
         return self.parameters.get("weights_provenance")
+
+
+@functools.lru_cache(maxsize=8)
+def route_table(repository: Path) -> RouteTable:
+    """The routes and the models they call, from the contract's `route*` parameters
+    (contract/routes.py); read once per repository. Their tensors, frame sizes, result
+    counts (K) and score floors come from Triton's metadata and config."""
+    return _route_table(Path(repository))
+
+
+def route_models(repository: Path) -> tuple[str, ...]:
+    return route_table(Path(repository)).models
 
 
 def cpu_runtime(parameters: dict) -> dict | None:
@@ -156,7 +168,7 @@ class Catalog:
                 return name, None, None
 
         models, missing, configs = {}, [], {}
-        for name, meta, config in await asyncio.gather(*(ask(n) for n in ROUTE_MODELS)):
+        for name, meta, config in await asyncio.gather(*(ask(n) for n in route_models(repository))):
             if meta is None:
                 missing.append(name)
                 continue
@@ -243,5 +255,6 @@ def merge(catalogs: list[Catalog]) -> Catalog | None:
         steps = {**cat.steps, **steps}
         runtimes = {**cat.runtimes, **runtimes}
         configs = {**cat.configs, **configs}
-    missing = tuple(m for m in ROUTE_MODELS if m not in models)
+    wanted = dict.fromkeys(m for cat in catalogs for m in (*cat.models, *cat.missing))
+    missing = tuple(m for m in wanted if m not in models)
     return Catalog(models, missing, provenance, steps, runtimes, configs)

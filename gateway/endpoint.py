@@ -18,7 +18,7 @@ import logging
 import time
 
 from .backend import Backend
-from .catalog import ROUTE_MODELS, Catalog
+from .catalog import Catalog, route_models
 from .errors import ContractMismatch, UpstreamError
 from .shm import SharedMemoryUnavailable
 
@@ -74,7 +74,8 @@ class Endpoint:
                 await self.backend.ready([])          # raises while down
                 catalog = await Catalog.learn(self.backend, repository)
                 if not catalog.models:
-                    return EJECTED, "serves none of the gateway's models " + ", ".join(ROUTE_MODELS)
+                    return EJECTED, ("serves none of the gateway's models "
+                                     + ", ".join(route_models(repository)))
                 self.catalog = catalog
             states = await self.backend.ready(sorted(self.catalog.models))
             waiting = sorted(m for m, ok in states.items() if not ok)

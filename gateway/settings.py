@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.contract import MODEL_REPOSITORY
+from contract import MODEL_REPOSITORY, defaults
 
 
 class GatewaySettings(BaseSettings):
@@ -18,13 +18,13 @@ class GatewaySettings(BaseSettings):
     # Where Triton is: host:port, ipv4:a:p,b:p, ipv6:[a]:p,..., dns:///name:port (every
     # A/AAAA record an endpoint, re-resolved every discovery_interval_s) or
     # dns://DNS_HOST:DNS_PORT/name:port (gateway/target.py).
-    triton_grpc: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint(s)")
-    host: str = "127.0.0.1"
-    port: int = 8080
+    triton_grpc: str = Field(defaults.TRITON_GRPC, description="Triton gRPC endpoint(s)")
+    host: str = defaults.HOST
+    port: int = defaults.GATEWAY_PORT
     # Prometheus /metrics is served ONLY on this port (same host), never on the API port,
     # so it can stay inside the cluster while the API is exposed (`python -m gateway`
     # serves it; create_app alone does not). 0: no metrics server.
-    metrics_port: int = Field(8081, ge=0, le=65535)
+    metrics_port: int = Field(defaults.GATEWAY_METRICS_PORT, ge=0, le=65535)
     # /docs, /redoc and /openapi.json: off unless asked for (they describe every route
     # and limit to whoever can reach the API port).
     docs: bool = False

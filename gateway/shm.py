@@ -183,7 +183,7 @@ class SlotPool:
         if need <= 0:
             return []
         victims, freed = [], 0
-        for key, free in self._free.items():
+        for free in self._free.values():
             while free and freed < need:
                 slot = free.pop()
                 victims.append(slot)

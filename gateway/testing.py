@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import json_format
 
-from serving import contract
+import contract
 
 from .errors import ModelUnavailable, TritonUnavailable
 

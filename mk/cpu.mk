@@ -12,7 +12,7 @@ CEILING_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 
 .PHONY: bench-cpu gpu-ceiling
 
-bench-cpu: setup export-onnx  ## bare OpenVINO/ORT vs served Triton (new and today's settings), one run; needs a quiet machine
+bench-cpu: setup export-onnx  ## bare OpenVINO/ORT vs served Triton (default and baseline settings), one run; needs a quiet machine
 	$(PY) -m perf.bench_cpu $(if $(BENCH_CPU_MODELS),--models $(BENCH_CPU_MODELS)) \
 	  $(if $(BENCH_CPU_PIPELINES),--pipelines $(BENCH_CPU_PIPELINES)) --seconds $(BENCH_CPU_SECONDS)
 

@@ -6,22 +6,19 @@
 #   make bench-lean                              LeanRoute vs FastAPI's handler, same app
 #   make soak [SOAK_S=600]                       gateway + stand-in Triton at 0.7 x C: errors,
 #                                                RSS, fds, shm slots before and after
-TRITON_GRPC ?= 127.0.0.1:8001
-GATEWAY_HOST ?= 127.0.0.1
-GATEWAY_PORT ?= 8080
-GATEWAY_METRICS_PORT ?= 8081
-BENCH_SECONDS ?= 10
+# TRITON_GRPC, GATEWAY_HOST/PORT/METRICS_PORT, BENCH_SECONDS: mk/defaults.mk
 BENCH_ARGS ?=
 SOAK_S ?= 600
 
 .PHONY: gateway bench-gateway bench-lean soak
 
 gateway: setup  ## start the JPEG gateway alone against TRITON_GRPC (default 127.0.0.1:8001)
-	$(PY) -m gateway --triton-grpc $(TRITON_GRPC) --host $(GATEWAY_HOST) --port $(GATEWAY_PORT) --metrics-port $(GATEWAY_METRICS_PORT)
+	$(PY) -m gateway $(call opt,--triton-grpc,$(TRITON_GRPC)) $(call opt,--host,$(GATEWAY_HOST)) \
+	  $(call opt,--port,$(GATEWAY_PORT)) $(call opt,--metrics-port,$(GATEWAY_METRICS_PORT))
 
 bench-gateway: setup  ## gateway vs naive baseline on the same Triton/yolo: req/s, latency, CPU, bytes
 	$(PY) -m export --models yolo
-	$(PY) -m perf.bench_gateway --seconds $(BENCH_SECONDS) $(BENCH_ARGS)
+	$(PY) -m perf.bench_gateway $(call opt,--seconds,$(BENCH_SECONDS)) $(BENCH_ARGS)
 
 bench-lean: setup  ## LeanRoute vs FastAPI's own handler on the same app, side by side: CPU us/request
 	$(PY) -m perf.bench_lean

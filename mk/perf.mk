@@ -1,9 +1,7 @@
 # perf/: perf_analyzer under a memory cap, load generators, tuning (see docs/perf.md).
 # Every target talks to a Triton (or gateway) already running on loopback (`make serve`,
 # `make run`), except `tune`, which starts its own scratch servers.
-TRITON_GRPC ?= 127.0.0.1:8001
-TRITON_METRICS ?= http://127.0.0.1:8002/metrics
-GATEWAY_URL ?= http://127.0.0.1:8080
+# TRITON_GRPC, TRITON_METRICS, GATEWAY_URL, BENCH_SECONDS: mk/defaults.mk (empty = the tools' defaults)
 BATCH ?= 1
 CONCURRENCY ?= 1:16:4
 MEM ?=
@@ -11,12 +9,12 @@ STABILITY ?= 10
 BENCH_BATCH ?= 1,4
 BENCH_CONCURRENCY ?= 1,4,16
 BENCH_REQUESTS ?= 200
-BENCH_SECONDS ?= 20
-BENCH_MODELS ?= faces,detect_embed,text_embed,ocr,analyze
-ROUTES ?= faces,detect,embed_image,embed_text,ocr,analyze
+# empty: every pipeline of the contract (bench-models), every route model (bench-pipelines)
+BENCH_MODELS ?=
+ROUTES ?=
 SLA_P95_MS ?= 500
-PERF_MODELS := scrfd arcface yolo centernet centerface mobileclip_image mobileclip_text ppocr_det ppocr_rec \
-	clip_resize face_align faces detect_embed text_embed ocr analyze
+# every model of the contract: one config folder each
+PERF_MODELS := $(sort $(patsubst model_repository/%/config.pbtxt,%,$(wildcard model_repository/*/config.pbtxt)))
 
 .PHONY: perf-setup perf bench-models bench-pipelines bench-ocr tune $(addprefix bench-,$(filter-out ocr,$(PERF_MODELS)))
 
@@ -31,22 +29,23 @@ perf-setup: setup  ## install what perf_analyzer needs (libb64-0d via apt, libcu
 perf: perf-setup  ## perf_analyzer, memory-capped: make perf MODEL=yolo [BATCH=1] [CONCURRENCY=1:16:4] [MEM=4G]
 	@test -n "$(MODEL)" || { echo "usage: make perf MODEL=<model> [BATCH=..] [CONCURRENCY=s:e:step] [MEM=4G]" >&2; exit 2; }
 	$(PY) -m perf.analyzer --model $(MODEL) --batch $(BATCH) --concurrency $(CONCURRENCY) \
-	  --url $(TRITON_GRPC) --metrics-url $(TRITON_METRICS) --stability $(STABILITY) $(if $(MEM),--mem $(MEM))
+	  $(call opt,--url,$(TRITON_GRPC)) $(call opt,--metrics-url,$(TRITON_METRICS)) --stability $(STABILITY) $(if $(MEM),--mem $(MEM))
 
 bench-models: setup  ## async gRPC sweep of BENCH_MODELS (batch x concurrency) against a running Triton
-	$(PY) -m perf.bench_models --models $(BENCH_MODELS) --batch $(BENCH_BATCH) \
-	  --concurrency $(BENCH_CONCURRENCY) --requests $(BENCH_REQUESTS) --seconds $(BENCH_SECONDS) \
-	  --url $(TRITON_GRPC) --metrics-url $(TRITON_METRICS)
+	$(PY) -m perf.bench_models $(call opt,--models,$(BENCH_MODELS)) --batch $(BENCH_BATCH) \
+	  --concurrency $(BENCH_CONCURRENCY) --requests $(BENCH_REQUESTS) $(call opt,--seconds,$(BENCH_SECONDS)) \
+	  $(call opt,--url,$(TRITON_GRPC)) $(call opt,--metrics-url,$(TRITON_METRICS))
 
 # bench-<model> for every model but `ocr`: `make bench-ocr` is the OCR reading bench below
 # (the ocr pipeline's throughput: make bench-models BENCH_MODELS=ocr)
 BENCH_MODEL_TARGETS := $(addprefix bench-,$(filter-out ocr,$(PERF_MODELS)))
 $(BENCH_MODEL_TARGETS): bench-%: setup
 	$(PY) -m perf.bench_models --models $* --batch $(BENCH_BATCH) --concurrency $(BENCH_CONCURRENCY) \
-	  --requests $(BENCH_REQUESTS) --seconds $(BENCH_SECONDS) --url $(TRITON_GRPC) --metrics-url $(TRITON_METRICS)
+	  --requests $(BENCH_REQUESTS) $(call opt,--seconds,$(BENCH_SECONDS)) \
+	  $(call opt,--url,$(TRITON_GRPC)) $(call opt,--metrics-url,$(TRITON_METRICS))
 
 bench-pipelines: setup  ## HTTP single/burst/sustained through the gateway with an SLA verdict (SLA_P95_MS)
-	$(PY) -m perf.bench_pipelines --url $(GATEWAY_URL) --routes $(ROUTES) --sla-p95-ms $(SLA_P95_MS)
+	$(PY) -m perf.bench_pipelines $(call opt,--url,$(GATEWAY_URL)) $(call opt,--routes,$(ROUTES)) --sla-p95-ms $(SLA_P95_MS)
 
 bench-ocr: setup export-onnx  ## OCR on rendered lines: width buckets vs own width, crop height, 320-px chunks, rapidocr (no server)
 	$(PY) -m perf.bench_ocr

@@ -17,11 +17,17 @@ import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from contract import defaults
 
 from . import estimate as est
 from .errors import RunFailed, SetupError, UsageError
 from .memcap import CappedRun, run_capped
 from .record import ResultRecord
+
+if TYPE_CHECKING:
+    import contract
 
 LIBB64 = "libb64.so.0d"
 LIBCUDART = "libcudart.so.12"
@@ -82,7 +88,7 @@ def environment() -> dict:
 @dataclass(frozen=True)
 class Options:
     model: str
-    url: str = "127.0.0.1:8001"
+    url: str = defaults.TRITON_GRPC
     protocol: str = "grpc"
     batch: int = 1
     concurrency: tuple[int, int, int] = (1, 1, 1)
@@ -268,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
     import time
 
-    from serving import contract
+    import contract
+    from export import scene
 
-    from . import report, scene
+    from . import report
     from .memcap import default_cap
     from .net import require_loopback
     from .units import human_bytes, parse_bytes, parse_range
@@ -278,9 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m perf.analyzer",
                                  description="perf_analyzer under a memory cap, with a pre-flight estimate")
     ap.add_argument("--model", required=True)
-    ap.add_argument("--url", default="127.0.0.1:8001")
+    ap.add_argument("--url", default=defaults.TRITON_GRPC)
     ap.add_argument("--protocol", default="grpc", choices=("grpc", "http"))
-    ap.add_argument("--metrics-url", default="http://127.0.0.1:8002/metrics")
+    ap.add_argument("--metrics-url", default=defaults.TRITON_METRICS_URL)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--concurrency", default="1:16:4", help="start:end:step")
     ap.add_argument("--mem", default=None, help="memory cap, e.g. 4G (default min(4G, MemAvailable/2))")
@@ -291,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                          "$VISIONSERVE_TRITON_ADMIN_KEY); sent as the admin-key header over HTTP, as "
                          "triton-grpc-protocol-admin-key metadata over gRPC")
     ap.add_argument("--input-data", default="scene",
-                    help="scene (default: perf.scene's real frame, captions and landmarks as a JSON), "
+                    help="scene (default: export.scene's real frame, captions and landmarks as a JSON), "
                          "zero, random, a directory or a JSON file")
     ap.add_argument("--max-threads", type=int, default=None)
     ap.add_argument("--request-count", type=int, default=50, help="requests per count window")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract import defaults
+
 ADAPTER_CONFIG = """name: "{name}"
 backend: "python"
 max_batch_size: 16
@@ -80,11 +82,11 @@ def write_adapter(repository: Path, target: str = "yolo", frame: tuple[int, int]
 
 
 def create_app(triton_http: str, model: str, frame: tuple[int, int] = (640, 640)):
+    import tritonclient.http as httpclient
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
-    from starlette.concurrency import run_in_threadpool
     from PIL import Image
-    import tritonclient.http as httpclient
+    from starlette.concurrency import run_in_threadpool
 
     app = FastAPI()
     local = threading.local()
@@ -140,7 +142,7 @@ def create_app(triton_http: str, model: str, frame: tuple[int, int] = (640, 640)
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m perf.baseline_naive")
-    p.add_argument("--triton-http", default="127.0.0.1:8000")
+    p.add_argument("--triton-http", default=defaults.TRITON_HTTP)
     p.add_argument("--model", default="yolo_fp32")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8090)

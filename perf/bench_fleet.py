@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from serving.contract import REPO_ROOT
+from contract import REPO_ROOT
 from serving.replicas import Replicas, loopback_hosts
 from serving.tritonserver import free_port
 

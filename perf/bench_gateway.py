@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import contract, profiles, standins
-from serving.contract import REPO_ROOT
+import contract
+from contract import REPO_ROOT
+from serving import profiles, standins
 from serving.tritonserver import TritonServer, free_port
 
 from . import baseline_naive

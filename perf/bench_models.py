@@ -17,18 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics, report, scene
+from export import scene
+
+from contract import defaults
+
+from . import metrics, report
 from .errors import PerfError, ServerUnavailable, UsageError
 from .net import grpc_target, require_loopback
 from .record import ResultRecord
 from .units import parse_int_list
 
 
-
 @dataclass(frozen=True)
 class Sweep:
-    url: str = "127.0.0.1:8001"
-    metrics_url: str = "http://127.0.0.1:8002/metrics"
+    url: str = defaults.TRITON_GRPC
+    metrics_url: str = defaults.TRITON_METRICS_URL
     batches: tuple[int, ...] = (1,)
     concurrencies: tuple[int, ...] = (1, 4)
     requests: int = 200                 # per point
@@ -39,11 +42,11 @@ class Sweep:
 
 
 def make_inputs(config: dict, batch: int):
-    """tritonclient InferInputs for `batch` items of the real scene (perf.scene: a face, objects,
+    """tritonclient InferInputs for `batch` items of the real scene (export.scene: a face, objects,
     text, captions), from the server's model config (JSON form), so every pipeline branch runs."""
     from tritonclient.grpc import InferInput
 
-    from serving.contract import ContractError, from_json
+    from contract import ContractError, from_json
 
     try:
         # variable dims (face_align's faces per image): the range's opt, what the model usually gets
@@ -92,8 +95,8 @@ async def _point(client, model, inputs, sweep: Sweep, concurrency: int, bar) -> 
 
 
 async def bench_model(model: str, sweep: Sweep) -> list[ResultRecord]:
-    from tritonclient.grpc.aio import InferenceServerClient
     from tqdm import tqdm
+    from tritonclient.grpc.aio import InferenceServerClient
 
     target = grpc_target(require_loopback(sweep.url))
     require_loopback(metrics.metrics_url(sweep.metrics_url))
@@ -180,9 +183,10 @@ def run(models: list[str], sweep: Sweep, name: str = "bench-models", reports_roo
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m perf.bench_models", description=__doc__.split("\n")[0])
-    ap.add_argument("--models", required=True, help="comma list of models or pipelines")
-    ap.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC (loopback only)")
-    ap.add_argument("--metrics-url", default="http://127.0.0.1:8002/metrics")
+    ap.add_argument("--models", default=None, help="comma list of models or pipelines (default: every pipeline "
+                    "of the contract: models that call others)")
+    ap.add_argument("--url", default=defaults.TRITON_GRPC, help="Triton gRPC (loopback only)")
+    ap.add_argument("--metrics-url", default=defaults.TRITON_METRICS_URL)
     ap.add_argument("--batch", default="1", help="batch sizes: 1,4,8 or 1:8:1")
     ap.add_argument("--concurrency", default="1,4,16", help="in-flight requests: 1,4,16 or 1:16:4")
     ap.add_argument("--requests", type=int, default=200, help="at most this many requests per point")
@@ -191,7 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reports", type=Path, default=report.REPORTS_DIR)
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    models = [m for m in a.models.split(",") if m]
+    if a.models:
+        models = [m for m in a.models.split(",") if m]
+    else:
+        import contract
+        from contract.facts import pipelines
+
+        models = list(pipelines(contract.load_all()))
     sweep = Sweep(url=a.url, metrics_url=a.metrics_url, batches=tuple(parse_int_list(a.batch)),
                   concurrencies=tuple(parse_int_list(a.concurrency)), requests=a.requests,
                   seconds=a.seconds, progress=not a.no_progress)

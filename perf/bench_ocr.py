@@ -2,7 +2,7 @@
 
 Pages of printed lines (random words, digits and punctuation in DejaVu Sans at several sizes,
 sparse and dense) with a known truth, read by the exported ppocr_det/ppocr_rec in ONNX Runtime
-through serving/ocr_postprocess.py (the code the `ocr` model runs between its calls), in these
+through pipelines/ocr_postprocess.py (the code the `ocr` model runs between its calls), in these
 variants of its settings, and by rapidocr's own pipeline (the reference the weights come from):
 
   buckets       the default: each line at its own width rounded up to the width buckets,
@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
+from export import scene
 
-from . import report, scene
+from . import report
 
 WORDS = ("Lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut "
          "labore et dolore magna aliqua Ut enim ad minim veniam quis nostrud exercitation ullamco laboris "
@@ -99,9 +99,9 @@ def settings(variant: str, base):
 def run(args) -> dict[str, Tally]:
     import onnxruntime as ort
 
+    import contract
     from export.ppocr import charset_path
-    from serving import contract
-    from serving import ocr_postprocess as op
+    from pipelines import ocr_postprocess as op
 
     repo = contract.MODEL_REPOSITORY
     so = ort.SessionOptions()

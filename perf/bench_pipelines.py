@@ -1,6 +1,6 @@
 """HTTP load through the gateway: single-request, burst and sustained scenarios, SLA verdict.
 
-    python -m perf.bench_pipelines --routes faces,detect --sla-p95-ms 500
+    python -m perf.bench_pipelines --routes faces,detect,detect:centernet --sla-p95-ms 500
 
 A production team's SLA report: for each route and scenario, p50/p95/p99, throughput,
 errors, and PASS when p95 <= target and no request failed. Every scenario is bounded in
@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import report, scene
+from export import scene
+
+from contract import defaults
+
+from . import report
 from .errors import PerfError, ServerUnavailable, UsageError
 from .net import require_loopback
 from .record import ResultRecord
 
-ROUTES = {"faces": "/v1/faces", "detect": "/v1/detect", "embed_image": "/v1/embed/image",
-          "embed_text": "/v1/embed/text", "ocr": "/v1/ocr", "analyze": "/v1/analyze"}
 TEXT_BODY = b'{"texts": ["a photo of an astronaut", "a red car parked on a street"]}'
 
 
@@ -39,8 +41,29 @@ class Scenarios:
     timeout_s: float = 60.0
 
 
-def _request_args(route: str, image: bytes) -> dict:
-    if route == "embed_text":
+@dataclass(frozen=True)
+class Target:
+    path: str                   # what is posted to: the route, with ?model= for a non-default model
+    text: bool                  # the model takes strings (a JSON body of texts), else an image
+
+
+def targets(table=None) -> dict[str, Target]:
+    """Every model a gateway route calls (contract/routes.py), named by the route's key, and
+    `key:choice` for a route's other models ("detect:centernet")."""
+    from contract.routes import route_table
+
+    table = table or route_table()
+    out = {}
+    for r in table.routes:
+        for m in r.models:
+            name = r.key if m is r.default else f"{r.key}:{m.choice}"
+            spec = table.contracts[m.model].inputs[0]
+            out[name] = Target(r.endpoint(m.model), spec.dtype == np.object_)
+    return out
+
+
+def _request_args(target: Target, image: bytes) -> dict:
+    if target.text:
         return {"content": TEXT_BODY, "headers": {"content-type": "application/json"}}
     return {"content": image, "headers": {"content-type": "image/jpeg"}}
 
@@ -136,24 +159,26 @@ async def bench(base_url: str, routes: list[str], scenarios: list[str], sc: Scen
         if ready.status_code != 200:
             raise ServerUnavailable(f"gateway at {base_url} is not ready: {ready.status_code} {ready.text[:200]}")
         records = []
+        known = targets()
         for route in routes:
-            if route not in ROUTES:
-                raise UsageError(f"unknown route {route!r}; known: {', '.join(ROUTES)}")
-            args = _request_args(route, image)
-            await _one(client, ROUTES[route], args, _Tally(), None)  # warm the path
+            if route not in known:
+                raise UsageError(f"unknown route {route!r}; known: {', '.join(known)}")
+            target = known[route]
+            args = _request_args(target, image)
+            await _one(client, target.path, args, _Tally(), None)  # warm the path
             for name in scenarios:
                 bar = tqdm(total=_count(name, sc), desc=f"{route} {name}", unit="req", leave=False,
                            disable=not progress)
-                tally, elapsed, conc, rate = await _scenario(client, ROUTES[route], args, name, sc, bar)
+                tally, elapsed, conc, rate = await _scenario(client, target.path, args, name, sc, bar)
                 bar.close()
-                records.append(_record(route, name, tally, elapsed, conc, rate))
+                records.append(_record(route, target.path, name, tally, elapsed, conc, rate))
         return records
 
 
-def _record(route, name, tally: _Tally, elapsed, conc, rate) -> ResultRecord:
+def _record(route, path, name, tally: _Tally, elapsed, conc, rate) -> ResultRecord:
     ms = np.asarray(tally.latencies) * 1000.0
     pct = np.percentile(ms, [50, 90, 95, 99]) if len(ms) else [float("nan")] * 4
-    extra = {"status": dict(tally.status), "route": ROUTES[route]}
+    extra = {"status": dict(tally.status), "route": path}
     if tally.first_error:
         extra["first_error"] = tally.first_error
     return ResultRecord(tool="bench_pipelines", target=route, batch=1, concurrency=conc, scenario=name,
@@ -184,10 +209,11 @@ def sla_table(rows) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m perf.bench_pipelines", description=__doc__.split("\n")[0])
-    ap.add_argument("--url", default="http://127.0.0.1:8080", help="gateway base URL (loopback only)")
-    ap.add_argument("--routes", default=",".join(ROUTES), help=f"comma list of {', '.join(ROUTES)}")
+    ap.add_argument("--url", default=defaults.GATEWAY_URL, help="gateway base URL (loopback only)")
+    ap.add_argument("--routes", default=None, help="comma list of the contract's route models (default: all: "
+                    + ", ".join(targets()) + ")")
     ap.add_argument("--scenarios", default="single,burst,sustained")
-    ap.add_argument("--image", type=Path, help="JPEG to send (default: perf.scene's 1280x720 q90 frame: a face, objects, text)")
+    ap.add_argument("--image", type=Path, help="JPEG to send (default: export.scene's 1280x720 q90 frame: a face, objects, text)")
     ap.add_argument("--sla-p95-ms", type=float, default=500.0)
     ap.add_argument("--single", type=int, default=20)
     ap.add_argument("--burst", type=int, default=16)
@@ -205,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             raise UsageError(f"unknown scenario(s) {bad}; known: single, burst, sustained")
         image = a.image.read_bytes() if a.image else scene.scene_jpeg(720, 1280)
-        records = asyncio.run(bench(a.url, [r for r in a.routes.split(",") if r], scen, sc, image,
+        routes = [r for r in a.routes.split(",") if r] if a.routes else list(targets())
+        records = asyncio.run(bench(a.url, routes, scen, sc, image,
                                     progress=not a.no_progress))
     except (PerfError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -213,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = verdicts(records, a.sla_p95_ms)
     out = report.new_dir(a.name, a.reports)
     meta = {"tool": "bench_pipelines (HTTP through the gateway, httpx)", "gateway": a.url,
-            "image": str(a.image or "perf.scene 1280x720 q90 (faces, objects, text)"), "SLA": f"p95 <= {a.sla_p95_ms:g} ms, 0 errors",
+            "image": str(a.image or "export.scene 1280x720 q90 (faces, objects, text)"),
+            "SLA": f"p95 <= {a.sla_p95_ms:g} ms, 0 errors",
             "scenarios": f"single {sc.single} sequential; burst {sc.burst} x {sc.burst_rounds}; "
                          f"sustained {sc.rate:g}/s for {sc.seconds:g} s",
             "verdict": "PASS" if all(ok for _, ok, _ in rows) else "FAIL",

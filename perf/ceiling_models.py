@@ -1,8 +1,11 @@
 """The networks `perf.gpu_ceiling` times: the project's own torch modules, built offline.
 
-Each builder returns a Candidate (a module and a function making its inputs at a batch
-size, sizes read from config.pbtxt) or raises Unmeasurable with the exact reason (a
-package this host lacks, no GPU runtime for a third-party ONNX graph, a missing file).
+Every network of the contract is a family here. One whose config names a torch builder
+(parameter gpu_ceiling, contract/facts.py) is timed as the project's torch module; any other
+(a third-party graph) as its exported ONNX in ONNX Runtime's GPU providers. Each builder
+returns a Candidate (a module and a function making its inputs at a batch size, sizes read
+from config.pbtxt) or raises Unmeasurable with the exact reason (a package this host lacks,
+no GPU runtime for a third-party ONNX graph, a missing file).
 Weights are synthetic (seeded): compute cost does not depend on their values, so the
 ceiling is the real architecture's, whatever weights a deployment serves.
 """
@@ -14,13 +17,17 @@ from typing import Callable
 
 import numpy as np
 
-from serving import contract
+import contract
+from contract.facts import facts, networks
 
-# Families whose graph comes from a third party as ONNX (no torch module in the project).
-ONNX_ONLY = ("scrfd", "centerface", "ppocr_det", "ppocr_rec")
-TORCH = ("arcface", "face_align", "clip_resize", "centernet", "yolo", "mobileclip_image", "mobileclip_text")
-FAMILIES = TORCH + ONNX_ONLY
 SEED = 0
+
+
+def families(repository=contract.MODEL_REPOSITORY) -> tuple[str, ...]:
+    """Every network of the contract, those with a torch builder first."""
+    contracts = contract.load_all(repository)
+    nets = networks(contracts)
+    return tuple(sorted(nets, key=lambda n: facts(contracts[n]).gpu_ceiling is None))
 
 
 class Unmeasurable(RuntimeError):
@@ -57,12 +64,17 @@ def _frames(c: contract.ModelContract, name: str = "images"):
 
 
 def build(name: str, onnx_root=contract.MODEL_REPOSITORY) -> Candidate:
-    if name not in FAMILIES:
-        raise Unmeasurable(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
+    known = families()
+    if name not in known:
+        raise Unmeasurable(f"unknown family {name!r}; known: {', '.join(known)}")
     _need("torch", "every torch module")
-    if name in ONNX_ONLY:
+    c = contract.load(name)
+    builder = facts(c).gpu_ceiling
+    if builder is None:
         return _onnx(name, onnx_root)
-    return globals()[f"_{name}"](contract.load(name))
+    if builder not in TORCH_BUILDERS:
+        raise Unmeasurable(f"{c.path}: gpu_ceiling {builder!r} names no builder here; known: {', '.join(TORCH_BUILDERS)}")
+    return TORCH_BUILDERS[builder](c)
 
 
 def _arcface(c):
@@ -129,11 +141,12 @@ def _yolo(c):
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    from export.yolo import ARCH, build_module, geometry
+    from export import registry
+    from export.yolo import build_module, geometry
 
     torch.manual_seed(SEED)
     g = geometry(type("Job", (), {"contract": c})())
-    det = DetectionModel(ARCH, verbose=False).eval()
+    det = DetectionModel(registry.record(c.name).architecture, verbose=False).eval()
     return Candidate("yolo", build_module(det, g), _frames(c), "torch", "YOLO11s + in-graph NMS, synthetic")
 
 
@@ -188,6 +201,12 @@ def _mobileclip_text(c):
         t[:, 0], t[:, 1:9], t[:, 9] = 49406, 1000, 49407
         return (t.to(device),)
     return Candidate("mobileclip_text", Text().eval(), make, "torch", "synthetic")
+
+
+# gpu_ceiling (a config parameter) -> the torch module built for that network
+TORCH_BUILDERS = {"arcface": _arcface, "face_align": _face_align, "clip_resize": _clip_resize,
+                  "centernet": _centernet, "yolo": _yolo, "mobileclip_image": _mobileclip_image,
+                  "mobileclip_text": _mobileclip_text}
 
 
 class OnnxRunner:

@@ -1,6 +1,6 @@
 """Bare CPU runtime throughput of one exported graph: the ceiling `make bench-cpu` holds the
-served figures against. Same runner as the served path (serving/cpu_runner.py), same
-inputs as the load generators (perf/scene.py: a real scene with faces, objects, text)."""
+served figures against. Same runner as the served path (pipelines/cpu_runner.py), same
+inputs as the load generators (export/scene.py: a real scene with faces, objects, text)."""
 from __future__ import annotations
 
 import time
@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving import contract
-from serving.cpu_runner import open_runner
-
-from . import scene
+import contract
+from export import scene
+from pipelines.cpu_runner import open_runner
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class BarePoint:
 
 
 def model_inputs(c: contract.ModelContract, batch: int) -> dict[str, np.ndarray]:
-    """The load generators' real scene (perf.scene), variable dims at their opt size."""
+    """The load generators' real scene (export.scene), variable dims at their opt size."""
     return scene.inputs_for(c.with_variable_dims("opt").inputs, batch)
 
 

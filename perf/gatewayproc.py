@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from serving.contract import REPO_ROOT
+from contract import REPO_ROOT
 from serving.tritonserver import free_port
 
 from .bench_gateway import stop_process

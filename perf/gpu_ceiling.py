@@ -20,7 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .ceiling_models import FAMILIES, Unmeasurable, build
+from .ceiling_models import Unmeasurable, build
+from .ceiling_models import families as contract_families
 from .units import parse_int_list
 
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -224,7 +225,8 @@ def table(c: Ceiling) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m perf.gpu_ceiling", description=__doc__.split("\n")[0])
-    ap.add_argument("--families", default=",".join(FAMILIES), help=f"comma list (default all: {','.join(FAMILIES)})")
+    known = contract_families()
+    ap.add_argument("--families", default=",".join(known), help=f"comma list (default all: {','.join(known)})")
     ap.add_argument("--batches", default=",".join(map(str, DEFAULT_BATCHES)))
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (a smoke run for tests)")
     ap.add_argument("--iters", type=int, default=50, help="timed replays per point")
@@ -243,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     families = [f for f in a.families.split(",") if f]
-    unknown = [f for f in families if f not in FAMILIES]
+    unknown = [f for f in families if f not in known]
     if unknown:
-        print(f"error: unknown families {unknown}; known: {', '.join(FAMILIES)}", file=sys.stderr)
+        print(f"error: unknown families {unknown}; known: {', '.join(known)}", file=sys.stderr)
         return 2
     jpeg = None if a.jpeg == "none" else tuple(int(v) for v in a.jpeg.lower().split("x"))
     result = run(families, parse_int_list(a.batches), a.device, a.iters, a.warmup, a.budget_s, jpeg,

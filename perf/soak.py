@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from contract import REPO_ROOT
 from serving import standins
-from serving.contract import REPO_ROOT
 from serving.tritonserver import TritonServer, free_port
 
 from . import openloop

@@ -73,7 +73,7 @@ def knee(evidence: list[tuple[Point, ResultRecord]], sla_p95_ms: float):
 
 def recommended_block(committed, point: Point) -> str:
     """The dynamic_batching + instance_group of a CPU override (serving.profiles.CPU_OVERRIDE)."""
-    from serving import contract
+    import contract
 
     cfg = apply(committed, point)
     out = type(committed)()
@@ -83,7 +83,8 @@ def recommended_block(committed, point: Point) -> str:
 
 
 def measure_point(model: str, point: Point, sweep: Sweep, workdir: Path, start_timeout_s: float) -> list[ResultRecord]:
-    from serving import contract, profiles
+    import contract
+    from serving import profiles
     from serving.tritonserver import TritonServer, free_port
 
     repo = workdir / "repo"
@@ -106,7 +107,7 @@ def measure_point(model: str, point: Point, sweep: Sweep, workdir: Path, start_t
 
 def tune(model: str, sla_p95_ms: float, points: list[Point], sweep: Sweep, name: str | None = None,
          reports_root: Path = report.REPORTS_DIR, start_timeout_s: float = 600, log=print):
-    from serving import contract
+    import contract
 
     committed = contract.load(model).config
     if not committed.HasField("dynamic_batching"):
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reports", type=Path, default=report.REPORTS_DIR)
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    from serving.contract import ContractError
+    from contract import ContractError
     from serving.profiles import ProfileError
     from serving.tritonserver import TritonServerError
 

@@ -2,7 +2,7 @@
 
 Pure and cheap (no openvino/onnxruntime import unless asked): serving/profiles.py
 resolves the settings once at derive time and writes them into each network model's
-config parameters, where the runner (serving/python_models/onnx_model.py) reads them
+config parameters, where the runner (pipelines/onnx_model.py) reads them
 and `GET /v1/models` on the gateway shows them.
 
 Usable cores = the CPUs this process may run on (sched_getaffinity) capped by the
@@ -19,11 +19,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 RUNTIMES = ("openvino", "onnxruntime")
-# Models that run better in ONNX Runtime even where OpenVINO is the default (measured by
-# `make bench-cpu` on the project's 2-core machine; the reason goes into the config).
-ONNXRUNTIME_MODELS = {
-    "clip_resize": "one bilinear Resize: ONNX Runtime ran it ~3x faster than OpenVINO (make bench-cpu)",
-}
 PRECISIONS = ("auto", "bf16", "f32")
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 ENV_RUNTIME = "VISIONSERVE_CPU_RUNTIME"

@@ -6,7 +6,7 @@ ONE transform here, never hand-copied:
 
   cpu       the embedded default (the tritonserver from the nvidia-pytriton wheel has
             only the python backend): every network model becomes a python-backend
-            model running serving/python_models/onnx_model.py over its model.onnx with
+            model running pipelines/onnx_model.py over its model.onnx with
             OpenVINO (bf16 where the CPU has it natively, else f32; ONNX Runtime when
             OpenVINO is absent or cannot compile the graph), every usable core per
             model, KIND_CPU, no CUDA graphs, warmup at batch 1. The runtime, precision
@@ -36,14 +36,17 @@ from pathlib import Path
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from . import contract
-from .contract import MODEL_REPOSITORY, REPO_ROOT
-from .bf16_parity import never_bf16
-from .cpu_machine import ONNXRUNTIME_MODELS, CpuSettings, ResolvedCpu
+import contract
+from contract import MODEL_REPOSITORY, REPO_ROOT
+from contract.facts import facts
+from pipelines import ENTRY_FILE, entry_source
+
+from .cpu_machine import CpuSettings, ResolvedCpu
 
 PROFILES = ("cpu", "openvino", "onnx-gpu")
 CPU_PROFILES = ("cpu", "openvino")
-ONNX_RUNNER = Path(__file__).resolve().parent / "python_models" / "onnx_model.py"
+# the python-backend model a network becomes in the cpu profile: pipelines/onnx_model.py
+ONNX_RUNNER = entry_source("onnx_model")
 DERIVED_ROOT = REPO_ROOT / "build" / "repositories"
 
 # CPU: GPU-tuned queue deadlines (200 ms) would REJECT ordinary load on a CPU that is
@@ -126,13 +129,18 @@ def _to_cpu(cfg: mc.ModelConfig) -> None:
         del cfg.model_warmup[1:]
 
 
+def _facts(cfg: mc.ModelConfig):
+    return facts(contract.ModelContract(cfg.name, Path(cfg.name), cfg))
+
+
 def _python_runner(cfg: mc.ModelConfig, cpu: ResolvedCpu, openvino_cache: Path | None) -> None:
     cfg.backend = "python"
-    if cfg.name in ONNXRUNTIME_MODELS and cpu.runtime == "openvino":
-        cpu = cpu.with_runtime("onnxruntime", "f32")
-        cfg.parameters["cpu_runtime_why"].string_value = ONNXRUNTIME_MODELS[cfg.name]
-    never = never_bf16(cfg.name)
-    if never:       # e.g. pixel-coordinate arithmetic (its family record says why)
+    f = _facts(cfg)
+    if f.cpu_prefer_runtime == "onnxruntime" and cpu.runtime == "openvino":
+        cpu = cpu.with_runtime(f.cpu_prefer_runtime, "f32")
+        cfg.parameters["cpu_runtime_why"].string_value = f.cpu_prefer_runtime_why
+    never = f.cpu_f32_only
+    if never:       # e.g. pixel-coordinate arithmetic (its config says why)
         cpu = cpu.with_runtime(cpu.runtime, "f32")
         cfg.parameters["cpu_precision_why"].string_value = "f32 always: " + never
     for key, value in cpu.parameters().items():
@@ -149,7 +157,7 @@ def _native_openvino(cfg: mc.ModelConfig, cpu: ResolvedCpu) -> None:
     picks it by itself on CPUs with native bf16; HINT_BF16 only when asked explicitly.
     The backend has no parameter that forces f32, so the geometry models (never bf16) run
     in Triton's onnxruntime backend on the CPU instead (NGC images ship both)."""
-    never = never_bf16(cfg.name)
+    never = _facts(cfg).cpu_f32_only
     if never:
         cfg.backend = ""
         cfg.platform = "onnxruntime_onnx"
@@ -344,7 +352,7 @@ def _write_model(c: contract.ModelContract, out: Path, profile: str, engine_cach
             if (src / name).exists():
                 _place(src / name, version / name, copy)
         if profile == "cpu":
-            _place(ONNX_RUNNER, version / "model.py", copy)
+            (version / ENTRY_FILE).write_text(ONNX_RUNNER)
     elif c.kind == "python" and src.is_dir():
         # model.py and its data (vocabularies, charsets): everything in the version dir.
         for item in sorted(src.iterdir()):

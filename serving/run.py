@@ -21,8 +21,9 @@ import sys
 import threading
 from pathlib import Path
 
+from contract import REPO_ROOT, defaults
+
 from . import cpu_machine, profiles
-from .contract import REPO_ROOT
 from .tritonserver import TritonServer, TritonServerError
 
 log = logging.getLogger("serving")
@@ -47,10 +48,10 @@ def _parser() -> argparse.ArgumentParser:
         cpu_machine.add_arguments(s)
         if name == "derive":
             continue
-        s.add_argument("--host", default="127.0.0.1", help="address Triton binds (default loopback only)")
-        s.add_argument("--http-port", type=int, default=8000)
-        s.add_argument("--grpc-port", type=int, default=8001)
-        s.add_argument("--metrics-port", type=int, default=8002)
+        s.add_argument("--host", default=defaults.HOST, help="address Triton binds (default loopback only)")
+        s.add_argument("--http-port", type=int, default=defaults.TRITON_HTTP_PORT)
+        s.add_argument("--grpc-port", type=int, default=defaults.TRITON_GRPC_PORT)
+        s.add_argument("--metrics-port", type=int, default=defaults.TRITON_METRICS_PORT)
         s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all models to load")
         s.add_argument("--log", default=None,
                        help="Triton's log file, or - for standard output (containers); default "
@@ -64,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="on SIGTERM/SIGINT, how long Triton finishes in-flight work (default 30)")
         if name == "run":
             s.add_argument("--gateway-host", default="127.0.0.1")
-            s.add_argument("--gateway-port", type=int, default=8080)
-            s.add_argument("--gateway-metrics-port", type=int, default=8081,
+            s.add_argument("--gateway-port", type=int, default=defaults.GATEWAY_PORT)
+            s.add_argument("--gateway-metrics-port", type=int, default=defaults.GATEWAY_METRICS_PORT,
                            help="the gateway's Prometheus /metrics (never on its API port)")
     return p
 

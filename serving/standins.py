@@ -1,4 +1,4 @@
-"""Fixed-time stand-ins: a model's interface served by serving/python_models/fixed_time.py.
+"""Fixed-time stand-ins: a model's interface served by pipelines/fixed_time.py.
 
 Tests and benchmarks of balancing, failover, overload and deadlines need a model whose
 capacity is known and does not depend on this machine's cores (a GPU-bound model is
@@ -17,10 +17,11 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from . import contract
-from .contract import MODEL_REPOSITORY
+import contract
+from contract import MODEL_REPOSITORY
+from pipelines import ENTRY_FILE, entry_source
 
-FIXED_TIME_MODEL = Path(__file__).resolve().parent / "python_models" / "fixed_time.py"
+FIXED_TIME_MODEL = entry_source("fixed_time")   # pipelines/fixed_time.py
 
 
 def fixed_time_config(source: contract.ModelContract, batch_ms: float, image_ms: float = 0.0,
@@ -69,7 +70,7 @@ def add_fixed_time(repository: Path, model: str, batch_ms: float, image_ms: floa
     elif folder.exists():
         shutil.rmtree(folder)
     (folder / "1").mkdir(parents=True)
-    shutil.copy2(FIXED_TIME_MODEL, folder / "1" / "model.py")
+    (folder / "1" / ENTRY_FILE).write_text(FIXED_TIME_MODEL)
     (folder / "config.pbtxt").write_text(
         f"# DERIVED by serving/standins.py from {model}'s contract: a fixed-time stand-in.\n"
         + contract.to_text(cfg))

@@ -10,7 +10,8 @@ models run through ONNX Runtime inside python-backend models (see serving/profil
 
 Hardened by default: models are loaded once at start (`--model-control-mode none`), the
 model-repository and shared-memory APIs need the header `admin-key: <key>` on HTTP (on
-gRPC the metadata key is `triton-grpc-protocol-admin-key`), and every endpoint binds 127.0.0.1 (tritonserver's own default is 0.0.0.0).
+gRPC the metadata key is `triton-grpc-protocol-admin-key`), and every endpoint binds 127.0.0.1
+(tritonserver's own default is 0.0.0.0).
 
 Several servers per host (tests, benchmarks, one Triton per GPU): `start()` refuses ports
 that are already taken, gives the server a unique `--id` and accepts readiness only from
@@ -43,15 +44,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract import REPO_ROOT
+from contract import REPO_ROOT, defaults
 
 BACKENDS_DIR = REPO_ROOT / "build" / "triton-backends"
 # Behind the admin key: control, memory registration, and what reveals or changes internals.
 RESTRICTED_APIS = ("model-repository", "shared-memory", "statistics", "trace", "logging")
 # Pings accepted this often (ms), with or without calls; the gateway pings every 10 s.
 MIN_PING_INTERVAL_MS = 5000
-ADMIN_HEADER = "admin-key"
-GRPC_ADMIN_METADATA = f"triton-grpc-protocol-{ADMIN_HEADER}"   # the same key over gRPC
+ADMIN_HEADER = defaults.ADMIN_HEADER
+GRPC_ADMIN_METADATA = defaults.GRPC_ADMIN_METADATA   # the same key over gRPC
 
 
 class TritonServerError(RuntimeError):
@@ -172,8 +173,9 @@ def _mapped_shm_files(pgid: int) -> set[str]:
 class TritonServer:
     """One tritonserver subprocess serving `repository`; a context manager that stops it."""
 
-    def __init__(self, repository: Path, http_port: int = 8000, grpc_port: int = 8001,
-                 metrics_port: int = 8002, log_path: Path | None = None, host: str = "127.0.0.1",
+    def __init__(self, repository: Path, http_port: int = defaults.TRITON_HTTP_PORT,
+                 grpc_port: int = defaults.TRITON_GRPC_PORT, metrics_port: int = defaults.TRITON_METRICS_PORT,
+                 log_path: Path | None = None, host: str = defaults.HOST,
                  admin_key: str | None = None, backends_dir: Path = BACKENDS_DIR,
                  extra_args: tuple[str, ...] = (), log_verbose: int = 0,
                  max_connection_age_s: float = 60.0, max_connection_age_grace_s: float = 30.0,
@@ -271,7 +273,7 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH")]))
         # The python-backend stub runs `python` from PATH: it must be this venv's.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        # Python models import serving.* (the ONNX runner); make the project importable.
+        # python-backend models import pipelines.* and contract; make the project importable.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         if not self.log_to_stdout:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from serving.contract import MODEL_REPOSITORY
+from contract import MODEL_REPOSITORY
 
 from . import trt_api, trtexec
 from .build import DEFAULT_CACHE_DIR, Options, Outcome, build_model, engine_models

@@ -13,17 +13,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import contract as contract_mod
+from contract import MODEL_REPOSITORY, REPO_ROOT
 from export.base import sha256_file
-from serving import contract as contract_mod
-from serving.contract import MODEL_REPOSITORY, REPO_ROOT
 
 from . import parity as parity_mod
 from . import precision as precision_mod
 from .errors import EngineError, TensorRTUnavailable
 from .gpu import GpuInfo
 from .lock import place_bytes, place_file, target_lock
-from .metadata import (DEFAULT_PLAN, Sidecar, Wanted, onnx_sha256, plan_filename, read_sidecar, sidecar_path,
-                       staleness, write_sidecar)
+from .metadata import (
+    DEFAULT_PLAN,
+    Sidecar,
+    Wanted,
+    onnx_sha256,
+    plan_filename,
+    read_sidecar,
+    sidecar_path,
+    staleness,
+    write_sidecar,
+)
 from .profiles import Profile, check_onnx_inputs, derive_profile
 from .request import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_MB, BuildOutput, BuildRequest, assert_raw_plan, build_flags
 

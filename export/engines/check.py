@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serving import contract as contract_mod
-from serving.contract import MODEL_REPOSITORY
+import contract as contract_mod
+from contract import MODEL_REPOSITORY
 
 from .gpu import GpuInfo, current_gpu, tensorrt_version
 from .metadata import PlanCheck, cc_model_filenames, check_plan, served_plan

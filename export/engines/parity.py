@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.contract import TensorSpec
+from contract import TensorSpec
 
 from .. import registry
-from ..boxes import iou_matrix
+from ..boxes import matched_rows
 from ..tolerances import DEFAULT_PARITY, ParitySpec, Tolerance  # noqa: F401 (part of this module's API)
 from .errors import ParityError
 
@@ -147,44 +147,6 @@ def check(model: str, reference, candidate, inputs: tuple[TensorSpec, ...], outp
                     continue
                 results.append(compare(name, b, ref[name], got[name], spec.tolerance(name)))
     return ParityReport(model, tuple(results))
-
-
-_MISSING = 1e6    # added to the partner of an unmatched detection row: beyond every tolerance
-
-
-def matched_rows(ref: dict, got: dict, count: str, rows: list[str], min_iou: float = 0.5) -> tuple[dict, dict]:
-    """Detections compared as detections: per image, the valid rows of both sides paired by box
-    (same class, highest IoU first, IoU >= min_iou or the same box within 2 px), every per-row output flattened to the matched pairs, and
-    each unmatched row (a box only one side found) paired with a row that fails every
-    tolerance, so it counts as a mismatch. Padding rows are not compared."""
-    pairs_ref: dict[str, list] = {n: [] for n in rows}
-    pairs_got: dict[str, list] = {n: [] for n in rows}
-    for i in range(len(ref[count])):
-        nr, ng = int(ref[count][i].reshape(-1)[0]), int(got[count][i].reshape(-1)[0])
-        a, b = ref["boxes"][i, :nr].astype(np.float64), got["boxes"][i, :ng].astype(np.float64)
-        iou = iou_matrix(a, b)
-        # degenerate boxes (zero area) have no IoU: the same box within 2 px is a match too
-        iou = np.maximum(iou, np.abs(a[:, None] - b[None]).max(-1, initial=0) <= 2.0)
-        if "classes" in ref:        # a box pairs only with a box of its own class
-            iou = iou * (ref["classes"][i, :nr, None] == got["classes"][i, None, :ng])
-        pairs, used_r, used_g = [], set(), set()
-        for r, g in zip(*np.unravel_index(np.argsort(-iou, axis=None), iou.shape)):
-            if iou[r, g] < min_iou:
-                break
-            if r not in used_r and g not in used_g:
-                pairs.append((r, g))
-                used_r.add(r)
-                used_g.add(g)
-        for n in rows:
-            rr, gg = ref[n][i], got[n][i]
-            pairs_ref[n] += [rr[r] for r, _ in pairs] + [rr[r] for r in range(nr) if r not in used_r] \
-                + [gg[g] + _MISSING for g in range(ng) if g not in used_g]
-            pairs_got[n] += [gg[g] for _, g in pairs] + [rr[r] + _MISSING for r in range(nr) if r not in used_r] \
-                + [gg[g] for g in range(ng) if g not in used_g]
-    stack = lambda parts, like: np.stack(parts) if parts else np.zeros((0, *like.shape[2:]), like.dtype)  # noqa: E731
-    ref_out = {**ref, **{n: stack(pairs_ref[n], ref[n]).astype(np.float64) for n in rows}}
-    got_out = {**got, **{n: stack(pairs_got[n], got[n]).astype(np.float64) for n in rows}}
-    return ref_out, got_out
 
 
 def require(report: ParityReport) -> ParityReport:

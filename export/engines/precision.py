@@ -17,7 +17,8 @@ The rule (docs/engines.md repeats it):
    (their family record's `fp32_only` says why: export/registry.py).
 
 Only nodes on the data path (downstream of a graph input) that touch floating-point
-tensors are marked; shape/constant plumbing and weight-only subgraphs are left to TensorRT. Marking is done by renaming the nodes with MARK as a prefix: TensorRT's
+tensors are marked; shape/constant plumbing and weight-only subgraphs are left to TensorRT.
+Marking is done by renaming the nodes with MARK as a prefix: TensorRT's
 ONNX parser names layers after their nodes, so the Python builder matches
 `layer.name.startswith(MARK)` and trtexec gets one wildcard spec `MARK*:fp32`.
 Renaming changes no computation (tested by running both graphs in ONNX Runtime).

@@ -2,7 +2,8 @@
 
 One profile per model, per input: min batch 1, opt = the batch the dynamic batcher
 usually forms, max = the config's max_batch_size; the other dims are the config's
-per-item dims (a variable one, -1, spans the config's variable_dim_range min:opt:max). Nothing here is restated from the config, so editing
+per-item dims (a variable one, -1, spans the config's variable_dim_range min:opt:max).
+Nothing here is restated from the config, so editing
 `max_batch_size` or `preferred_batch_size` changes the plan's profile (and, through the
 build flags in the sidecar, makes the existing plan stale).
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from serving.contract import ContractError, ModelContract
+from contract import ContractError, ModelContract
 
 from .errors import ProfileError
 

@@ -1,46 +1,50 @@
 """POST /v1/analyze: objects, faces, text lines and a CLIP embedding in ONE Triton call
 (the `analyze` ensemble runs the steps concurrently on the server)."""
-from __future__ import annotations
-
 from fastapi import APIRouter, Request
 
+from contract.routes import Route, RouteTable
+
 from .. import postprocess
-from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for,
+from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for, model_query,
                      result_limit, threshold)
-from .faces import DEFAULT_THRESHOLD as FACE_THRESHOLD
 from .lean import LeanRoute
 
-router = APIRouter(tags=["analyze"], route_class=LeanRoute)
-MODEL = "analyze"
 
+def router(route: Route, table: RouteTable, mount: dict | None = None) -> APIRouter:
+    r = APIRouter(tags=["analyze"], route_class=LeanRoute, **(mount or {}))
+    Model = model_query(route)
 
-@router.post("/v1/analyze", openapi_extra=IMAGE_BODY, responses=ERRORS,
-             summary="Objects, faces, text and an image embedding")
-async def analyze(request: Request, svc: ServiceDep,
-                  object_threshold: Threshold = None,
-                  face_threshold: Threshold = None,
-                  text_threshold: Threshold = None,
-                  max_results: MaxResults = None):
-    info = svc.model(MODEL)
-    floor = svc.catalog.score_floor
-    cuts = (threshold(object_threshold, floor(MODEL, "object_scores"), "object_threshold"),
-            threshold(face_threshold, floor(MODEL, "face_scores"), "face_threshold",
-                      FACE_THRESHOLD),
-            threshold(text_threshold, floor(MODEL, "text_scores"), "text_threshold"))
-    most = max(info.rows(o) for o in ("object_boxes", "face_boxes", "texts"))
-    limit = result_limit(max_results, info, "", most)
-    frames = await frames_for(request, svc, info)
-    o = await svc.infer_frames(MODEL, frames, info.output_names)
+    @r.post(route.path, openapi_extra=IMAGE_BODY, responses=ERRORS,
+            summary="Objects, faces, text and an image embedding")
+    async def analyze(request: Request, svc: ServiceDep,
+                      model: Model = route.default.choice,
+                      object_threshold: Threshold = None,
+                      face_threshold: Threshold = None,
+                      text_threshold: Threshold = None,
+                      max_results: MaxResults = None):
+        name = route.model_for(model)
+        info = svc.model(name)
+        floor = svc.catalog.score_floor
+        cuts = tuple(threshold(value, floor(name, output), param, table.default_threshold(name, output))
+                     for value, output, param in ((object_threshold, "object_scores", "object_threshold"),
+                                                  (face_threshold, "face_scores", "face_threshold"),
+                                                  (text_threshold, "text_scores", "text_threshold")))
+        most = max(info.rows(o) for o in ("object_boxes", "face_boxes", "texts"))
+        limit = result_limit(max_results, info, "", most)
+        frames = await frames_for(request, svc, info)
+        o = await svc.infer_frames(name, frames, info.output_names)
 
-    def build():
-        objs = postprocess.objects(o["object_boxes"], o["object_scores"], o["object_classes"],
-                                   o["num_objects"], frames, cuts[0], limit)
-        found = postprocess.faces(o["face_boxes"], o["face_scores"], o["face_landmarks"],
-                                  o["face_embeddings"], o["num_faces"], frames, cuts[1], limit)
-        lines = postprocess.text_lines(o["texts"], o["text_polygons"], o["text_scores"],
-                                       o["num_lines"], frames, cuts[2], limit)
-        return {"model": MODEL, "results": [
-            {**size, "objects": ob, "faces": f, "lines": ls, "embedding": e}
-            for size, ob, f, ls, e in zip(postprocess.sizes(frames), objs, found, lines,
-                                          o["image_embedding"].tolist())]}
-    return await svc.render(build, o)
+        def build():
+            objs = postprocess.objects(o["object_boxes"], o["object_scores"], o["object_classes"],
+                                       o["num_objects"], frames, cuts[0], limit)
+            found = postprocess.faces(o["face_boxes"], o["face_scores"], o["face_landmarks"],
+                                      o["face_embeddings"], o["num_faces"], frames, cuts[1], limit)
+            lines = postprocess.text_lines(o["texts"], o["text_polygons"], o["text_scores"],
+                                           o["num_lines"], frames, cuts[2], limit)
+            return {"model": name, "results": [
+                {**size, "objects": ob, "faces": f, "lines": ls, "embedding": e}
+                for size, ob, f, ls, e in zip(postprocess.sizes(frames), objs, found, lines,
+                                              o["image_embedding"].tolist())]}
+        return await svc.render(build, o)
+
+    return r

@@ -1,9 +1,11 @@
 """Shared route plumbing: the Service dependency, image reading, OpenAPI descriptions."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Query, Request
+
+from contract.routes import Route
 
 from .. import postprocess
 from ..admission import reservation_of
@@ -27,6 +29,13 @@ MaxResults = Annotated[int | None, Query(
 Threshold = Annotated[float | None, Query(
     ge=0.0, le=1.0, description="keep results scoring at least this (default and least: the "
     "score floor the model applies itself, see GET /v1/models)")]
+
+
+def model_query(route: Route):
+    """The type of a route's `model` query parameter: the contract's choices for the route
+    (its models' route_choice parameters; an enum in OpenAPI), the default first."""
+    return Annotated[Literal[route.choices], Query(
+        description=f"the model behind {route.path} (default {route.default.choice!r}; see GET /v1/models)")]
 
 
 def threshold(value: float | None, floor: tuple[float, str] | None, param: str,

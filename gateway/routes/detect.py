@@ -1,26 +1,29 @@
-"""POST /v1/detect: COCO objects (yolo by default, centernet selectable)."""
-from __future__ import annotations
+"""POST /v1/detect: COCO objects (the contract's default detector, others by `?model=`)."""
+from fastapi import APIRouter, Request
 
-from typing import Annotated, Literal
-
-from fastapi import APIRouter, Query, Request
+from contract.routes import Route, RouteTable
 
 from .. import postprocess
-from .common import ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, per_image, scored
+from .common import ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, model_query, per_image, scored
 from .lean import LeanRoute
 
-router = APIRouter(tags=["detect"], route_class=LeanRoute)
 
+def router(route: Route, table: RouteTable, mount: dict | None = None) -> APIRouter:
+    r = APIRouter(tags=["detect"], route_class=LeanRoute, **(mount or {}))
+    Model = model_query(route)
 
-@router.post("/v1/detect", openapi_extra=IMAGE_BODY, responses=ERRORS, summary="COCO objects",
-             response_description="per image: objects with label, score and box "
-             "[x1, y1, x2, y2] in original pixels")
-async def detect(request: Request, svc: ServiceDep,
-                 model: Annotated[Literal["yolo", "centernet"], Query()] = "yolo",
-                 score_threshold: Threshold = None,
-                 max_results: MaxResults = None):
-    frames, out, cut, limit = await scored(request, svc, model, score_threshold, max_results,
-                                           "boxes")
-    return await svc.render(lambda: per_image(model, frames, "objects", postprocess.objects(
-        out["boxes"], out["scores"], out["classes"], out["num_detections"], frames, cut,
-        limit)), out)
+    @r.post(route.path, openapi_extra=IMAGE_BODY, responses=ERRORS, summary="COCO objects",
+            response_description="per image: objects with label, score and box "
+            "[x1, y1, x2, y2] in original pixels")
+    async def detect(request: Request, svc: ServiceDep,
+                     model: Model = route.default.choice,
+                     score_threshold: Threshold = None,
+                     max_results: MaxResults = None):
+        name = route.model_for(model)
+        frames, out, cut, limit = await scored(request, svc, name, score_threshold, max_results,
+                                               "boxes", table.default_threshold(name))
+        return await svc.render(lambda: per_image(model, frames, "objects", postprocess.objects(
+            out["boxes"], out["scores"], out["classes"], out["num_detections"], frames, cut,
+            limit)), out)
+
+    return r

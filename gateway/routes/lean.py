@@ -3,15 +3,24 @@ dependency solver on the hot path when the route has nothing for it to solve.
 
 FastAPI still declares and documents these routes (OpenAPI, parameter constraints,
 error handlers), but its per-request machinery (dependency graph, telemetry hooks, body
-sniffing) costs CPU on every request (measured side by side: docs/gateway.md). These
+sniffing) costs CPU on every request (measured side by side: `make bench-lean`). These
 endpoints need only the request, the Service and a few query parameters, so one
 pydantic model built from the endpoint's signature at start-up validates the query
 string, with FastAPI's 422 on failure.
 
-FastAPI's own handler is used instead, so dependencies behave exactly as FastAPI's:
-- when the route has dependencies of its own, its router's, an including router's
-  (`include_router(..., dependencies=[...])`) or the app's (`FastAPI(dependencies=...)`);
-- for a request while `app.dependency_overrides` is not empty.
+Only public FastAPI surfaces decide, and FastAPI's own handler serves whenever they cannot
+prove that no dependency would be skipped:
+- the lean handler is built only for the route as constructed (APIRoute.__init__'s call of
+  get_route_handler), and only when `self.dependencies` (the route's own and its router's,
+  merged by APIRouter.add_api_route) is empty;
+- every later call is the route being included into another router (include_router,
+  which from FastAPI 0.16x keeps the route and passes the including router's and the
+  app's dependencies in a way no public attribute shows): FastAPI's handler, always. So a
+  lean route is lean only where it is mounted as built: gateway/app.py puts its routes
+  straight into the app's router, with the dependencies it is given on the routers;
+- for a request while `app.dependency_overrides` is not empty: FastAPI's handler.
+Tested against fastapi 0.165 (constraints.txt) and the route-copying include of older
+releases (tests/unit/test_gateway_lean.py runs both mountings).
 
 Supported endpoint parameters: `Request`, dependencies computed from the request alone
 (`Depends(f)` with `async def f(request: Request)`, e.g. ServiceDep) and query
@@ -32,14 +41,19 @@ from starlette.requests import Request
 
 class LeanRoute(APIRoute):
     def get_route_handler(self):
+        full = super().get_route_handler()   # FastAPI's, for this route as built or included
+        if getattr(self, "_lean_built", False):
+            return full                      # an inclusion: dependencies no public attribute shows
+        self._lean_built = True
+        plan = _plan(self.endpoint)          # unsupported parameters: refused here, at build time
+        return full if self.dependencies else self.lean_handler(full, plan)
+
+    def lean_handler(self, full, plan):
+        """The handler that validates the query itself; FastAPI's `full` while overrides exist."""
         call = self.endpoint
-        request_arg, depends, query = _plan(call)
+        request_arg, depends, query = plan
         model = create_model(f"{call.__name__}_query", **query) if query else None
-        full = super().get_route_handler()   # FastAPI's, for this route as included
-        effective = _effective(self)
-        if effective.dependencies:
-            return full
-        overrides = effective.dependency_overrides_provider
+        overrides = self.dependency_overrides_provider
 
         async def handler(request: Request):
             if overrides is not None and getattr(overrides, "dependency_overrides", None):
@@ -58,19 +72,6 @@ class LeanRoute(APIRoute):
             return await call(**kwargs)
 
         return handler
-
-
-def _effective(route: APIRoute):
-    """The route as FastAPI builds it for the router that includes it: from FastAPI
-    0.16x an included route is not copied, its combined dependencies live in a context
-    FastAPI sets while it asks for the handler; older versions copy the route."""
-    from fastapi import routing
-
-    var = getattr(routing, "_effective_route_context_var", None)
-    context = var.get() if var is not None else None
-    if context is not None and getattr(context, "original_route", None) is route:
-        return context
-    return route
 
 
 def _plan(call) -> tuple[str | None, list[tuple[str, Any]], dict[str, tuple]]:

@@ -4,58 +4,64 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from contract.routes import RouteTable
+
 from ..responses import JSON
 from .common import ServiceDep
 
-# Probes: never behind the dependencies given to create_app (an orchestrator's probe
-# carries no API key), never shed.
-probes = APIRouter(tags=["system"])
-router = APIRouter(tags=["system"])
 
-ENDPOINTS = {"faces": "/v1/faces", "yolo": "/v1/detect", "centernet": "/v1/detect?model=centernet",
-             "mobileclip_image": "/v1/embed/image", "text_embed": "/v1/embed/text",
-             "ocr": "/v1/ocr", "analyze": "/v1/analyze"}
+def probe_router(mount: dict | None = None) -> APIRouter:
+    """/healthz and /readyz: never given the app's dependencies (an orchestrator's probe
+    carries no API key), never shed (gateway/admission.py exempts their paths)."""
+    r = APIRouter(tags=["system"], **{k: v for k, v in (mount or {}).items() if k != "dependencies"})
 
+    @r.get("/healthz", summary="The process is alive")
+    async def healthz() -> JSON:
+        return JSON({"status": "ok"})
 
-@probes.get("/healthz", summary="The process is alive")
-async def healthz() -> JSON:
-    return JSON({"status": "ok"})
+    @r.get("/readyz", summary="At least one Triton endpoint ready with its models",
+                 responses={503: {"description": "not ready: `reason` says why (Retry-After)"}})
+    async def readyz(svc: ServiceDep):
+        # the fleet's health checks keep the states current: no Triton call per probe
+        ready, body = svc.backend.readiness()
+        return JSON(body, status_code=200 if ready else 503,
+                    headers={} if ready else {"Retry-After": str(svc.settings.retry_after_s)})
 
-
-@probes.get("/readyz", summary="At least one Triton endpoint ready with its models",
-            responses={503: {"description": "not ready: `reason` says why (Retry-After)"}})
-async def readyz(svc: ServiceDep):
-    # the fleet's health checks keep the states current: no Triton call per probe
-    ready, body = svc.backend.readiness()
-    return JSON(body, status_code=200 if ready else 503,
-                headers={} if ready else {"Retry-After": str(svc.settings.retry_after_s)})
+    return r
 
 
-@router.get("/v1/models", summary="Served models: provenance, input sizes, tensors, "
-            "score floors")
-async def models(svc: ServiceDep) -> JSON:
-    cat = svc.catalog
-    if cat is None:
-        svc.model("faces")  # raises the 503 that says Triton was never reached
-    out = []
-    for name, info in cat.models.items():
-        frame = info.frame
-        floor = cat.score_floor(name)
-        out.append({
-            "name": name, "endpoint": ENDPOINTS.get(name), "platform": info.platform,
-            "max_batch_size": info.max_batch_size,
-            "weights_provenance": info.weights_provenance,
-            # pipelines carry no weights of their own: the models they run do
-            "components": {c: cat.provenance.get(c) for c in cat.components(name)},
-            # CPU profile: runtime/precision/threads of the model and of the models it runs
-            "cpu_runtime": cat.runtimes.get(name),
-            "component_cpu_runtimes": {c: cat.runtimes.get(c) for c in cat.components(name)},
-            "input_size": {"height": frame[0], "width": frame[1]} if frame else None,
-            # the least score_threshold the route accepts: the model filters below it
-            "score_floor": floor[0] if floor else None,
-            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-                       for t in info.inputs],
-            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-                        for t in info.outputs],
-        })
-    return JSON({"models": out, "not_served": list(cat.missing)})
+def router(table: RouteTable, mount: dict | None = None) -> APIRouter:
+    """GET /v1/models: every served route model, with the endpoint the route table gives it."""
+    r = APIRouter(tags=["system"], **(mount or {}))
+
+    @r.get("/v1/models", summary="Served models: provenance, input sizes, tensors, score floors")
+    async def models(svc: ServiceDep) -> JSON:
+        cat = svc.catalog
+        if cat is None:
+            svc.model(table.models[0])  # raises the 503 that says Triton was never reached
+        out = []
+        for name, info in cat.models.items():
+            frame = info.frame
+            floor = cat.score_floor(name)
+            out.append({
+                "name": name, "endpoint": table.endpoint(name), "platform": info.platform,
+                "max_batch_size": info.max_batch_size,
+                "weights_provenance": info.weights_provenance,
+                # pipelines carry no weights of their own: the models they run do
+                "components": {c: cat.provenance.get(c) for c in cat.components(name)},
+                # CPU profile: runtime/precision/threads of the model and of the models it runs
+                "cpu_runtime": cat.runtimes.get(name),
+                "component_cpu_runtimes": {c: cat.runtimes.get(c) for c in cat.components(name)},
+                "input_size": {"height": frame[0], "width": frame[1]} if frame else None,
+                # the least score_threshold the route accepts: the model filters below it
+                "score_floor": floor[0] if floor else None,
+                # what the route applies when the client gives none (config.pbtxt parameter)
+                "default_score_threshold": table.default_threshold(name),
+                "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                           for t in info.inputs],
+                "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                            for t in info.outputs],
+            })
+        return JSON({"models": out, "not_served": list(cat.missing)})
+
+    return r

@@ -25,7 +25,8 @@ def _requirements():
     try:
         import tensorrt  # noqa: F401
     except ImportError as exc:
-        return None, f"TensorRT Python API not importable ({exc}); real engine builds need an NGC TensorRT/Triton container or a TensorRT install"
+        return None, (f"TensorRT Python API not importable ({exc}); real engine builds need an NGC "
+                      "TensorRT/Triton container or a TensorRT install")
     try:
         gpu = current_gpu()
     except NoGpu as exc:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import contract, profiles
+import contract
+from serving import profiles
 from serving.tritonserver import TritonServer
 from tests.support import triton as triton_support
 from tests.support.gateway import GatewayFactory

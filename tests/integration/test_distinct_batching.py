@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving import contract
+import contract
 
 from tests.support import real_images
 from tests.support.polling import settled, wait_for

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from serving import contract
+import contract
 from serving.replicas import Replicas, loopback_hosts
 from tests.support import triton as triton_support
 from tests.support.gateway import GatewayFactory

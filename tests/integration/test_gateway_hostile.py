@@ -21,13 +21,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from perf import openloop
-from serving import contract
+import contract
 from serving.tritonserver import free_port
 from tests.support import triton as triton_support
 from tests.support.gateway import delta, gauge, histogram, quantile, share_within, statuses
@@ -286,10 +287,16 @@ def test_a_client_gone_takes_its_request_out_of_tritons_queue(start_gateway, sta
     inp = grpcclient.InferInput(spec.name, [1, *spec.dims], spec.triton_dtype)
     inp.set_data_from_numpy(np.zeros((1, *spec.dims), spec.dtype))
     client.is_server_live()                          # the channel is up before the clock starts
-    direct = []
+    direct: list = []
+
+    def occupy():
+        try:
+            direct.append(client.infer("centernet", [inp], client_timeout=30))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            direct.append(exc)
 
     async def run():
-        client.async_infer("centernet", [inp], callback=lambda r, e: direct.append(e or r))
+        threading.Thread(target=occupy, daemon=True).start()
         live = asyncio.ensure_future(post(gw, "/v1/detect?model=centernet", SMALL))
         busy = await eventually(lambda: triton_support.pending(standin, "centernet") == 1, 10)
         assert busy, "the direct and the live request never showed as one executing, one queued"

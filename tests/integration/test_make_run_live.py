@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from serving.contract import REPO_ROOT
+from contract import REPO_ROOT
 from serving.tritonserver import free_port, port_taken
 from tests.support.images import noise_jpeg
 from tests.support.polling import wait_for
@@ -55,10 +55,10 @@ def test_make_run_starts_answers_and_stops(tmp_path):
             os.killpg(proc.pid, signal.SIGINT)
             try:
                 proc.wait(60)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as exc:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-                raise AssertionError("make run did not stop within 60 s of Ctrl-C")
+                raise AssertionError("make run did not stop within 60 s of Ctrl-C") from exc
         log.close()
     assert proc.returncode in (0, 130, -signal.SIGINT), proc.returncode   # make dies by the same SIGINT
     wait_for(lambda: not any(port_taken("127.0.0.1", p) for p in ports.values()), 30,

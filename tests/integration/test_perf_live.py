@@ -77,11 +77,11 @@ def test_bench_models_tiny_sweep_writes_a_report(served, tmp_path):
 
 @pytest.mark.integration
 def test_perf_analyzer_feeds_the_real_scene_through_grpc_shared_memory(served, tmp_path):
-    """The default input (perf.scene's frame as real-input JSON) reaches every step of the faces
+    """The default input (export.scene's frame as real-input JSON) reaches every step of the faces
     pipeline (arcface runs, as it never does on black frames), over gRPC with system shared
     memory against the hardened server: the admin key goes as gRPC metadata with -H
     (analyzer.admin_headers)."""
-    from perf import scene
+    from export import scene
 
     served.need("faces")
     _perf_analyzer_ready()

@@ -11,7 +11,7 @@ import pytest
 from perf import analyzer
 from perf import estimate as est
 from perf.errors import RunFailed
-from serving import contract
+import contract
 from serving.tritonserver import GRPC_ADMIN_METADATA
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from export.base import ExportJob
 from export.runner import onnx_path, read_record
 from export.samples import letterbox, ultralytics_photo
 from export.verify import recorded_weights
-from serving.contract import MODEL_REPOSITORY
+from contract import MODEL_REPOSITORY
 from tests.support.boxes import iou
 from tests.support.exports import require_real
 from tests.support.images import png
@@ -52,7 +52,8 @@ def test_yolo_matches_ultralytics_predictor(served, gateway):
     class; IoU >= 0.99 for 98% of them, >= 0.98 for all) and >= 90% of the predictor's boxes are
     served. The NMS: the graph's batched NMS iterates matrix steps to greedy NMS's result (the
     single-step Fast NMS it replaced dropped boxes suppressed only by dropped boxes: recall 85/97
-    on bus.jpg); a suppression chain longer than its 8 steps would keep a subset. The IoU allowance: the predictor fuses BatchNorm into the convolutions, and on the
+    on bus.jpg); a suppression chain longer than its 8 steps would keep a subset. The IoU allowance:
+    the predictor fuses BatchNorm into the convolutions, and on the
     seeded synthetic YOLO (BN statistics from 4 calibration photos) that moves a few boxes by up
     to ~3 px (measured worst IoU 0.9898 on bus.jpg); the unfused torch module matches the graph
     within 0.05 px (make verify)."""
@@ -240,7 +241,7 @@ def test_ocr_matches_rapidocr(served, gateway):
     served.need("ocr")
     from rapidocr_onnxruntime import RapidOCR
 
-    from perf.scene import render_lines
+    from export.scene import render_lines
 
     pages = [render_lines(OCR_LINES[i:i + 10], 640, font_px=20, line_gap=2.4, margin=20, height=640)[0]
              for i in (0, 10)]

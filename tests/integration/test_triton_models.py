@@ -8,7 +8,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from serving import contract
+import contract
 
 from tests.support.triton import sample_inputs
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from serving import standins
-from serving.contract import REPO_ROOT
+from contract import REPO_ROOT
 from serving.tritonserver import TritonServer, TritonServerError, free_port
 from tests.support.polling import wait_for
 from tests.support.triton import require_triton

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.contract import MODEL_REPOSITORY
+from contract import MODEL_REPOSITORY
 
 
 def provenance(model: str, repository: Path = MODEL_REPOSITORY) -> str:
@@ -39,7 +39,7 @@ def exported_model(model: str, tmp_path_factory, search=None):
     from export import registry, runner
     from export.__main__ import weights_search
     from export.base import ExportJob
-    from serving import contract
+    import contract
 
     if search is None:
         import argparse

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from contract import TensorSpec
 from export.samples import letterbox, ultralytics_photo
-from perf.scene import CAPTIONS, render_lines
-from serving.contract import TensorSpec
+from export.scene import CAPTIONS, render_lines
 
 EXTRA_CAPTIONS = ("two dogs playing in the snow", "a red car parked next to a fire hydrant", "日本の寺",
                   "a diagram of a neural network", "emoji 🐱 party 🎉", "x")
@@ -58,7 +58,7 @@ def landmarks(n: int, k: int, frame: tuple[int, int]) -> np.ndarray:
 
 def inputs(specs: tuple[TensorSpec, ...], n: int = 24) -> list[dict[str, np.ndarray]]:
     """n different batch-1 feeds for a model's inputs."""
-    from serving.clip_tokenizer import ClipTokenizer
+    from pipelines.clip_tokenizer import ClipTokenizer
 
     imgs = distinct_photos(n)
     feeds: list[dict[str, np.ndarray]] = [{} for _ in range(n)]

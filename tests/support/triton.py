@@ -13,7 +13,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from serving import contract, standins
+import contract
+from serving import standins
 from serving.tritonserver import TritonInstall, TritonServer, TritonServerError, free_port
 
 CLIENT_TIMEOUT_S = 120

@@ -101,6 +101,7 @@ def loaded_pipeline(model_py: Path, repository: Path, config: dict, run_step):
     """Import `model_py` with the stand-in module, initialise it, yield the TritonPythonModel."""
     saved = sys.modules.get("triton_python_backend_utils")
     sys.modules["triton_python_backend_utils"] = make_module(run_step)
+    forget_backend_modules()   # model.py imports pipelines.<module>: bind it to THIS stand-in
     try:
         spec = importlib.util.spec_from_file_location(f"_pipeline_{model_py.parent.parent.name}", model_py)
         mod = importlib.util.module_from_spec(spec)
@@ -114,3 +115,11 @@ def loaded_pipeline(model_py: Path, repository: Path, config: dict, run_step):
             sys.modules.pop("triton_python_backend_utils", None)
         else:
             sys.modules["triton_python_backend_utils"] = saved
+        forget_backend_modules()
+
+
+def forget_backend_modules() -> None:
+    """Drop the imported pipelines.* modules that hold a triton_python_backend_utils (the model
+    classes, imported at module level), so the next import binds the stand-in then installed."""
+    for name in [n for n, m in sys.modules.items() if n.startswith("pipelines.") and hasattr(m, "pb_utils")]:
+        del sys.modules[name]

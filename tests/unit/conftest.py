@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from serving import contract
-from serving.contract import MODEL_REPOSITORY
+import contract
+from contract import MODEL_REPOSITORY
 
 
 @pytest.fixture(scope="session")
@@ -16,12 +16,12 @@ def ppocr_exports():
     """Both PP-OCR exports (the runner skips them when `make export-onnx` made them already,
     as it has before `make test`)."""
     pytest.importorskip("onnx")
-    from export import ppocr
+    from export import registry
     from export.base import ExportError, WeightsSearch
     from export.runner import export_one
 
     try:
-        results = {m: export_one(m, WeightsSearch(), MODEL_REPOSITORY) for m in ppocr.MODELS}
+        results = {m: export_one(m, WeightsSearch(), MODEL_REPOSITORY) for m in registry.family_models("ppocr")}
     except ExportError as exc:
         if "could not download the wheel" in str(exc):
             pytest.skip(f"the rapidocr-onnxruntime wheel is not cached in build/wheels and PyPI is unreachable: {exc}")

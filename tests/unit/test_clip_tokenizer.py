@@ -1,4 +1,4 @@
-"""serving/clip_tokenizer.py against open_clip's MobileCLIP2-S2 tokenizer, and the Triton
+"""pipelines/clip_tokenizer.py against open_clip's MobileCLIP2-S2 tokenizer, and the Triton
 python-backend model `clip_tokenizer` driven through a minimal stand-in for pb_utils."""
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import types
 import numpy as np
 import pytest
 
-from serving.clip_tokenizer import VOCAB_FILE, ClipTokenizer, TokenizerError, VocabularyError, default_vocab_path
+from pipelines.clip_tokenizer import VOCAB_FILE, ClipTokenizer, TokenizerError, VocabularyError, default_vocab_path
 from tests.conftest import MODEL_REPOSITORY
+from tests.unit.bls_harness import forget_backend_modules
 
 TEXTS = [
     "a photo of a cat",
@@ -131,7 +132,7 @@ def test_missing_or_bad_vocabulary_is_a_deployment_error(tmp_path):
 def test_serving_module_does_not_import_torch():
     import subprocess
 
-    code = ("import sys, serving.clip_tokenizer as t; t.ClipTokenizer; "
+    code = ("import sys, pipelines.clip_tokenizer as t; t.ClipTokenizer; "
             "sys.exit(1 if ('torch' in sys.modules or 'open_clip' in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
@@ -186,6 +187,7 @@ def _fake_pb_utils() -> types.ModuleType:
 def triton_model(tmp_path, monkeypatch, vocab_path):
     pb = _fake_pb_utils()
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    forget_backend_modules()
     src = MODEL_REPOSITORY / "clip_tokenizer" / "1" / "model.py"
     spec = importlib.util.spec_from_file_location("clip_tokenizer_triton_model", src)
     mod = importlib.util.module_from_spec(spec)
@@ -195,7 +197,7 @@ def triton_model(tmp_path, monkeypatch, vocab_path):
     config = (MODEL_REPOSITORY / "clip_tokenizer" / "config.pbtxt").read_text()
     from google.protobuf import json_format
 
-    from serving.contract import parse_config
+    from contract import parse_config
     cfg = json_format.MessageToJson(parse_config(config), preserving_proto_field_name=True)
     model = mod.TritonPythonModel()
     model.initialize({"model_config": cfg, "model_repository": str(tmp_path), "model_version": "1"})
@@ -225,6 +227,7 @@ def test_triton_model_batches_requests_and_isolates_bad_ones(triton_model, tok):
 def test_triton_model_reports_missing_vocabulary(tmp_path, monkeypatch):
     pb = _fake_pb_utils()
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    forget_backend_modules()
     src = MODEL_REPOSITORY / "clip_tokenizer" / "1" / "model.py"
     spec = importlib.util.spec_from_file_location("clip_tokenizer_triton_model2", src)
     mod = importlib.util.module_from_spec(spec)

@@ -5,12 +5,21 @@ from __future__ import annotations
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving import contract, cpu_machine, profiles
-from serving.bf16_parity import never_bf16
+import contract
+from contract.facts import facts
+from serving import cpu_machine, profiles
 from serving.cpu_machine import CpuSettings, CpuSettingsError
 
 COMMITTED = contract.load_all()
 NETWORK = sorted(n for n, c in COMMITTED.items() if c.kind == "network")
+
+
+def never_bf16(name: str) -> str:
+    return facts(COMMITTED[name]).cpu_f32_only
+
+
+def prefers_onnxruntime(name: str) -> bool:
+    return facts(COMMITTED[name]).cpu_prefer_runtime == "onnxruntime"
 
 
 def test_usable_cores_honour_the_cgroup_quota(tmp_path):
@@ -75,8 +84,8 @@ def test_cpu_configs_record_runtime_precision_and_threads(name):
     p = {k: v.string_value for k, v in cfg.parameters.items()}
     assert cfg.backend == "python"
     assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
-    assert p["cpu_runtime"] == ("onnxruntime" if name in cpu_machine.ONNXRUNTIME_MODELS else "openvino")
-    assert ("cpu_runtime_why" in p) == (name in cpu_machine.ONNXRUNTIME_MODELS)
+    assert p["cpu_runtime"] == ("onnxruntime" if prefers_onnxruntime(name) else "openvino")
+    assert ("cpu_runtime_why" in p) == prefers_onnxruntime(name)
     assert p["cpu_threads"] == "6" and p["cpu_slots"] == "2" and p["cpu_fallback"] == "onnxruntime"
     # geometry graphs never run in bf16, and say why
     assert p["cpu_precision"] == ("f32" if never_bf16(name) else "bf16")

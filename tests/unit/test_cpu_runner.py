@@ -1,12 +1,12 @@
-"""serving/cpu_runner.py on a tiny graph: both runtimes agree, fallback to ONNX Runtime says why,
+"""pipelines/cpu_runner.py on a tiny graph: both runtimes agree, fallback to ONNX Runtime says why,
 a graph lacking the config's tensors fails loudly (no runtime can fix a stale export)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from serving import cpu_runner
-from serving.cpu_runner import GraphMismatch, RunnerError, open_runner
+from pipelines import cpu_runner
+from pipelines.cpu_runner import GraphMismatch, RunnerError, open_runner
 
 onnx = pytest.importorskip("onnx")
 
@@ -78,7 +78,7 @@ def test_execution_slots_let_only_permits_run_at_once(tmp_path):
     import multiprocessing as mp
     import time
 
-    from serving.cpu_runner import ExecutionSlots
+    from pipelines.cpu_runner import ExecutionSlots
 
     def hold(folder, seconds, q):
         with ExecutionSlots(folder, 1):

@@ -8,9 +8,18 @@ import pytest
 from export.base import sha256_file
 from export.engines.check import check_model
 from export.engines.gpu import GpuInfo, cc_from_sm, parse_nvidia_smi, sm_tag, version_from_int
-from export.engines.metadata import (Sidecar, Wanted, cc_model_filenames, cc_model_filenames_from_names,
-                                     check_plan, plan_filename, read_sidecar, served_plan, staleness,
-                                     write_sidecar)
+from export.engines.metadata import (
+    Sidecar,
+    Wanted,
+    cc_model_filenames,
+    cc_model_filenames_from_names,
+    check_plan,
+    plan_filename,
+    read_sidecar,
+    served_plan,
+    staleness,
+    write_sidecar,
+)
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 H200 = GpuInfo("NVIDIA H200", "9.0")

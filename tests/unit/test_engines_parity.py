@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import contract
+from contract import TensorSpec
 from export import registry
 from export.engines import parity
 from export.engines.build import engine_models
 from export.engines.errors import ParityError
-from serving import contract
-from serving.contract import TensorSpec
 from tests.unit.test_engines_fixtures import tinydet_onnx, tinyface_onnx
 
 FACES = (TensorSpec("faces", np.dtype(np.uint8), "UINT8", (16, 16, 3)),)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+import contract
+from contract import ModelContract, parse_config
 from export.engines.build import engine_models
 from export.engines.errors import ProfileError
 from export.engines.profiles import check_onnx_inputs, derive_profile, trtexec_shapes
-from serving import contract
-from serving.contract import ModelContract, parse_config
 
 
 def test_every_tensorrt_model_gets_a_profile_from_its_config():

@@ -14,7 +14,7 @@ from export.engines.errors import UnsupportedTensorRT
 from export.engines.precision import PrecisionPlan, fp32_nodes, marked_copy
 from export.engines.profiles import derive_profile
 from export.engines.request import BuildRequest
-from serving import contract
+import contract
 from tests.support.engines import make_repository
 
 

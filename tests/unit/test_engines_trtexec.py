@@ -12,7 +12,7 @@ from export.engines.errors import BuildFailed
 from export.engines.precision import fp32_nodes
 from export.engines.profiles import derive_profile
 from export.engines.request import BuildRequest, assert_raw_plan
-from serving import contract
+import contract
 from tests.support.engines import tinyface_onnx
 
 

@@ -2,18 +2,17 @@
 peak/top-K decode (export/graph_ops.py)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+import contract as contract_mod  # noqa: E402
+from contract import ModelContract  # noqa: E402
 from export import centerface as centerface_mod  # noqa: E402
 from export import centernet, graph_ops, registry, runner, samples  # noqa: E402
 from export.base import ExportJob, WeightsSearch  # noqa: E402
-from serving import contract as contract_mod  # noqa: E402
-from serving.contract import ModelContract  # noqa: E402
 from tests.conftest import shared_weight  # noqa: E402
 
 SCRFD_ASTRONAUT_BOX = np.array([226, 69, 339, 223], np.float32)   # ../shared/weights/README.md

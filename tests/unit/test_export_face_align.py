@@ -1,7 +1,6 @@
 """face_align: the exported graph vs insightface's norm_crop math (skimage + cv2.warpAffine)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -150,6 +149,6 @@ def test_variable_face_axis_gives_the_same_crops_for_any_face_count(exported, se
 
 
 def contract_k(model: str) -> int:
-    from serving import contract
+    import contract
 
     return contract.load(model).output("landmarks").dims[0]

@@ -13,7 +13,7 @@ onnx = pytest.importorskip("onnx")
 from export import runner  # noqa: E402
 from export import verify  # noqa: E402
 from export.base import WeightsSearch  # noqa: E402
-from serving.contract import MODEL_REPOSITORY  # noqa: E402
+from contract import MODEL_REPOSITORY  # noqa: E402
 
 MODEL = "clip_resize"
 

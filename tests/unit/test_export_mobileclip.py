@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
 pytest.importorskip("open_clip", reason="open_clip (export extra) is not installed")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 
+import contract as contract_mod  # noqa: E402
 from export import mobileclip, registry  # noqa: E402
 from export.base import ExportJob, WeightsSearch, WeightsSource  # noqa: E402
-from serving import contract as contract_mod  # noqa: E402
 from tests.conftest import MODEL_REPOSITORY  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ def exported():
     from export.runner import export_one
 
     search = _search()
-    return {m: export_one(m, search, MODEL_REPOSITORY) for m in mobileclip.MODELS}
+    return {m: export_one(m, search, MODEL_REPOSITORY) for m in registry.family_models('mobileclip')}
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +72,7 @@ def tokens():
     return mobileclip.sample_tokens(8, 77)
 
 
-@pytest.mark.parametrize("model", mobileclip.MODELS)
+@pytest.mark.parametrize("model", registry.family_models('mobileclip'))
 def test_graph_matches_config(exported, model):
     import onnx
 
@@ -143,7 +144,7 @@ def test_clip_resize_matches_cv2_bilinear(sessions):
 def test_tokenizer_vocabulary_written_for_triton(exported):
     from open_clip.tokenizer import default_bpe
 
-    from serving.clip_tokenizer import VOCAB_FILE
+    from pipelines.clip_tokenizer import VOCAB_FILE
 
     dest = MODEL_REPOSITORY / "clip_tokenizer" / "1" / VOCAB_FILE
     assert dest.is_file(), "mobileclip_text export must place the vocabulary beside the tokenizer model"

@@ -11,7 +11,7 @@ onnx = pytest.importorskip("onnx")
 
 from export import ppocr, registry  # noqa: E402
 from export.base import ExportError, WeightsSearch  # noqa: E402
-from serving import contract  # noqa: E402
+import contract  # noqa: E402
 
 
 def _session(path):
@@ -31,7 +31,7 @@ def _rendered_page(lines, size=640) -> np.ndarray:
     return np.asarray(im)
 
 
-@pytest.mark.parametrize("model", ppocr.MODELS)
+@pytest.mark.parametrize("model", registry.family_models("ppocr"))
 def test_exported_graph_matches_config(ppocr_exports, model):
     c = contract.load(model)
     m = onnx.load(str(ppocr_exports[model].path))

@@ -1,5 +1,5 @@
 """export/registry.py: one record per family, complete and consistent with the contracts;
-pipeline steps declared once (config parameter "steps", serving.contract ModelContract.steps)."""
+pipeline steps declared once (config parameter "steps", contract ModelContract.steps)."""
 from __future__ import annotations
 
 import importlib
@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
+import contract
 from export import registry
 from export.base import ExportError, WeightsSearch
 from export.tolerances import ParitySpec, Tolerance, Tolerances
-from serving import contract, profiles
+from serving import profiles
 
 COMMITTED = contract.load_all()
 HOOKS = ("exporter", "reference", "inputs", "known_answers", "side_artifacts")
@@ -58,10 +59,12 @@ def test_weights_are_searched_in_the_stated_order(tmp_path):
     # nothing found -> the synthetic stand-in, loudly described
     w = registry.resolve_weights("scrfd", WeightsSearch(dirs=(tmp_path,), seed=7))
     assert w.synthetic and w.seed == 7 and "SCRFD" in w.description
-    # a file matching a pattern in a weights folder
+    # a file matching a pattern in a weights folder: each SCRFD size is its own model's
     (tmp_path / "scrfd_500m_kps.onnx").write_bytes(b"x")
+    assert registry.resolve_weights("scrfd", WeightsSearch(dirs=(tmp_path,), seed=7)).synthetic
+    (tmp_path / "scrfd_2.5g_kps.onnx").write_bytes(b"x")
     w = registry.resolve_weights("scrfd", WeightsSearch(dirs=(tmp_path,)))
-    assert w.kind == "file" and w.path == tmp_path / "scrfd_500m_kps.onnx"
+    assert w.kind == "file" and w.path == tmp_path / "scrfd_2.5g_kps.onnx"
     # an explicit file wins over the folders; one checkpoint serves both MobileCLIP towers
     ckpt = tmp_path / "mine.bin"
     ckpt.write_bytes(b"x")
@@ -69,6 +72,51 @@ def test_weights_are_searched_in_the_stated_order(tmp_path):
     assert w.path == ckpt and "MobileCLIP2-S2" in w.description
     with pytest.raises(ExportError, match="not a file"):
         registry.resolve_weights("scrfd", WeightsSearch(explicit={"scrfd": tmp_path / "missing.onnx"}))
+
+
+def _examples(pattern: str) -> list[str]:
+    """File names `pattern` matches: each wildcard filled with nothing, a plain word, and
+    the words real release files carry (scrfd_500m_kps.onnx, yolo11s-seg.pt)."""
+    return [pattern.replace("*", fill).replace("?", "x") for fill in ("", "custom", "kps", "_kps", "-seg")]
+
+
+def _shared_files(table) -> list[str]:
+    """Files one record's patterns match that another record's patterns match too (records
+    sharing one checkpoint, `shared_with`, excepted), from an example of each pattern."""
+    from fnmatch import fnmatch
+
+    out = []
+    for rec in table:
+        for pattern in rec.weights.patterns:
+            for name in _examples(pattern):
+                takers = [o.model for o in table if o.model != rec.model and o.model not in rec.weights.shared_with
+                          and any(fnmatch(name, p) for p in o.weights.patterns)]
+                out += [f"{name} ({rec.model}: {pattern}) also taken by {takers}"] if takers else []
+    return out
+
+
+def test_weights_patterns_are_anchored_to_their_model():
+    """A new model of a family never takes a sibling's file: scrfd_500m_kps.onnx is not
+    SCRFD-2.5G's, yolov5n.pt is not YOLO11s's."""
+    from fnmatch import fnmatch
+
+    assert _shared_files(registry.TABLE) == []
+    takes = lambda name: [r.model for r in registry.TABLE if any(fnmatch(name, p) for p in r.weights.patterns)]  # noqa: E731
+    for name, model in (("scrfd_500m_kps.onnx", "scrfd_500m"), ("scrfd_2.5g_kps.onnx", "scrfd"),
+                        ("det_10g.onnx", "scrfd"), ("yolo11s.pt", "yolo")):
+        assert takes(name) == [model], name
+    assert takes("yolov5n.pt") == []
+
+
+def test_a_loose_pattern_is_caught():
+    """The unanchored patterns this replaced ("scrfd_*kps*.onnx", "yolo*.pt") fail the check."""
+    loose = replace(registry.record("scrfd"), weights=replace(registry.record("scrfd").weights,
+                                                              patterns=("scrfd_*kps*.onnx",)))
+    table = [loose if r.model == "scrfd" else r for r in registry.TABLE]
+    assert any("scrfd_500m" in line for line in _shared_files(table))
+    yolo5 = registry.Family("yolov5n", "x", exporter="yolo:export", weights=registry.Weights(patterns=("yolov5n.pt",)))
+    loose_yolo = replace(registry.record("yolo"), weights=replace(registry.record("yolo").weights, patterns=("yolo*.pt",)))
+    assert _shared_files([loose_yolo, yolo5]) and not _shared_files([registry.record("yolo"), yolo5])
 
 
 def test_a_family_without_any_source_says_what_to_pass():

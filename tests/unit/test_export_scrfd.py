@@ -11,9 +11,9 @@ from tests.conftest import SHARED_WEIGHTS, shared_weight
 pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+import contract as contract_mod  # noqa: E402
 from export import registry, runner, scrfd  # noqa: E402
 from export.base import ExportJob, WeightsSearch  # noqa: E402
-from serving import contract as contract_mod  # noqa: E402
 
 KNOWN_BOX = np.array([226, 69, 339, 223], np.float32)   # ../shared/weights/README.md, 640x640 input pixels
 

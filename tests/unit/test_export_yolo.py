@@ -92,7 +92,7 @@ def test_pre_nms_tensor_matches_ultralytics_forward(exported, images, tmp_path):
     images = images[:2]
     raw = ort.InferenceSession(str(tmp_path / "raw.onnx"), providers=["CPUExecutionProvider"]).run(
         [head[0]], {"images": images})[0]
-    det = yolo.load_yolo(exported[1].weights).model
+    det = yolo.load_yolo(exported[1].weights, exported[1].architecture).model
     with torch.no_grad():
         want = det(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)[0].numpy()
     assert raw.shape == want.shape == (2, 84, 8400)
@@ -138,11 +138,11 @@ def test_user_checkpoint_is_found_and_loaded_offline(exported, tmp_path):
     from export import yolo
     from export.base import WeightsSearch
 
-    source = yolo.load_yolo(exported[1].weights)
+    source = yolo.load_yolo(exported[1].weights, exported[1].architecture)
     source.save(str(tmp_path / "yolo11s.pt"))
     weights = registry.resolve_weights(MODEL, WeightsSearch(dirs=(tmp_path,)))
     assert not weights.synthetic and weights.path == tmp_path / "yolo11s.pt"
-    loaded = yolo.load_yolo(weights).model
+    loaded = yolo.load_yolo(weights, exported[1].architecture).model
     want = copy.deepcopy(source.model).half().float().eval()
     x = torch.rand(1, 3, 640, 640, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 
-from serving import contract
+import contract
 from tests.conftest import MODEL_REPOSITORY
 from tests.unit.bls_harness import OnnxSteps, Tensor, loaded_pipeline
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving import contract
+import contract
 
 
 def test_baseline_adapter_matches_the_target_outputs(tmp_path):

@@ -8,10 +8,10 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
+import contract
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.testing import FakeBackend
-from serving import contract
 
 JPEG_HEADERS = {"content-type": "image/jpeg"}
 
@@ -139,7 +139,9 @@ def test_readiness_and_the_catalog_ask_triton_about_every_model_at_once():
     from types import SimpleNamespace
 
     from gateway.backend import TritonBackend
-    from gateway.catalog import ROUTE_MODELS, Catalog
+    from gateway.catalog import Catalog, route_models
+
+    ROUTE_MODELS = route_models(contract.MODEL_REPOSITORY)
 
     class Concurrency:
         def __init__(self):

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from gateway import retry
-from gateway.errors import (ModelUnavailable, TritonError, TritonOverloaded, TritonTimeout,
-                            TritonUnavailable)
+from gateway.errors import ModelUnavailable, TritonError, TritonOverloaded, TritonTimeout, TritonUnavailable
 from gateway.fleet import Fleet
 from gateway.metrics import Metrics
 from gateway.settings import GatewaySettings

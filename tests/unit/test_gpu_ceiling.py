@@ -46,7 +46,7 @@ def test_imports_on_a_gpu_host_without_grpcio_or_rapidjson():
     import subprocess
     import sys
 
-    from serving.contract import REPO_ROOT
+    from contract import REPO_ROOT
 
     code = ("import sys\n"
             "class Block:\n"
@@ -55,7 +55,7 @@ def test_imports_on_a_gpu_host_without_grpcio_or_rapidjson():
             "            raise ModuleNotFoundError('blocked: ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
             "import perf.gpu_ceiling, perf.ceiling_models\n"
-            "from serving import contract\n"
+            "import contract\n"
             "print(contract.load('face_align').variable_dim_range)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

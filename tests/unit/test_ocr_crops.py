@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from serving import contract, ocr_crops
-from serving import ocr_postprocess as op
+import contract
+from pipelines import ocr_crops
+from pipelines import ocr_postprocess as op
 from tests.support.ocr import RECOGNISER
 
 REC = op.OcrSettings.for_recogniser(contract.load("ppocr_rec"))

@@ -9,8 +9,8 @@ from tests.conftest import MODEL_REPOSITORY
 
 ort = pytest.importorskip("onnxruntime")
 
-from serving import contract  # noqa: E402
-from serving import ocr_postprocess as op  # noqa: E402
+import contract  # noqa: E402
+from pipelines import ocr_postprocess as op  # noqa: E402
 
 PAGES = [
     [((40, 100), "HELLO WORLD 2026"), ((60, 300), "visionserve reads text")],
@@ -101,7 +101,7 @@ def test_long_lines_are_read_whole(pipeline):
     bucket: every line exact, spaces included. Squeezed into one 320-px crop, 32 characters
     came back as 'Loremipudlorsit am' and 54 as 'Lorep'; read in 320-px chunks, 4 of the 8
     lost a space at a seam."""
-    from perf.scene import render_lines
+    from export.scene import render_lines
 
     lines = [LOREM[:n].rstrip() for n in (10, 20, 32, 40, 54, 64, 72, 80)]
     page, ink = render_lines(lines, 640, font_px=14, line_gap=2.2, margin=10, height=640)
@@ -121,7 +121,7 @@ def test_a_line_wider_than_the_max_falls_back_to_chunks(pipeline):
     at 48 px) comes in two chunks, stitched into one line."""
     from dataclasses import replace
 
-    from perf.scene import render_lines
+    from export.scene import render_lines
 
     line = LOREM[:80].rstrip()
     page, _ = render_lines([line], 640, font_px=14, line_gap=2.2, margin=10, height=640)

@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from serving import ocr_chunks
+from pipelines import ocr_chunks
 from tests.support.ocr import RECOGNISER
-from serving import ocr_postprocess as op
+from pipelines import ocr_postprocess as op
 
 CHARS = np.array(["", "a", "b", "c", " "], dtype="<U1")   # id 0 = blank
 # the box geometry tests below check PaddleOCR's closed-form unclip on undilated maps

@@ -11,8 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from export import patch_batch  # noqa: E402
-from export.patch_batch import (BatchMismatchError, UnprovableGraphError,  # noqa: E402
-                                check_batch_equivalence, patch_model)
+from export.patch_batch import BatchMismatchError, UnprovableGraphError, check_batch_equivalence, patch_model  # noqa: E402
 
 
 def _session(model):

@@ -5,10 +5,10 @@ import re
 
 import pytest
 
+import contract
 from perf import estimate as est
 from perf.errors import OverCapError
 from perf.memcap import default_cap
-from serving import contract
 
 # The field case: the original SCRFD export, 1x3x640x640 fp32 in, 9 raw head outputs
 # (score/bbox/kps for strides 8/16/32, 2 anchors): not our config, the shape that hit 437 GB.

@@ -89,7 +89,7 @@ def test_perf_analyzer_gets_variable_dims_at_the_range_max_in_flags_and_scene_da
     data carries the same shape (perf_analyzer reads shapes from it), the estimate the max."""
     import json
 
-    from serving import contract
+    import contract
 
     c = contract.load(model)
     assert analyzer.variable_shapes(c) == (f"--shape={shape}",)

@@ -6,11 +6,11 @@ import math
 
 import pytest
 
+import contract
 from perf import bench_pipelines, report, tune
 from perf.errors import UsageError
 from perf.net import require_loopback
 from perf.record import ResultRecord, read_json
-from serving import contract
 
 
 def _rec(conc, tput, p95, errors=0, batch=1, target="m", scenario=""):
@@ -101,7 +101,8 @@ def test_cli_refuses_over_cap_without_a_server(capsys):
 def test_tune_writes_a_cpu_override_the_cpu_profile_applies_and_the_gpu_config_ignores(tmp_path):
     """A CPU measurement never becomes a GPU block: tune's recommendation is a cpu_override.pbtxt,
     applied by the derived CPU profile only."""
-    from serving import contract, profiles
+    import contract
+    from serving import profiles
 
     repo = tmp_path / "repo"
     (repo / "clip_resize" / "1").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""perf/scene.py: the real scene the perf tools feed (a face, objects, printed lines) makes every
+"""export/scene.py: the real scene the perf tools feed (a face, objects, printed lines) makes every
 pipeline branch run; its perf_analyzer JSON carries exactly the same bytes."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import struct
 import numpy as np
 import pytest
 
-from perf import scene
-from serving import contract
-from serving import ocr_postprocess as ocr
+import contract
+from export import scene
+from pipelines import ocr_postprocess as ocr
 
 COMMITTED = contract.load_all()
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving import contract, profiles
+import contract
+from serving import profiles
 from serving.tritonserver import TritonInstall, TritonServer, TritonServerError
 
 COMMITTED = contract.load_all()
@@ -124,7 +125,7 @@ def test_derive_builds_a_complete_repository(source, tmp_path, profile):
             assert c.config.parameters["weights_provenance"].string_value == f"weights of {name}"
             assert (c.version_dir() / "model.onnx").read_bytes() == b"onnx"
             if profile == "cpu":
-                assert (c.version_dir() / "model.py").resolve() == profiles.ONNX_RUNNER
+                assert (c.version_dir() / "model.py").read_text() == profiles.ONNX_RUNNER
     assert (d.path / "ocr" / "1" / "charset.txt").read_text() == "a\nb\n"
     if profile != "cpu":   # shippable: no links back into this checkout
         assert not any(p.is_symlink() for p in d.path.rglob("*"))

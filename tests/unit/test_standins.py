@@ -1,7 +1,8 @@
 """Fixed-time stand-ins keep the contract of the model they replace."""
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving import contract, profiles, standins
+import contract
+from serving import profiles, standins
 
 
 def test_stand_in_keeps_the_interface_and_batching(tmp_path):
@@ -18,7 +19,7 @@ def test_stand_in_keeps_the_interface_and_batching(tmp_path):
     assert not got.config.HasField("optimization") and not got.config.model_warmup
     assert got.parameter("batch_ms") == "25" and got.parameter("image_ms") == "1.5"
     assert "STAND-IN" in got.parameter("weights_provenance")
-    assert (folder / "1" / "model.py").read_text() == standins.FIXED_TIME_MODEL.read_text()
+    assert (folder / "1" / "model.py").read_text() == standins.FIXED_TIME_MODEL
 
 
 def test_stand_in_replaces_a_linked_model(tmp_path):

@@ -1,6 +1,6 @@
 """One ONNX graph on the CPU: OpenVINO (f32 or bf16) or ONNX Runtime, behind one small seam.
 
-Used by the python-backend runner (serving/python_models/onnx_model.py), by `make
+Used by the python-backend runner (pipelines/onnx_model.py), by `make
 bench-cpu` (bare runtime figures) and by the bf16 parity tests, so all three run the
 graph exactly the same way.
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from serving.cpu_runner import ExecutionSlots, RunnerError, open_runner
+from .cpu_runner import ExecutionSlots, RunnerError, open_runner
 
 
 def _param(config: dict, key: str, default: str) -> str:

@@ -141,13 +141,13 @@ def tokens(n: int, context: int = 77) -> np.ndarray:
     """CLIP token ids of the captions (serving's own tokenizer, open_clip's vocabulary)."""
     from open_clip.tokenizer import default_bpe
 
-    from serving.clip_tokenizer import ClipTokenizer
+    from pipelines.clip_tokenizer import ClipTokenizer
 
     return ClipTokenizer(default_bpe(), context_length=context)([CAPTIONS[i % len(CAPTIONS)] for i in range(n)])
 
 
 def inputs_for(specs, batch: int) -> dict[str, np.ndarray]:
-    """A feed for any model from its contract's input specs (serving.contract.TensorSpec):
+    """A feed for any model from its contract's input specs (contract.TensorSpec):
     the scene for images, captions for text, token ids, face landmarks."""
     out = {}
     for s in specs:

@@ -18,7 +18,7 @@ setting) hugs Latin text; read from it, the recogniser dropped the spaces of 40%
 lines (rapidocr itself too: 'HELLOWORLD2026'); with 1.3x its height (the frame's own pixels
 above and below) 92-94% came back exact, dense pages (line gap 1.35x the font) included.
 
-A line wider than the max is read in overlapping chunks of the max width (serving/ocr_chunks.py),
+A line wider than the max is read in overlapping chunks of the max width (pipelines/ocr_chunks.py),
 in the max bucket: the fallback, not the rule. It is not narrowed to fit first: with the
 taller crop below, narrowing by 1.1-1.25x lost more lines than chunks did.
 """

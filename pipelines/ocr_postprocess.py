@@ -6,8 +6,8 @@ seam: BLS calls in Triton, ONNX Runtime sessions in tests).
 
 Where it is per item and why: cv2.findContours and cv2.connectedComponents run once per
 IMAGE; cv2.minAreaRect runs once per LINE and cv2.warpPerspective once per line (straight into
-its slot of its width bucket's batch, serving/ocr_crops.py; a line wider than the recogniser's
-max is read in overlapping chunks, serving/ocr_chunks.py), each a single C call (a numpy gather
+its slot of its width bucket's batch, pipelines/ocr_crops.py; a line wider than the recogniser's
+max is read in overlapping chunks, pipelines/ocr_chunks.py), each a single C call (a numpy gather
 over all lines at once was slower than these calls). The recogniser is called once per width
 bucket present. Everything between (scores, unclip, corner order, clipping, homographies,
 chunk stitching, CTC collapse, charset lookup) is vectorised across all lines of all images.
@@ -53,8 +53,8 @@ class OcrSettings:
     rec_opt_width: int = 0          # its variable_dim_range opt: the narrowest bucket
     rec_max_width: int = 0          # its max: wider lines are read in chunks
     rec_stride: int = 0             # pixels per CTC step (variable_dim_output_divisor)
-    bucket_ratio: float = 1.25      # next bucket at most this much wider (1.5 lost lines: serving/ocr_crops.py)
-    crop_height: float = 1.3        # a crop spans this x the box's height (spaces: serving/ocr_crops.py)
+    bucket_ratio: float = 1.25      # next bucket at most this much wider (1.5 lost lines: pipelines/ocr_crops.py)
+    crop_height: float = 1.3        # a crop spans this x the box's height (spaces: pipelines/ocr_crops.py)
     chunk_overlap: int = 96         # lines wider than the max: pixels two neighbouring chunks share (~3 characters)
     max_chunks: int = 16            # per line; longer lines are squeezed into this many
     pad_value: int = 128            # PaddleOCR pads with normalised 0, i.e. pixel 127.5
@@ -62,7 +62,7 @@ class OcrSettings:
 
     @classmethod
     def for_recogniser(cls, rec, **overrides) -> "OcrSettings":
-        """Settings with the recogniser's fields from its contract (a serving.contract
+        """Settings with the recogniser's fields from its contract (a contract
         ModelContract): crop height, width range (a fixed-width recogniser: one width) and
         pixels per CTC step."""
         (spec,) = rec.inputs
@@ -264,7 +264,7 @@ def run_ocr(images: np.ndarray, detect: Callable[[np.ndarray], np.ndarray],
 
     `detect` gets uint8 [b,H,W,3] (b <= det_max_batch) and returns uint8 prob maps [b,H,W];
     `recognize` gets uint8 crops [n,h,w,3] (n <= rec_max_batch, w one of the width buckets) and
-    returns (ids, probs) [n, w / rec_stride]: one call per bucket present (serving/ocr_crops.py).
+    returns (ids, probs) [n, w / rec_stride]: one call per bucket present (pipelines/ocr_crops.py).
     """
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise OcrInputError(f"images must be uint8 [B,H,W,3], got {images.dtype}{list(images.shape)}")

@@ -1,10 +1,11 @@
 """bf16 on the CPU: the checks that hold OpenVINO bf16 to ONNX Runtime f32.
 
 The tolerances live in each family's record (export/registry.py, `Tolerances.bf16`,
-type export.tolerances.Bf16), with the models that never run in bf16 (`never`: their
-whole graph is coordinate arithmetic in 640-px space, where bf16's 8-bit mantissa moves
-a pixel by up to 2; nothing heavy to win back). serving/profiles.py forces f32 for those;
-tests/unit/test_cpu_bf16_parity.py holds every other model to its record on real images.
+type export.tolerances.Bf16). The models that never run in bf16 say why in their config
+(parameter cpu_f32_only, contract/facts.py: e.g. a whole graph of coordinate arithmetic in
+640-px space, where bf16's 8-bit mantissa moves a pixel by up to 2); serving/profiles.py
+keeps f32 for those, tests/unit/test_cpu_bf16_parity.py holds every other model to its
+record on real images.
 
 - detections: every reference detection at least `score_atol` above the cut (the
   graph's score threshold, or the K-th score of a full top-K list) must have a
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.boxes import iou_matrix
-from export.tolerances import BF16_DETECTIONS, BF16_EMBEDDINGS, Bf16
+from .boxes import iou_matrix
+from .tolerances import BF16_DETECTIONS, BF16_EMBEDDINGS, Bf16
 
 
 def tolerance(model: str) -> Bf16:
@@ -30,14 +31,6 @@ def tolerance(model: str) -> Bf16:
 
     return registry.record(model).tolerances.bf16
 
-
-def never_bf16(model: str) -> str:
-    """Why `model` is never run in bf16 ("" when it may be); unknown models: never."""
-    from export import registry
-
-    if model not in registry.MODELS:
-        return "not an exported family"
-    return tolerance(model).never
 
 
 @dataclass(frozen=True)
@@ -56,7 +49,7 @@ def compare_detections(ref: dict, got: dict, tol: Bf16 = BF16_DETECTIONS, thresh
     when the list is full (top-K), else the score threshold baked into the graph."""
     k = len(np.ravel(ref["scores"]))
     sides = []
-    for a, b in ((ref, got), (got, ref)):
+    for a in (ref, got):
         n = int(np.ravel(a["num_detections"])[0])
         sides.append((np.asarray(a["boxes"])[:n], np.asarray(a["scores"])[:n],
                       np.asarray(a["classes"])[:n] if "classes" in a else np.zeros(n, int)))

@@ -1,6 +1,6 @@
 """Lines wider than the recogniser's max width: overlapping chunks in, one step sequence out.
 
-The fallback of serving/ocr_crops.py (which reads every other line whole, at its own width).
+The fallback of pipelines/ocr_crops.py (which reads every other line whole, at its own width).
 A line wider than the recogniser's max width is cut into chunks of that width overlapping by
 `chunk_overlap` pixels, every chunk warped straight from the frame, all recognised with the
 other lines of the max bucket. The chunks' CTC steps are then stitched per line at one cut

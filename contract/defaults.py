@@ -1,0 +1,24 @@
+"""Values every layer shares, stated once: where the servers listen by default and the
+header that opens Triton's restricted APIs.
+
+The make targets pass a port only when one is given (mk/defaults.mk), so these defaults
+hold on the command line too; k8s and compose files state their own deployment's ports.
+"""
+from __future__ import annotations
+
+HOST = "127.0.0.1"                 # loopback: nothing is exposed unless asked
+TRITON_HTTP_PORT = 8000
+TRITON_GRPC_PORT = 8001
+TRITON_METRICS_PORT = 8002
+GATEWAY_PORT = 8080
+GATEWAY_METRICS_PORT = 8081
+
+TRITON_GRPC = f"{HOST}:{TRITON_GRPC_PORT}"
+TRITON_HTTP = f"{HOST}:{TRITON_HTTP_PORT}"
+TRITON_METRICS_URL = f"http://{HOST}:{TRITON_METRICS_PORT}/metrics"
+GATEWAY_URL = f"http://{HOST}:{GATEWAY_PORT}"
+
+# Triton's restricted APIs (model repository, shared memory, statistics, ...) want this
+# header on HTTP; over gRPC the same key travels as metadata with Triton's prefix.
+ADMIN_HEADER = "admin-key"
+GRPC_ADMIN_METADATA = f"triton-grpc-protocol-{ADMIN_HEADER}"
