@@ -110,7 +110,8 @@ def test_detectors_are_compared_on_matched_real_detections(tmp_path_factory):
     import onnxruntime as ort
 
     from export.base import WeightsSearch
-    from tests.support.exports import exported_model, shared_weight
+    from tests.conftest import shared_weight
+    from tests.support.exports import exported_model
 
     weights = shared_weight("scrfd_2.5g_kps.onnx").parent
     path, job = exported_model("scrfd", tmp_path_factory, WeightsSearch(dirs=(weights,)))
