@@ -1,4 +1,5 @@
-# visionserve: `make run` sets everything up and serves on CPU; `make test` runs the tests.
+# visionserve: `make run` sets everything up and serves on CPU; `make test` runs the tests
+# (mk/test.mk).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -16,7 +17,7 @@ export VISIONSERVE_WEIGHTS_DIR := $(WEIGHTS_DIR)
 export YOLO_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup lock export-onnx verify lint test test-unit test-integration clean
+.PHONY: help setup lock export-onnx verify lint clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
@@ -41,15 +42,6 @@ verify: export-onnx  ## verify exported models (checker, parity, batch invarianc
 
 lint: setup  ## ruff (pyproject's [tool.ruff]) over the whole tree
 	$(VENV)/bin/ruff check .
-
-test: setup export-onnx lint  ## run the whole test suite (lint, verify, unit, integration, gpu-if-available)
-	@# perf_analyzer's Debian library needs root; without it those tests skip and say why.
-	-@$(MAKE) --no-print-directory perf-setup
-	$(PY) -m export.verify --models '$(MODELS)'
-	$(PY) -m pytest -ra tests
-
-test-unit: setup  ## only the fast pure tests
-	$(PY) -m pytest -ra tests/unit
 
 clean:  ## remove build artifacts (keeps .venv)
 	rm -rf build model_repository/*/1/*.onnx model_repository/*/1/export.json

@@ -7,7 +7,12 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import signal
 import sys
+
+
+def _drained(signum, frame):
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     # tens of ms on the event loop otherwise)
     gc.collect()
     gc.freeze()
+    # uvicorn drains on SIGTERM (what Kubernetes sends), restores this handler, then
+    # re-raises the signal: a drained stop exits 0 instead of dying by the signal
+    signal.signal(signal.SIGTERM, _drained)
     try:
         server.run()
     except KeyboardInterrupt:

@@ -165,25 +165,25 @@ class Admission:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             return await self.app(scope, receive, send)
         m = self.metrics
+        t0 = time.perf_counter()
         declared = _content_length(scope)
         if declared is not None:
             m.bytes_in.labels(self.label(scope)).observe(declared)
         if self.in_flight >= self.limit:
             return await self._refuse(scope, send, "in_flight", GatewayOverloaded(
                 f"{self.in_flight} requests in flight (limit {self.limit}); retry later",
-                retry_after=self.retry_after))
+                retry_after=self.retry_after), t0)
         if declared is not None and declared > self.request_limit:
             return await self._refuse(scope, send, None, PayloadTooLarge(
-                f"body of {declared} bytes exceeds the limit of {self.request_limit}"))
+                f"body of {declared} bytes exceeds the limit of {self.request_limit}"), t0)
         reservation = Reservation(self.budget, self.retry_after)
         try:
             reservation.charge(declared or 0, "nothing else")
         except GatewayOverloaded as exc:
-            return await self._refuse(scope, send, "memory", exc)
+            return await self._refuse(scope, send, "memory", exc, t0)
         scope[SCOPE_KEY] = reservation
         self.in_flight += 1
         m.in_flight.inc()
-        t0 = time.perf_counter()
         call = _Call(self, scope, receive, send, reservation, declared or 0)
         try:
             status = await call.run()
@@ -200,15 +200,16 @@ class Admission:
             log.info("client hung up %s %s (%s)", scope["method"], route,
                      "while sending the body" if call.gone_stage == "body" else "before the answer")
             return
-        m.latency.labels(route).observe(time.perf_counter() - t0)
+        m.latency.labels(route, str(status)).observe(time.perf_counter() - t0)
         m.requests.labels(route, str(status)).inc()
 
-    async def _refuse(self, scope, send, reason: str | None, exc: GatewayError) -> None:
+    async def _refuse(self, scope, send, reason: str | None, exc: GatewayError, t0: float) -> None:
         """Answer at once, without reading the body."""
         route = self.label(scope)
         if reason is not None:
             self.metrics.shed.labels(reason).inc()
         self.metrics.requests.labels(route, str(exc.status)).inc()
+        self.metrics.latency.labels(route, str(exc.status)).observe(time.perf_counter() - t0)
         body = orjson.dumps(exc.body())
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]

@@ -22,8 +22,10 @@ class Metrics:
         self.requests = Counter(p + "requests_total", "HTTP requests answered, by route "
                                 "template and status (client disconnects are counted apart)",
                                 ("route", "status"), registry=r)
-        self.latency = Histogram(p + "request_duration_seconds", "HTTP request latency",
-                                 ("route",), buckets=_LATENCY, registry=r)
+        # by status too: a refusal's latency (503/429) is read apart from the answers'
+        self.latency = Histogram(p + "request_duration_seconds", "HTTP request latency in the "
+                                 "gateway (request start to answer), by route and status",
+                                 ("route", "status"), buckets=_LATENCY, registry=r)
         self.in_flight = Gauge(p + "in_flight_requests", "HTTP requests being served",
                                registry=r)
         self.disconnects = Counter(p + "client_disconnects_total",

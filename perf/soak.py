@@ -108,7 +108,8 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=_print) -> dict:
+def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=_print,
+        warmup_s: float = WARMUP_S) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     repo = standins.write_fixed_time_repository(work / "repo", {})
     standins.add_fixed_time(repo, "yolo", batch_ms=BATCH_MS, max_batch_size=MAX_BATCH)
@@ -122,7 +123,7 @@ def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=_print) ->
                      triton_admin_key=server.admin_key).wait_ready()
         log(f"soak: {seconds:.0f} s at {rate:.1f} req/s ({fraction:g} x C, C = {CAPACITY:.0f} "
             f"req/s: yolo stand-in, {BATCH_MS} ms per batch of {MAX_BATCH}); gateway pid {gw.pid}")
-        asyncio.run(_drive(gw, rate, WARMUP_S, body))
+        asyncio.run(_drive(gw, rate, warmup_s, body))
         start = holdings(gw)
         t0 = time.monotonic()
 

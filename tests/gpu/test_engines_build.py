@@ -18,7 +18,7 @@ from export.engines.errors import NoGpu
 from export.engines.gpu import current_gpu, tensorrt_version
 from export.engines.metadata import read_sidecar
 from tests.conftest import MODEL_REPOSITORY
-from tests.unit.test_engines_fixtures import make_repository
+from tests.support.engines import make_repository
 
 
 def _requirements():

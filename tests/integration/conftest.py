@@ -1,31 +1,31 @@
-"""A real tritonserver on the derived CPU repository, shared by the integration tests.
+"""Processes shared by the integration tests, each started one way (tests/support):
 
-The session fixture derives the "cpu" profile from model_repository/ into a temp dir
-(models whose artifacts are not exported yet are left out, with the reason), adds one
-scratch model for the queue-full test, and starts the embedded tritonserver on free
-loopback ports. Tests ask for the models they need with `need(...)`, which skips naming
-exactly what is missing and the command that builds it.
+- `served`: the real tritonserver on the derived CPU repository (every exported model,
+  plus a scratch queue probe), once per run; tests ask for models with `need(...)`, which
+  skips naming what is missing and the command that builds it.
+- `served_gateway`: one `python -m gateway` in front of it, once per run.
+- `standin`: one tritonserver of fixed-time stand-ins (tests/support/triton.STANDINS),
+  once per run, for the overload, hostile-client, batching and restricted-API tests.
+- `gateways`: a factory for gateways a test configures itself, all stopped after it.
+Every server gets its own free ports, derived repository folder and log file.
 """
 from __future__ import annotations
 
-import contextlib
-import re
 import shutil
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 
 import contract
 from serving import profiles
-from serving.tritonserver import TritonInstall, TritonServer, TritonServerError, free_port
+from serving.tritonserver import TritonServer
+from tests.support import triton as triton_support
+from tests.support.gateway import GatewayFactory
+from tests.support.triton import QUEUE_PROBE
 
-QUEUE_PROBE = "queue_probe"     # scratch copy of a small network model with max_queue_size 1
 START_TIMEOUT_S = 600
-CLIENT_TIMEOUT_S = 120
 
 
 @dataclass
@@ -52,17 +52,21 @@ class Served:
         import tritonclient.http as httpclient
 
         return httpclient.InferenceServerClient(self.server.http_url, concurrency=concurrency,
-                                                connection_timeout=CLIENT_TIMEOUT_S,
-                                                network_timeout=CLIENT_TIMEOUT_S)
+                                                connection_timeout=triton_support.CLIENT_TIMEOUT_S,
+                                                network_timeout=triton_support.CLIENT_TIMEOUT_S)
+
+    def infer(self, protocol: str, model: str, inputs: dict[str, np.ndarray], **kw) -> dict[str, np.ndarray]:
+        url = self.server.grpc_url if protocol == "grpc" else self.server.http_url
+        return triton_support.infer(url, self.contracts[model], protocol, inputs, **kw)
 
     def metrics(self) -> dict[tuple[str, str], float]:
-        """{(metric, model): value} for the nv_inference_* counters."""
-        with urllib.request.urlopen(self.server.metrics_url, timeout=10) as resp:
-            text = resp.read().decode()
-        out = {}
-        for m in re.finditer(r'^(nv_inference_\w+)\{model="([^"]+)",version="[^"]*"\} ([0-9.e+]+)$', text, re.M):
-            out[(m.group(1), m.group(2))] = float(m.group(3))
-        return out
+        """{(metric, model): value} of Triton's per-model nv_* metrics."""
+        return triton_support.metrics(self.server.metrics_url)
+
+    def provenance(self, model: str) -> str:
+        from tests.support.exports import provenance
+
+        return provenance(model, self.derived.path)
 
 
 def _add_queue_probe(repo: Path, contracts) -> str | None:
@@ -89,28 +93,9 @@ def _add_queue_probe(repo: Path, contracts) -> str | None:
     return src.name
 
 
-def require_triton() -> None:
-    """Skip, saying what to install, when the embedded tritonserver is missing."""
-    try:
-        TritonInstall.locate()
-    except TritonServerError as exc:
-        pytest.skip(str(exc))
-
-
-@contextlib.contextmanager
-def running(repo: Path, log: Path, timeout_s: float = START_TIMEOUT_S) -> Iterator[TritonServer]:
-    """A hardened tritonserver on `repo`, on free loopback ports, stopped afterwards."""
-    server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=log)
-    server.start(timeout_s)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="session")
 def served(tmp_path_factory) -> Served:
-    require_triton()
+    triton_support.require_triton()
     root = tmp_path_factory.mktemp("triton")
     derived = profiles.derive("cpu", dest=root / "repo", skip_missing=True)
     if not derived.models:
@@ -118,27 +103,34 @@ def served(tmp_path_factory) -> Served:
                     + " (make export-onnx)")
     contracts = contract.load_all(derived.path)
     probe_source = _add_queue_probe(derived.path, contracts)
-    with running(derived.path, root / "triton.log") as server:
+    contracts = contract.load_all(derived.path)          # with the probe
+    with triton_support.running(derived.path, root / "triton.log", START_TIMEOUT_S) as server:
         yield Served(server, derived, contracts, probe_source)
 
 
-def sample_inputs(c: contract.ModelContract, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Valid inputs for any model from its contract (random pixels/tokens, short strings)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for spec in c.with_variable_dims("opt").inputs:
-        shape = (batch, *spec.dims)
-        if spec.dtype == np.object_:
-            words = np.array([b"a photo of a cat", b"a diagram", b"hello world", b"face"], dtype=object)
-            out[spec.name] = words[np.arange(int(np.prod(shape))) % len(words)].reshape(shape)
-        elif spec.dtype == np.uint8:
-            out[spec.name] = rng.integers(0, 256, shape, dtype=np.uint8)
-        elif spec.dtype == np.int32 and spec.name == "tokens":
-            t = np.zeros(shape, np.int32)
-            t[:, 0], t[:, 1:4], t[:, 4] = 49406, rng.integers(300, 40000, (batch, 3)), 49407
-            out[spec.name] = t
-        elif spec.name == "landmarks":
-            out[spec.name] = (rng.random(shape) * 400 + 100).astype(spec.dtype)
-        else:
-            out[spec.name] = rng.random(shape).astype(spec.dtype)
-    return out
+@pytest.fixture(scope="session")
+def served_gateway(served, tmp_path_factory):
+    """The gateway in front of `served` with its defaults (shared memory: auto, no key: wire)."""
+    factory = GatewayFactory(tmp_path_factory.mktemp("served_gateway"))
+    try:
+        yield factory.start(served.server.grpc_url)
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory) -> TritonServer:
+    triton_support.require_triton()
+    root = tmp_path_factory.mktemp("standin")
+    repo = triton_support.write_standin_repository(root / "repo")
+    with triton_support.running(repo, root / "triton.log", 180) as server:
+        yield server
+
+
+@pytest.fixture
+def gateways(tmp_path):
+    factory = GatewayFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()

@@ -8,22 +8,27 @@ Triton's own `nv_inference_request_success`. Every process is stopped, even on f
 """
 from __future__ import annotations
 
-import io
+import os
 import threading
 import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import contract
-from perf.gatewayproc import Gateway
 from serving.replicas import Replicas, loopback_hosts
-from tests.integration.conftest import require_triton
+from tests.support import triton as triton_support
+from tests.support.gateway import GatewayFactory
+from tests.support.images import flat_jpeg
+from tests.support.polling import settled, wait_for
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("dnslib", reason="dnslib (the `test` extra) stands in for the headless Service")
 pytestmark = pytest.mark.integration
+# The gateways' discovery period (their `discovery_interval_s` setting): 1 s in make test,
+# the default 15 s in make test-load (VISIONSERVE_FLEET_DISCOVERY_S). A replica joins and
+# leaves within two periods (plus its probe) either way.
+DISCOVERY_S = float(os.environ.get("VISIONSERVE_FLEET_DISCOVERY_S", 1))
 
 MODEL, ROUTE = "mobileclip_image", "/v1/embed/image"
 NAME = "triton.fleet.test"
@@ -34,9 +39,7 @@ WORKERS = 4   # closed-loop clients per gateway
 
 
 def small_jpeg() -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((64, 96, 3), 120, np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
+    return flat_jpeg(96, 64, 120)
 
 
 class Load:
@@ -75,15 +78,6 @@ class Load:
         return [r for r in self.results if r[2] != 200 and r[0] >= since]
 
 
-def wait_for(cond, timeout_s: float, what: str, step: float = 0.2) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(step)
-    raise AssertionError(f"{what}: not within {timeout_s:.0f}s")
-
-
 class Fleet:
     def __init__(self, replicas: Replicas, dns, gateways, members):
         self.replicas, self.dns, self.gateways, self.members = replicas, dns, gateways, members
@@ -103,28 +97,25 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    require_triton()
-    from tests.integration.dns_stub import DnsStub
+    triton_support.require_triton()
+    from tests.support.dns import DnsStub
 
     root = tmp_path_factory.mktemp("fleet")
     hosts = loopback_hosts(4)           # the 4th joins in the discovery test
     replicas = Replicas(root, STANDIN, hosts)
-    dns, gateways = DnsStub(), []
+    dns, factory = DnsStub(), GatewayFactory(root)
     try:
         replicas.start_all(hosts[:3])
         dns.set(NAME, hosts[:3])
-        for i in range(2):
-            gw = Gateway(dns.target(NAME, replicas.grpc_port), root / f"gateway{i}.log",
-                         log_level="info")
-            gateways.append(gw)
+        gateways = [factory.spawn(dns.target(NAME, replicas.grpc_port), log_level="info",
+                                  discovery_interval_s=DISCOVERY_S) for _ in range(2)]
         f = Fleet(replicas, dns, gateways, hosts[:3])
         for gw in gateways:
             gw.wait_ready(60)
         wait_for(f.all_ready, 30, "both gateways see the 3 replicas ready")
         yield f
     finally:
-        for gw in gateways:
-            gw.stop()
+        factory.stop_all()
         replicas.stop_all()
         dns.stop()
 
@@ -132,7 +123,7 @@ def fleet(tmp_path_factory):
 def test_spread_over_replicas_from_two_gateways(fleet):
     before = fleet.served()
     with Load(fleet.gateways) as load:
-        time.sleep(6)
+        wait_for(lambda: len(load.results) >= 300, 30, "300 requests answered")
     after = fleet.served()
     served = {h: after[h] - before[h] for h in fleet.members}
     total = sum(served.values())
@@ -142,23 +133,50 @@ def test_spread_over_replicas_from_two_gateways(fleet):
         assert abs(n / total - 1 / 3) <= 0.10, f"{host} served {n / total:.1%}: {served}"
 
 
+@pytest.mark.parametrize("balancer", ["round_robin", "pick_first"])
+def test_grpc_own_balancers_over_a_static_list(fleet, gateways, balancer):
+    """balancer=round_robin / pick_first: one gRPC channel over ipv4:a,b,c with gRPC's own
+    policy (behind a mesh): round_robin spreads evenly, pick_first sends everything to one
+    replica. Triton's own counts say where the requests went."""
+    target = "ipv4:" + ",".join(fleet.replicas.address(h) for h in fleet.members)
+    gw = gateways.start(target, balancer=balancer)
+    before = fleet.served()
+    with Load([gw]) as load:
+        wait_for(lambda: len(load.results) >= 120, 30, "120 requests answered")
+    assert not load.failures(), load.failures()[:5]
+    got = {h: fleet.replicas.success(h, MODEL) - before[h] for h in fleet.members}
+    total = sum(got.values())
+    assert total >= len(load.results), got
+    shares = sorted(n / total for n in got.values())
+    if balancer == "round_robin":
+        assert shares[0] >= 1 / 3 - 0.1, got
+    else:
+        assert shares[-1] == 1.0, got
+
+
+@pytest.mark.load
 def test_discovery_adds_and_drops_replicas(fleet):
-    """Default discovery period (15 s): a replica added to DNS serves within 30 s, a
-    removed one gets nothing once the gateways re-resolved (within 30 s)."""
+    """At the gateways' discovery period P (DISCOVERY_S): a replica added to DNS serves
+    within 2 P + 15 s (a re-resolve, then its first probe), a removed one is dropped by both
+    gateways within 2 P + 15 s and then gets nothing."""
     new, gone = loopback_hosts(4)[3], fleet.members[0]
+    bound = 2 * DISCOVERY_S + 15
     fleet.replicas.start(new)
     with Load(fleet.gateways) as load:
         before = fleet.replicas.success(new, MODEL)
         fleet.publish(fleet.members + [new])
-        joined = wait_for(lambda: fleet.replicas.success(new, MODEL) > before, 30,
+        joined = wait_for(lambda: fleet.replicas.success(new, MODEL) > before, bound,
                           "the added replica serving requests")
         fleet.publish([h for h in fleet.members if h != gone])
         address = fleet.replicas.address(gone)
         dropped = wait_for(lambda: all(address not in gw.endpoints() for gw in fleet.gateways),
-                           30, "both gateways dropping the removed replica")
-        time.sleep(2)   # calls already in flight there finish (by design); new ones go elsewhere
-        count = fleet.replicas.success(gone, MODEL)
-        time.sleep(3)
+                           bound, "both gateways dropping the removed replica")
+        # calls already in flight there finish (by design); then its count stays put while
+        # the other replicas serve on
+        count = settled(lambda: fleet.replicas.success(gone, MODEL), quiet_s=1.0)
+        others = {h: fleet.replicas.success(h, MODEL) for h in fleet.members}
+        wait_for(lambda: all(fleet.replicas.success(h, MODEL) > others[h] + 10 for h in fleet.members),
+                 30, "the remaining replicas serving 10 more each")
         assert fleet.replicas.success(gone, MODEL) == count, "the removed replica still serves"
     assert not load.failures(), load.failures()[:5]
     fleet.replicas.stop(gone)
@@ -168,11 +186,12 @@ def test_discovery_adds_and_drops_replicas(fleet):
 def test_failover_when_a_replica_is_killed(fleet):
     victim = fleet.members[0]
     with Load(fleet.gateways) as load:
-        time.sleep(2)
+        wait_for(lambda: len(load.results) >= 50, 30, "50 requests answered before the kill")
         killed_at = time.monotonic()
         fleet.replicas.kill(victim)                  # SIGKILL: a crash
-        time.sleep(4)
-        after_kill = len(load.results)
+        n = len(load.results)
+        wait_for(lambda: len(load.results) >= n + 100, 30, "100 requests answered after the kill")
+        after_kill = len(load.results) - n
         fleet.replicas.start(victim)                 # back on the same address and ports
         count = fleet.replicas.success(victim, MODEL)
         wait_for(lambda: fleet.replicas.success(victim, MODEL) > count, 30,
@@ -194,80 +213,70 @@ def test_rolling_restart_has_no_5xx(fleet):
             server.stop()                            # waits for the drain and the exit
             fleet.replicas.start(host)
             wait_for(fleet.all_ready, 30, f"{host} ready again in both gateways")
-        time.sleep(1)
+        n = len(load.results)
+        wait_for(lambda: len(load.results) >= n + 20, 30, "20 more requests answered")
     statuses = [r[2] for r in load.results]
     assert len(statuses) > 50
     assert not [s for s in statuses if s >= 500 or s == 0], load.failures()[:5]
 
 
-def test_gateway_starts_before_any_triton(tmp_path):
-    require_triton()
+def test_gateway_starts_before_any_triton(tmp_path, gateways):
+    triton_support.require_triton()
     (host,) = loopback_hosts(1, first=9)
     with Replicas(tmp_path, STANDIN, [host]) as replicas:
         t0 = time.monotonic()
-        gw = Gateway(replicas.address(host), tmp_path / "gateway.log", log_level="info")
-        try:
-            wait_for(lambda: _status(gw, "/healthz") == 200, 15, "/healthz answering")
-            assert time.monotonic() - t0 < 15
-            r = gw.client.get("/readyz")
-            assert r.status_code == 503 and r.headers["retry-after"]
-            assert "no Triton endpoint is ready" in r.json()["reason"], r.json()
-            assert gw.client.post(ROUTE, content=small_jpeg(),
-                                  headers={"content-type": "image/jpeg"}).status_code == 503
-            time.sleep(2)
-            replicas.start(host)
-            wait_for(lambda: _status(gw, "/readyz") == 200, 30, "/readyz 200 once Triton is up")
-            assert gw.client.post(ROUTE, content=small_jpeg(),
-                                  headers={"content-type": "image/jpeg"}).status_code == 200
-            assert gw.alive()
-        finally:
-            gw.stop()
+        gw = gateways.spawn(replicas.address(host), log_level="info")
+        wait_for(lambda: _status(gw, "/healthz") == 200, 15, "/healthz answering")
+        assert time.monotonic() - t0 < 15
+        r = gw.client.get("/readyz")
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert "no Triton endpoint is ready" in r.json()["reason"], r.json()
+        assert gw.client.post(ROUTE, content=small_jpeg(),
+                              headers={"content-type": "image/jpeg"}).status_code == 503
+        replicas.start(host)
+        wait_for(lambda: _status(gw, "/readyz") == 200, 30, "/readyz 200 once Triton is up")
+        assert gw.client.post(ROUTE, content=small_jpeg(),
+                              headers={"content-type": "image/jpeg"}).status_code == 200
+        assert gw.alive()
 
 
-def test_an_expired_request_is_not_executed(tmp_path):
-    """One instance, one request at a time, 1.5 s each; a second request through a
-    gateway with a 0.5 s deadline waits in Triton's queue past its deadline. The model's
-    own queue timeout is 10 s here, so only the gateway's deadline (gRPC deadline and
-    Triton's per-request timeout) can keep it from running."""
-    import json
-    import urllib.request
-
+def test_an_expired_request_is_not_executed(tmp_path, gateways):
+    """One instance, one request at a time, 1.5 s each. Two requests straight to Triton:
+    one executes, one waits (Triton's own pending count says so: the instance is busy,
+    whichever came first). Then a request through a gateway with a 0.5 s deadline waits
+    in Triton's queue past its deadline. The model's own queue timeout is 10 s here, so
+    only the gateway's deadline (gRPC deadline and Triton's per-request timeout) can keep
+    it from running: Triton executes the two direct requests, and not the gateway's."""
     import tritonclient.grpc as grpcclient
 
-    require_triton()
+    triton_support.require_triton()
     (host,) = loopback_hosts(1, first=10)
     standin = {"batch_ms": 1500, "max_batch_size": 1, "queue_timeout_us": 10_000_000}
     with Replicas(tmp_path, {MODEL: standin}, [host]) as replicas:
         server = replicas.start(host)
-        gw = Gateway(replicas.address(host), tmp_path / "gateway.log", triton_timeout_s=0.5)
+        gw = gateways.start(replicas.address(host), ready_s=60, triton_timeout_s=0.5)
+        before = triton_support.stats(server, MODEL)
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        spec = contract.load(MODEL).inputs[0]
+        inp = grpcclient.InferInput(spec.name, [1, *spec.dims], "UINT8")
+        inp.set_data_from_numpy(np.zeros((1, *spec.dims), np.uint8))
+        direct = [threading.Thread(target=client.infer, args=(MODEL, [inp])) for _ in range(2)]
         try:
-            gw.wait_ready(60)
-
-            def stats():
-                url = f"http://{server.http_url}/v2/models/{MODEL}/stats"
-                req = urllib.request.Request(url, headers=server.admin_headers)   # statistics are restricted
-                with urllib.request.urlopen(req, timeout=5) as resp:
-                    s = json.loads(resp.read())["model_stats"][0]
-                return int(s["execution_count"]), int(s["inference_stats"]["fail"]["count"])
-
-            before = stats()
-            client = grpcclient.InferenceServerClient(server.grpc_url)
-            spec = contract.load(MODEL).inputs[0]
-            inp = grpcclient.InferInput(spec.name, [1, *spec.dims], "UINT8")
-            inp.set_data_from_numpy(np.zeros((1, *spec.dims), np.uint8))
-            first = threading.Thread(target=client.infer, args=(MODEL, [inp]))
-            first.start()                                   # occupies the instance 1.5 s
-            time.sleep(0.2)
+            for t in direct:
+                t.start()
+            wait_for(lambda: triton_support.pending(server, MODEL) == 1, 10,
+                     "one direct request executing and one queued")
             r = gw.client.post(ROUTE, content=small_jpeg(), headers={"content-type": "image/jpeg"})
             assert r.status_code == 504, r.text
-            first.join(10)
-            time.sleep(0.5)
-            executions, failures = (a - b for a, b in zip(stats(), before))
-            assert executions == 1, f"{executions} executions: the expired request ran"
-            assert failures >= 1
-            client.close()
         finally:
-            gw.stop()
+            for t in direct:
+                t.join(10)
+            client.close()
+        wait_for(lambda: triton_support.pending(server, MODEL) == 0, 10, "Triton's queue empty")
+        after = settled(lambda: triton_support.stats(server, MODEL), quiet_s=0.5)
+        executions = after["execution_count"] - before["execution_count"]
+        assert executions == 2, f"{executions} executions for 2 direct requests: the expired request ran"
+        assert after["fail"] - before["fail"] >= 1
 
 
 def _status(gw, path) -> int | None:

@@ -1,34 +1,39 @@
-"""The gateway under overload and hostile clients, as real processes: a tritonserver of
-fixed-time stand-ins (serving/standins.py: capacity known, whatever the CPU) and
-`python -m gateway`, driven by the raw client of perf/openloop.py.
+"""The gateway under overload and hostile clients, as real processes: the shared
+tritonserver of fixed-time stand-ins (tests/support/triton.STANDINS: capacity known,
+whatever the CPU) and `python -m gateway`, driven by the raw client of perf/openloop.py.
+Latencies are the gateway's own (its request_duration_seconds histogram, by status):
+what the gateway did, not how late a client on the same 2 cores saw it.
 
-- overload: 4 x C for 60 s: accepted p99 <= 2 x their p99 at 0.7 x C, every refusal a
-  fast 429/503 with Retry-After (over 50 ms only while the hypervisor took
-  >= 10% of the VM's CPU, measured, or 0.1% of them), no other error, RSS under the budget + 200 MB;
+- overload: 4 x C for OVERLOAD_S (10 s here, 60 s in make test-load): accepted p99 <= 2 x
+  their p99 at 0.7 x C, >= 99.9% of refusals a 429/503 within 50 ms with Retry-After, no
+  other error, RSS under the budget + 200 MB;
 - big bodies: 64 concurrent 30 MB multipart uploads against a 512 MiB budget;
 - aborts: uploads cut mid-body and clients gone before the answer;
-- the shm slot pool under requests cancelled at their deadline for 2 minutes;
+- the shm slot pool under requests cancelled at their deadline for SLOT_POOL_S (15 s here,
+  120 s in make test-load), and Triton running none of them once their deadline passed;
 - a cancelled request leaves Triton's queue; random 404 paths; an API-key dependency.
 """
 from __future__ import annotations
 
 import asyncio
-import io
-import json
+import math
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from perf import openloop
-from serving import standins
-from serving.tritonserver import TritonServer, free_port
-from tests.integration.conftest import require_triton
+import contract
+from serving.tritonserver import free_port
+from tests.support import triton as triton_support
+from tests.support.gateway import delta, gauge, histogram, quantile, share_within, statuses
+from tests.support.images import noise_jpeg
+from tests.support.polling import eventually, settled, wait_for
 
 httpx = pytest.importorskip("httpx")
 from perf.gatewayproc import GATEWAY_ROOT, Gateway  # noqa: E402  (needs httpx)
@@ -45,74 +50,26 @@ C = MAX_BATCH / (BATCH_MS / 1000)
 SLOW_MS = 400
 BUDGET = 512 * MiB
 GONE = 6    # clients that leave while queued (under centernet's admitted 2 batches of 4)
-OVERLOAD_S = float(os.environ.get("VISIONSERVE_OVERLOAD_S", 60))
-SLOT_POOL_S = float(os.environ.get("VISIONSERVE_SLOT_POOL_S", 120))
+# short in make test, full length in make test-load (mk/test.mk)
+OVERLOAD_S = float(os.environ.get("VISIONSERVE_OVERLOAD_S", 10))
+SLOT_POOL_S = float(os.environ.get("VISIONSERVE_SLOT_POOL_S", 15))
+# the stand-ins' settings (tests/support/triton.STANDINS) these figures are derived from
+assert triton_support.STANDINS["mobileclip_image"][1]["batch_ms"] == BATCH_MS
+assert triton_support.STANDINS["centernet"][1]["batch_ms"] == SLOW_MS
 
 
-def jpeg(w=320, h=240, seed=0, quality=85) -> bytes:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 255, (h // 8, w // 8, 3), np.uint8).repeat(8, 0).repeat(8, 1)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-SMALL = jpeg()
-TINY = jpeg(64, 48)      # the overload's images: the gateway's own CPU stays small beside C
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory):
-    require_triton()
-    root = tmp_path_factory.mktemp("hostile")
-    repo = root / "repo"
-    repo.mkdir()
-    standins.add_fixed_time(repo, "yolo", batch_ms=BATCH_MS, max_batch_size=MAX_BATCH)
-    # a 1 s queue timeout instead of the committed 200 ms: Triton's own timeout rejects only
-    # after the request waited it (never "within 50 ms"), and a CPU-starved stand-in on a
-    # loaded 2-core box runs late; the gateway's shedding is what is under test (a gateway
-    # that queued would blow the accepted p99 either way)
-    standins.add_fixed_time(repo, "mobileclip_image", batch_ms=BATCH_MS, max_batch_size=MAX_BATCH,
-                            queue_timeout_us=1_000_000)
-    # no queue timeout: a request queued behind its 400 ms batches leaves Triton's queue
-    # only when it is cancelled (the gRPC call of a client gone, a deadline)
-    standins.add_fixed_time(repo, "centernet", batch_ms=SLOW_MS, max_batch_size=MAX_BATCH,
-                            queue_timeout_us=0)
-    server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=root / "triton.log")
-    server.start(180)
-    try:
-        yield server
-    finally:
-        server.stop()
+SMALL = noise_jpeg()
+TINY = noise_jpeg(64, 48)      # the overload's images: the gateway's own CPU stays small beside C
 
 
 @pytest.fixture
-def start_gateway(standin, tmp_path):
-    started = []
-
-    def start(**settings):
-        gw = Gateway(standin.grpc_url, tmp_path / f"gateway{len(started)}.log", **settings)
-        started.append(gw)
-        return gw.wait_ready()
-
-    yield start
-    for gw in started:
-        gw.stop()
+def start_gateway(standin, gateways):
+    """A gateway on the shared stand-in Triton, with these settings."""
+    return lambda **settings: gateways.start(standin.grpc_url, **settings)
 
 
 def shm_settings(standin) -> dict:
     return {"shared_memory": "on", "triton_admin_key": standin.admin_key}
-
-
-def triton_stats(server, model: str) -> tuple[int, int]:
-    """(inference_count, execution_count) of a model, from Triton's own statistics."""
-    req = urllib.request.Request(f"http://{server.http_url}/v2/models/{model}/stats",
-                                 headers=server.admin_headers)   # statistics are restricted
-    with urllib.request.urlopen(req, timeout=10) as r:
-        s = json.loads(r.read())["model_stats"][0]
-    return int(s["inference_count"]), int(s["execution_count"])
 
 
 def post(gw: Gateway, path: str, body: bytes, **kw):
@@ -120,76 +77,76 @@ def post(gw: Gateway, path: str, body: bytes, **kw):
     return openloop.request("127.0.0.1", gw.port, path, body, headers=headers, **kw)
 
 
-def gauge(gw: Gateway, name: str) -> float:
-    """An unlabelled visionserve_gateway_* value."""
-    import re
-
-    m = re.search(rf"^visionserve_gateway_{name} (\S+)$", gw.metrics(), re.M)
-    return float(m.group(1)) if m else float("nan")
+# -- overload ----------------------------------------------------------------------------
+ROUTE = "/v1/embed/image"
 
 
-def statuses(gw: Gateway) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for (_, status), v in gw.series("requests_total").items():
-        out[status] = out.get(status, 0) + v
+def _latency(gw: Gateway) -> dict[str, dict[float, float]]:
+    """The gateway's own latency histogram of ROUTE, by status."""
+    return {status: histogram(gw, "request_duration_seconds", route=ROUTE, status=status)
+            for status in ("200", "429", "503")}
+
+
+def _merged(*hists: dict[float, float]) -> dict[float, float]:
+    out: dict[float, float] = {}
+    for h in hists:
+        for le, n in h.items():
+            out[le] = out.get(le, 0.0) + n
     return out
 
 
-def wait_for(predicate, timeout_s=10.0, every_s=0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every_s)
-    return predicate()
-
-
-# -- overload ----------------------------------------------------------------------------
+@pytest.mark.load
 def test_overload_sheds_fast_and_keeps_accepted_latency(start_gateway):
+    """0.7 x C, then 4 x C for OVERLOAD_S. The defects it catches: a gateway that queues
+    instead of shedding (accepted p99 grows with the storm's length, far past 2 x the calm
+    one within seconds: C is 40/s, a 4 x C backlog adds 3 s per second of storm), one that
+    refuses slowly (a refusal that waited for memory, a slot or Triton) or without
+    Retry-After, one that stops feeding Triton, one that grows past its memory budget."""
     gw = start_gateway()
 
-    async def phase(rate, seconds, seed):
-        return await openloop.open_loop(lambda: post(gw, "/v1/embed/image", TINY), rate,
-                                        seconds, seed)
+    def phase(rate, seconds, seed):
+        return asyncio.run(openloop.open_loop(lambda: post(gw, ROUTE, TINY), rate, seconds, seed))
 
-    async def run():
-        await phase(C / 2, 3, 0)                       # warm up, learn the capacity
-        calm = await phase(0.7 * C, 20, 1)
-        with openloop.Sampler(gw.pid) as sampler, openloop.StealWatch() as watch:
-            storm = await phase(4 * C, OVERLOAD_S, 2)
-        return calm, storm, sampler.peak_rss, watch
+    phase(C / 2, 3, 0)                                 # warm up, learn the capacity
+    h0 = _latency(gw)
+    calm = phase(0.7 * C, 8, 1)
+    h1 = _latency(gw)
 
-    calm, storm, peak_rss, watch = asyncio.run(run())
-    ok_calm = [r.total_s for r in calm if r.status == 200]
-    ok_storm = [r.total_s for r in storm if r.status == 200]
+    async def storm_phase():
+        with openloop.Sampler(gw.pid) as sampler:
+            records = await openloop.open_loop(lambda: post(gw, ROUTE, TINY), 4 * C, OVERLOAD_S, 2)
+        return records, sampler.peak_rss
+
+    storm, peak_rss = asyncio.run(storm_phase())
+    h2 = _latency(gw)
+    calm_ok, storm_ok = delta(h1["200"], h0["200"]), delta(h2["200"], h1["200"])
+    refused_h = delta(_merged(h2["429"], h2["503"]), _merged(h1["429"], h1["503"]))
+    p99_calm, p99_storm = quantile(calm_ok, 0.99), quantile(storm_ok, 0.99)
+    ok_calm = [r for r in calm if r.status == 200]
+    ok_storm = [r for r in storm if r.status == 200]
     refused = [r for r in storm if r.status != 200]
-    p99_calm, p99_storm = openloop.percentile(ok_calm, 99), openloop.percentile(ok_storm, 99)
-    print(f"\n0.7xC: {len(calm)} sent, {len(ok_calm)} ok, p99 {p99_calm * 1e3:.0f} ms; "
-          f"4xC: {len(storm)} sent, {len(ok_storm)} ok, p99 {p99_storm * 1e3:.0f} ms, "
-          f"{len(refused)} refused, slowest refusal "
-          f"{max((r.first_s or 0 for r in refused), default=0) * 1e3:.1f} ms; "
+    fast = share_within(refused_h, 0.05)
+    print(f"\n(gateway's histogram) 0.7xC: {calm_ok.get(math.inf, 0):.0f} ok, p99 {p99_calm * 1e3:.0f} ms; "
+          f"4xC {OVERLOAD_S:g} s: {storm_ok.get(math.inf, 0):.0f} ok, p99 {p99_storm * 1e3:.0f} ms, "
+          f"{refused_h.get(math.inf, 0):.0f} refused, {fast:.2%} of them within 50 ms; "
           f"peak RSS {peak_rss / MiB:.0f} MiB")
     for name, recs in (("0.7xC", calm), ("4xC", storm)):
         by: dict = {}
         for r in recs:
             by.setdefault((r.status, r.code), []).append(r.first_s or 0)
-        print(name, ", ".join(f"{len(v)} x {s} {c} (slowest {max(v) * 1e3:.0f} ms)"
-                              for (s, c), v in sorted(by.items(), key=lambda kv: -len(kv[1]))))
+        print(f"(client's view) {name}", ", ".join(
+            f"{len(v)} x {s} {c} (slowest {max(v) * 1e3:.0f} ms)"
+            for (s, c), v in sorted(by.items(), key=lambda kv: -len(kv[1]))))
     # at 0.7 x C Poisson bursts beyond one batch waiting are shed too (the stand-in's batch
     # time is half its queue timeout): most are served
     assert len(ok_calm) >= 0.8 * len(calm), "requests refused at 0.7 x C"
     assert len(ok_storm) >= 0.8 * C * OVERLOAD_S, "the gateway did not keep Triton busy"
     assert p99_storm <= 2 * p99_calm, (p99_storm, p99_calm)
     assert {r.status for r in refused} <= {429, 503}, {r.status for r in refused}
-    assert all("retry-after" in r.headers for r in refused)
-    # a refusal slower than 50 ms is the machine's when the hypervisor took >= 10% of this
-    # VM's CPU during it or just before (perf.openloop.StealWatch); others at most 0.1%
-    # (shorter stalls hide in its 0.5 s windows; see perf/soak.py)
-    slow = [r for r in refused if r.first_s > 0.05]
-    shown = [(round(r.first_s * 1e3), watch.during(r, 0.25)) for r in slow]
-    print(f"refusals over 50 ms (ms, CPU stolen): {shown}; {watch.summary()}")
-    unexplained = watch.unexplained(slow, 0.25)
-    assert len(unexplained) <= 0.001 * len(refused), f"refusals over 50 ms, no steal: {shown}"
+    assert refused and all("retry-after" in r.headers for r in refused)
+    # the gateway's own time to refuse: at most 0.1% over 50 ms (a preempted event loop)
+    assert refused_h.get(math.inf, 0) == len(refused), (refused_h, len(refused))
+    assert fast >= 0.999, f"{1 - fast:.2%} of the refusals took the gateway over 50 ms: {refused_h}"
     assert not [r.error for r in calm + storm if r.status is None]
     assert set(statuses(gw)) <= {"200", "429", "503"}, statuses(gw)
     assert peak_rss <= BUDGET + 200 * MiB
@@ -263,9 +220,9 @@ def test_aborted_uploads_are_not_errors_and_leak_nothing(start_gateway, standin,
     # once, so that the pool has its working size (slots are kept for reuse; each holds
     # an fd: Python's mmap keeps one), and every retired slot reclaimed
     asyncio.run(leave(GONE))
-    assert wait_for(lambda: gw.series("shm_slots")[("retired",)] == 0)
+    wait_for(lambda: gw.series("shm_slots")[("retired",)] == 0, 10, "every retired slot reclaimed")
     gw.client.close()          # its keep-alive connection would be counted, then time out
-    before = _settled(gw.pid)
+    before = settled(lambda: _gateway_files(gw.pid), quiet_s=0.5)
     blob = b"\xff\xd8\xff" + bytes(MiB)
 
     async def run():
@@ -282,28 +239,16 @@ def test_aborted_uploads_are_not_errors_and_leak_nothing(start_gateway, standin,
         return sampler
 
     sampler = asyncio.run(run())
-    wait_for(lambda: gauge(gw, "in_flight_requests") == 0)
+    wait_for(lambda: gauge(gw, "in_flight_requests") == 0, 10, "no request in flight")
     disconnects = gw.series("client_disconnects_total")
     assert disconnects.get(("/v1/detect", "body")) == 100, disconnects
     assert disconnects.get(("/v1/detect", "response")) == 2 * GONE, disconnects
     assert not any(s.startswith("5") for s in statuses(gw)), statuses(gw)
     assert "Traceback" not in gw.log_text()
-    assert wait_for(lambda: gw.series("shm_slots")[("in_use",)] == 0
-                    and gw.series("shm_slots")[("retired",)] == 0), gw.series("shm_slots")
-    assert wait_for(lambda: _gateway_files(gw.pid) == before), (before, _gateway_files(gw.pid))
+    wait_for(lambda: gw.series("shm_slots")[("in_use",)] == 0 and gw.series("shm_slots")[("retired",)] == 0,
+             10, f"every slot free again ({gw.series('shm_slots')})")
+    wait_for(lambda: _gateway_files(gw.pid) == before, 10, f"fds and slot files back to {before}")
     assert not sampler.seen and not list(tmpdir.iterdir())
-
-
-def _settled(pid: int) -> tuple[int, int]:
-    """_gateway_files once two looks half a second apart agree (connections closing)."""
-    last = _gateway_files(pid)
-    for _ in range(20):
-        time.sleep(0.5)
-        now = _gateway_files(pid)
-        if now == last:
-            return now
-        last = now
-    return last
 
 
 def post_sync(gw, path, body=SMALL):
@@ -320,33 +265,71 @@ async def _hang_up_after(gw, path, body, seconds):
     await writer.wait_closed()
 
 
+def _idle_stats(server, model: str) -> dict[str, int]:
+    """Triton's statistics of `model` once its queue is empty and its counts stopped moving
+    for two batches' time (what was queued would have run by then)."""
+    wait_for(lambda: triton_support.pending(server, model) == 0, 30, f"{model}'s queue empty")
+    return settled(lambda: triton_support.stats(server, model), quiet_s=2 * SLOW_MS / 1000, timeout_s=60)
+
+
 def test_a_client_gone_takes_its_request_out_of_tritons_queue(start_gateway, standin):
-    """Requests queued behind a running batch of the slow stand-in whose clients
-    leave: Triton runs none of them (its own counts), and the live request is not delayed."""
+    """A direct request and the live one through the gateway: Triton's own pending count
+    shows one executing and one queued (the instance busy, whichever came first). Then
+    GONE requests whose clients leave while queued behind them: Triton runs none of them
+    (its own counts: 2 requests), and the live request is not delayed by them."""
+    import tritonclient.grpc as grpcclient
+
     gw = start_gateway()
     post_sync(gw, "/v1/detect?model=centernet")
-    n0, _ = triton_stats(standin, "centernet")
+    n0 = _idle_stats(standin, "centernet")["inference_count"]
+    client = grpcclient.InferenceServerClient(standin.grpc_url)
+    spec = contract.load("centernet").inputs[0]
+    inp = grpcclient.InferInput(spec.name, [1, *spec.dims], spec.triton_dtype)
+    inp.set_data_from_numpy(np.zeros((1, *spec.dims), spec.dtype))
+    client.is_server_live()                          # the channel is up before the clock starts
+    direct: list = []
+
+    def occupy():
+        try:
+            direct.append(client.infer("centernet", [inp], client_timeout=30))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            direct.append(exc)
 
     async def run():
+        threading.Thread(target=occupy, daemon=True).start()
         live = asyncio.ensure_future(post(gw, "/v1/detect?model=centernet", SMALL))
-        await asyncio.sleep(0.05)           # the live one is executing: the rest queue
+        busy = await eventually(lambda: triton_support.pending(standin, "centernet") == 1, 10)
+        assert busy, "the direct and the live request never showed as one executing, one queued"
         await asyncio.gather(*(_hang_up_after(gw, "/v1/detect?model=centernet", SMALL, 0.1)
                                for _ in range(GONE)))
         return await live
 
-    live = asyncio.run(run())
-    assert live.status == 200 and live.total_s < 2 * SLOW_MS / 1000 + 0.2, live
-    time.sleep(3 * SLOW_MS / 1000)   # what had stayed queued would have run by now
-    n1, _ = triton_stats(standin, "centernet")
-    print(f"\nTriton ran {n1 - n0} requests (1 live, {GONE} whose clients left)")
-    assert n1 - n0 == 1, f"Triton ran {n1 - n0 - 1} requests whose clients had left"
+    try:
+        live = asyncio.run(run())
+        wait_for(lambda: direct, 10, "the direct request answered")
+    finally:
+        client.close()
+    assert not isinstance(direct[0], Exception), direct
+    # behind at most one batch of the direct request, then its own
+    assert live.status == 200 and live.total_s < 2 * SLOW_MS / 1000 + 0.3, live
+    n1 = _idle_stats(standin, "centernet")["inference_count"]
+    print(f"\nTriton ran {n1 - n0} requests (1 direct, 1 live, {GONE} whose clients left)")
+    assert n1 - n0 == 2, f"Triton ran {n1 - n0 - 2} requests whose clients had left"
     assert gw.series("client_disconnects_total")[("/v1/detect", "response")] == GONE
 
 
 # -- the shared-memory slot pool ------------------------------------------------------------
+@pytest.mark.load
 def test_requests_cancelled_at_their_deadline_do_not_drain_the_slot_pool(start_gateway, standin):
+    """4 clients in a closed loop at a 250 ms deadline against the 400 ms stand-in for
+    SLOT_POOL_S: every slot comes back, the pool still serves through shared memory, and
+    Triton runs none of the requests once their deadline passed. That last part is judged
+    after Triton's queue drained (a request whose cancellation did not reach Triton would
+    still run then): the clients send 16 requests/s, the stand-in can run 10/s, so with
+    cancellation Triton runs at most 10/s of the run and about 0.6 of what was sent,
+    without it everything sent."""
     gw = start_gateway(triton_timeout_s=0.25, **shm_settings(standin))
-    n0, _ = triton_stats(standin, "centernet")
+    n0 = _idle_stats(standin, "centernet")["inference_count"]
 
     async def worker(stop_at):
         codes = []
@@ -358,20 +341,24 @@ def test_requests_cancelled_at_their_deadline_do_not_drain_the_slot_pool(start_g
         stop_at = time.monotonic() + SLOT_POOL_S
         return sum(await asyncio.gather(*(worker(stop_at) for _ in range(4))), [])
 
+    t0 = time.monotonic()
     codes = asyncio.run(run())
-    n1, _ = triton_stats(standin, "centernet")
-    print(f"\n{len(codes)} requests at a 250 ms deadline in {SLOT_POOL_S:.0f} s: "
-          f"{ {c: codes.count(c) for c in sorted(set(codes))} }; Triton ran {n1 - n0}; "
-          f"slots {gw.series('shm_slots')}")
+    elapsed = time.monotonic() - t0
+    n1 = _idle_stats(standin, "centernet")["inference_count"]
+    capacity = MAX_BATCH * math.ceil((elapsed + 0.25) / (SLOW_MS / 1000)) + MAX_BATCH
+    print(f"\n{len(codes)} requests at a 250 ms deadline in {elapsed:.0f} s: "
+          f"{ {c: codes.count(c) for c in sorted(set(codes))} }; Triton ran {n1 - n0} "
+          f"(at most {capacity} within the run); slots {gw.series('shm_slots')}")
     # the deadline (504), or Triton's queue timeout, which the fleet sets to the time left
     # when that is shorter (429): either way the request is abandoned or answered early
     gave_up = codes.count(504) + codes.count(429)
     assert gave_up >= 0.95 * len(codes) and codes.count(504) >= len(codes) / 2
     assert len(codes) > 4 * SLOT_POOL_S and set(codes) <= {504, 429, 503, 200}
-    # requests already in a running batch are executed; the ones still queued are not
-    assert n1 - n0 < 0.75 * len(codes), "cancelled requests still ran in Triton"
-    assert wait_for(lambda: gw.series("shm_slots")[("in_use",)] == 0
-                    and gw.series("shm_slots")[("retired",)] == 0, 15), gw.series("shm_slots")
+    # requests already in a running batch are executed; the ones still queued are not,
+    # not even later: everything Triton ran fits in the run itself
+    assert n1 - n0 <= capacity and n1 - n0 < 0.75 * len(codes), "cancelled requests still ran in Triton"
+    wait_for(lambda: gw.series("shm_slots")[("in_use",)] == 0 and gw.series("shm_slots")[("retired",)] == 0,
+             15, f"every slot free again ({gw.series('shm_slots')})")
     assert gauge(gw, "shm_bytes") <= gauge(gw, "shm_bytes_limit")
     # the pool still serves: the next requests go through shared memory
     before = gw.series("triton_input_path_total")
@@ -418,7 +405,7 @@ def test_an_api_key_dependency_protects_every_route_of_a_running_gateway(standin
                             stdout=open(tmp_path / "app.log", "wb"), stderr=subprocess.STDOUT)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
-            assert wait_for(lambda: _up(c), 60), (tmp_path / "app.log").read_text()
+            wait_for(lambda: _up(c), 60, "the app with an API key ready (app.log)")
             for path in ("/v1/faces", "/v1/detect", "/v1/ocr", "/v1/analyze", "/v1/embed/image",
                          "/v1/embed/text"):
                 r = c.post(path, content=SMALL, headers={"content-type": "image/jpeg"})

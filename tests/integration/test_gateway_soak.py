@@ -1,26 +1,30 @@
-"""`make soak` for a minute (`make soak` runs SOAK_S=600): the gateway and a Triton of
-fixed-time stand-ins at 0.7 x C, then no error but in seconds when the hypervisor took >= 10%
-of the VM's CPU (measured, printed; others <= 0.1% of the requests, see perf/soak.py; a
-run mostly under such steal is skipped as not judged), RSS grown under 5%, fds back where they
-started, every shared-memory slot free again."""
+"""`make soak` for SOAK_S (20 s here, 60 s in make test-load; `make soak` runs 600 s): the
+gateway and a Triton of fixed-time stand-ins at 0.7 x C, then no error but in seconds when
+the hypervisor took >= 10% of the VM's CPU (measured, printed; others <= 0.1% of the
+requests, see perf/soak.py; a run mostly under such steal is skipped as not judged), RSS
+grown under 5%, fds back where they started, every shared-memory slot free again. The short
+run still catches what leaks per request (a slot, an fd, a buffer: ~1,100 requests) and a
+gateway that errs under steady load."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from tests.integration.conftest import require_triton
+from tests.support.triton import require_triton
 
 pytestmark = pytest.mark.integration
-SECONDS = float(os.environ.get("VISIONSERVE_SOAK_TEST_S", 60))
+SECONDS = float(os.environ.get("VISIONSERVE_SOAK_TEST_S", 20))
 
 
-def test_a_minute_of_soak_holds(tmp_path):
+@pytest.mark.load
+def test_a_soak_holds(tmp_path):
     pytest.importorskip("httpx")
     require_triton()
     from perf import soak
 
-    result = soak.run(SECONDS, work=tmp_path)
+    # a short warm-up: the pool reaches its working size in a second at 0.7 x C
+    result = soak.run(SECONDS, work=tmp_path, warmup_s=min(soak.WARMUP_S, SECONDS / 4))
     assert result["requests"] >= 0.9 * soak.CAPACITY * 0.7 * SECONDS
     assert result["rss_growth"] < soak.RSS_GROWTH, result
     assert result["end"]["fds"] == result["start"]["fds"], result

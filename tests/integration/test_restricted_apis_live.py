@@ -11,25 +11,17 @@ import pytest
 from perf import analyzer
 from perf import estimate as est
 from perf.errors import RunFailed
-from serving import standins
+import contract
 from serving.tritonserver import GRPC_ADMIN_METADATA
-from tests.integration.conftest import require_triton, running
 
 pytestmark = pytest.mark.integration
-MODEL = "arcface"
+MODEL = "arcface"       # the shared stand-in Triton's: 2 ms per batch, no queue deadline
 
 
 @pytest.fixture(scope="module")
-def hardened(tmp_path_factory):
-    require_triton()
-    root = tmp_path_factory.mktemp("restricted")
-    repo = standins.write_fixed_time_repository(root / "repo", {MODEL: 2})
-    # This checks access, not overload: no queue deadline to trip on a busy shared machine.
-    cfg = standins.contract.load(MODEL, repo).config
-    cfg.dynamic_batching.ClearField("default_queue_policy")
-    (repo / MODEL / "config.pbtxt").write_text(standins.contract.to_text(cfg))
-    with running(repo, root / "triton.log", 120) as server:
-        yield server
+def hardened(standin):
+    """The shared stand-in Triton: hardened like every TritonServer (restricted APIs)."""
+    return standin
 
 
 def _http(server, path, headers=None) -> int:
@@ -73,7 +65,7 @@ def test_perf_analyzer_reads_statistics_with_the_key_only(hardened, protocol, tm
     if problems:
         pytest.skip("perf_analyzer cannot run: " + "; ".join(problems))
     url = hardened.grpc_url if protocol == "grpc" else hardened.http_url
-    load = est.TensorLoad.from_contract(standins.contract.load(MODEL, hardened.repository))
+    load = est.TensorLoad.from_contract(contract.load(MODEL, hardened.repository))
 
     def opts(key):
         return analyzer.Options(model=MODEL, url=url, protocol=protocol, measurement_request_count=10,

@@ -18,7 +18,6 @@ from export.boxes import iou_matrix
 from serving import profiles
 from serving.cpu_machine import CpuSettings
 
-from .triton_calls import infer
 
 pytestmark = pytest.mark.integration
 DETECTOR, PIPELINE, CHOICE = "scrfd_500m", "faces_scrfd_500m", "scrfd_500m"
@@ -61,10 +60,10 @@ def astronaut640(astronaut):
 def test_grpc_detector_and_pipeline_find_the_astronaut(served, astronaut640):
     _real(served)
     frames = np.stack([astronaut640, np.full_like(astronaut640, 127)])
-    det = infer(served, "grpc", DETECTOR, {"images": frames})
+    det = served.infer("grpc", DETECTOR, {"images": frames})
     assert det["num_detections"].reshape(-1).tolist() == [1, 0]
     assert iou_matrix(det["boxes"][0, :1], KNOWN_640)[0, 0] > 0.5 and det["scores"][0, 0] > 0.5
-    out = infer(served, "grpc", PIPELINE, {"images": frames})
+    out = served.infer("grpc", PIPELINE, {"images": frames})
     assert out["num_faces"].reshape(-1).tolist() == [1, 0]
     np.testing.assert_allclose(out["boxes"][0, 0], det["boxes"][0, 0], atol=1e-4)   # its detector's faces
     assert abs(np.linalg.norm(out["embeddings"][0, 0]) - 1.0) < 1e-3 and not out["embeddings"][1].any()

@@ -1,4 +1,6 @@
-"""A fixed-time stand-in served by the real tritonserver: it takes its time and batches."""
+"""A fixed-time stand-in served by the real tritonserver: it takes its time and batches.
+(The shared stand-in Triton's `batching_probe`: yolo's interface, 300 ms per batch of up to
+16, no queue deadline.)"""
 from __future__ import annotations
 
 import time
@@ -7,20 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serving import standins
-from tests.integration.conftest import require_triton, running
+from tests.support import triton as triton_support
 
-BATCH_MS = 300   # long enough that requests arriving meanwhile queue and batch
+pytestmark = pytest.mark.integration
+MODEL = "batching_probe"
+BATCH_MS = triton_support.STANDINS[MODEL][1]["batch_ms"]   # requests arriving meanwhile queue and batch
 
 
 @pytest.fixture(scope="module")
-def stand_in(tmp_path_factory):
-    require_triton()
-    root = tmp_path_factory.mktemp("standin")
-    repo = standins.write_fixed_time_repository(root / "repo", {"yolo": BATCH_MS},
-                                                queue_timeout_us=0)   # no queue deadline: none rejected
-    with running(repo, root / "triton.log", 120) as server:
-        yield server
+def stand_in(standin):
+    return standin
 
 
 def _infer(url: str, n: int = 1):
@@ -30,7 +28,7 @@ def _infer(url: str, n: int = 1):
     inp = grpcclient.InferInput("images", [n, 640, 640, 3], "UINT8")
     inp.set_data_from_numpy(np.zeros((n, 640, 640, 3), np.uint8))
     t0 = time.perf_counter()
-    r = c.infer("yolo", [inp], client_timeout=30)
+    r = c.infer(MODEL, [inp], client_timeout=30)
     return time.perf_counter() - t0, r
 
 
@@ -45,14 +43,8 @@ def test_concurrent_requests_share_one_execution(stand_in):
     """16 concurrent requests on one instance with max_batch_size 16: a handful of
     executions, not 16. Requests that arrive while one batch sleeps queue and leave
     together in the next, however slowly a loaded machine starts the client threads."""
-    import json
-    import urllib.request
-
     def stats():
-        req = urllib.request.Request(f"http://{stand_in.http_url}/v2/models/yolo/stats",
-                                     headers=stand_in.admin_headers)        # statistics are restricted
-        with urllib.request.urlopen(req, timeout=10) as r:
-            s = json.loads(r.read())["model_stats"][0]
+        s = triton_support.stats(stand_in, MODEL)
         return s["inference_count"], s["execution_count"]
 
     before = stats()

@@ -10,8 +10,7 @@ import pytest
 
 import contract
 
-from .conftest import sample_inputs
-from .triton_calls import infer
+from tests.support.triton import sample_inputs
 
 pytestmark = pytest.mark.integration
 MODELS = sorted(contract.load_all())
@@ -23,7 +22,7 @@ def test_infer_matches_the_contract(served, model, protocol):
     served.need(model)
     c = served.contracts[model]
     batch = min(2, c.max_batch_size)
-    out = infer(served, protocol, model, sample_inputs(c, batch))
+    out = served.infer(protocol, model, sample_inputs(c, batch))
     for spec in c.with_variable_dims("opt").outputs:     # sample_inputs sends the range's opt
         arr = out[spec.name]
         assert arr.shape == (batch, *spec.dims), spec.name
@@ -46,7 +45,7 @@ def test_grpc_and_http_give_the_same_answer(served, model):
     served.need(model)
     c = served.contracts[model]
     x = sample_inputs(c, 1, seed=7)
-    a, b = infer(served, "grpc", model, x), infer(served, "http", model, x)
+    a, b = served.infer("grpc", model, x), served.infer("http", model, x)
     for name in a:
         if a[name].dtype == np.object_:
             assert (a[name] == b[name]).all(), name

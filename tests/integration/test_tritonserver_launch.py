@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from serving import standins
+from contract import REPO_ROOT
 from serving.tritonserver import TritonServer, TritonServerError, free_port
-from tests.integration.conftest import require_triton
+from tests.support.polling import wait_for
+from tests.support.triton import require_triton
 
 pytestmark = pytest.mark.integration
 SHM = Path("/dev/shm")
@@ -19,16 +20,9 @@ REGION = "triton_python_backend_shm_region_"
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory):
-    require_triton()
-    root = tmp_path_factory.mktemp("launch")
-    repo = standins.write_fixed_time_repository(root / "repo", {"yolo": 0})
-    server = TritonServer(repo, free_port(), free_port(), free_port())
-    server.start(120)
-    try:
-        yield server
-    finally:
-        server.stop()
+def running(standin):
+    """The shared stand-in Triton: a running server whose ports the tests try to take."""
+    return standin
 
 
 def test_busy_ports_are_refused_before_starting(running):
@@ -53,7 +47,12 @@ def test_readiness_is_confirmed_against_this_server(running):
 
 
 def test_each_instance_logs_to_its_own_file(running):
-    assert running.log_path.name == f"triton-127.0.0.1-{running.grpc_port}.log"
+    """Without a log path, a server's log is named after its host and gRPC port (never
+    shared with another instance); a running server writes its own."""
+    a = TritonServer(running.repository, 1, 2, 3)
+    b = TritonServer(running.repository, 1, 4, 5, host="127.0.0.2")
+    assert a.log_path == REPO_ROOT / "build" / "logs" / "triton-127.0.0.1-2.log"
+    assert b.log_path.name == "triton-127.0.0.2-4.log"
     assert "Started GRPCInferenceService" in running.log_path.read_text(errors="replace")
 
 
@@ -103,10 +102,10 @@ def test_a_failed_start_leaves_no_stub_and_no_shm_region(tmp_path):
     server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "t.log")
 
     def crash():
-        deadline = time.monotonic() + 60
-        while len(_stubs(str(tmp_path))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        os.kill(server.process.pid, signal.SIGKILL)
+        try:
+            wait_for(lambda: len(_stubs(str(tmp_path))) >= 2, 60, "two python-backend stubs up")
+        finally:
+            os.kill(server.process.pid, signal.SIGKILL)
 
     killer = threading.Thread(target=crash)
     server.launch()
@@ -117,7 +116,6 @@ def test_a_failed_start_leaves_no_stub_and_no_shm_region(tmp_path):
     finally:
         killer.join(70)
         server.stop()
-    time.sleep(0.5)
-    assert not _stubs(str(tmp_path)), "python-backend stubs outlived their tritonserver"
+    wait_for(lambda: not _stubs(str(tmp_path)), 5, "python-backend stubs gone with their tritonserver")
     leaked = (_regions() - before) - _mapped_by_anyone()
     assert not leaked, leaked

@@ -8,7 +8,6 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from perf import bench_ocr  # noqa: E402
-from tests.unit.test_export_ppocr import ppocr_exports  # noqa: E402,F401  (session fixture: one export)
 
 
 def test_bench_ocr_reads_rendered_lines_in_each_variant(ppocr_exports, tmp_path, capsys):

@@ -9,7 +9,6 @@ import contract
 from contract.facts import facts
 from serving import cpu_machine, profiles
 from serving.cpu_machine import CpuSettings, CpuSettingsError
-from tests.unit.test_profiles import source  # noqa: F401  (fixture: committed configs + stand-in artifacts)
 
 COMMITTED = contract.load_all()
 NETWORK = sorted(n for n, c in COMMITTED.items() if c.kind == "network")
@@ -144,7 +143,7 @@ def test_cli_flags_reach_the_derived_configs(source, tmp_path):
 def test_gateway_models_listing_shows_the_cpu_runtime(source, tmp_path):
     """GET /v1/models reports what each model (and each pipeline's steps) runs with."""
     from gateway.testing import FakeBackend
-    from tests.unit.test_gateway_app import client
+    from tests.support.fakes import app_client as client
 
     cpu = CpuSettings().resolve(cores=2, bf16=True, have_openvino=True)
     d = profiles.derive("cpu", dest=tmp_path / "cpu", source=source, cpu=cpu)

@@ -17,7 +17,7 @@ from export.engines.preflight import verify_turns
 from export.engines.store import PlanStore
 from tests.conftest import REPO_ROOT
 from tests.unit.test_deploy_docker import _load_script
-from tests.unit.test_engines_fixtures import make_repository, tinyface_onnx
+from tests.support.engines import make_repository, tinyface_onnx
 from tests.unit.test_engines_store import StandInBuilder
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")

@@ -19,7 +19,7 @@ from export.engines.gpu import GpuInfo
 from export.engines.metadata import cc_model_filenames, read_sidecar
 from export.engines.request import BuildOutput
 from tests.conftest import REPO_ROOT
-from tests.unit.test_engines_fixtures import make_repository, tinyface_onnx
+from tests.support.engines import make_repository, tinyface_onnx
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 A10 = GpuInfo("NVIDIA A10", "8.6")

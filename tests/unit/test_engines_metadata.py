@@ -118,7 +118,7 @@ def test_sidecar_roundtrip_and_check_plan(tmp_path):
 
 
 def test_check_model_reads_the_repository(tmp_path):
-    from tests.unit.test_engines_fixtures import make_repository
+    from tests.support.engines import make_repository
 
     repo = make_repository(tmp_path)
     res = check_model("tinyface", repo, H100, trt_version="10.3.0")

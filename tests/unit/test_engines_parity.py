@@ -10,7 +10,7 @@ from export import registry
 from export.engines import parity
 from export.engines.build import engine_models
 from export.engines.errors import ParityError
-from tests.unit.test_engines_fixtures import tinydet_onnx, tinyface_onnx
+from tests.support.engines import tinydet_onnx, tinyface_onnx
 
 FACES = (TensorSpec("faces", np.dtype(np.uint8), "UINT8", (16, 16, 3)),)
 IMAGES = (TensorSpec("images", np.dtype(np.uint8), "UINT8", (16, 16, 3)),)
@@ -110,7 +110,8 @@ def test_detectors_are_compared_on_matched_real_detections(tmp_path_factory):
     import onnxruntime as ort
 
     from export.base import WeightsSearch
-    from tests.conftest import exported_model, shared_weight
+    from tests.conftest import shared_weight
+    from tests.support.exports import exported_model
 
     weights = shared_weight("scrfd_2.5g_kps.onnx").parent
     path, job = exported_model("scrfd", tmp_path_factory, WeightsSearch(dirs=(weights,)))

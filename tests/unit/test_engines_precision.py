@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 
 from export.engines.precision import MARK, fp32_nodes, marked_copy
-from tests.unit.test_engines_fixtures import tinydet_onnx, tinyface_onnx
+from tests.support.engines import tinydet_onnx, tinyface_onnx
 
 
 def test_head_and_tail_stay_fp32_body_does_not():

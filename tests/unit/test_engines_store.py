@@ -24,7 +24,7 @@ from export.engines.metadata import read_sidecar
 from export.engines.request import BuildOutput
 from export.engines.store import PlanStore, ensure_all, gpu_slug, plan_key
 from tests.conftest import REPO_ROOT
-from tests.unit.test_engines_fixtures import make_repository, tinyface_onnx
+from tests.support.engines import make_repository, tinyface_onnx
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 A100 = GpuInfo("NVIDIA A100-SXM4-80GB", "8.0")

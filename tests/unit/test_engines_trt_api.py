@@ -9,13 +9,13 @@ import types
 import onnx
 import pytest
 
-import contract
 from export.engines import trt_api
 from export.engines.errors import UnsupportedTensorRT
 from export.engines.precision import PrecisionPlan, fp32_nodes, marked_copy
 from export.engines.shapes import derive_shapes
 from export.engines.request import BuildRequest
-from tests.unit.test_engines_fixtures import make_repository
+import contract
+from tests.support.engines import make_repository
 
 
 class _Tensor:

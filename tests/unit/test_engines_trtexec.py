@@ -7,13 +7,13 @@ from pathlib import Path
 import onnx
 import pytest
 
-import contract
 from export.engines import trtexec
 from export.engines.errors import BuildFailed
 from export.engines.precision import fp32_nodes
 from export.engines.shapes import derive_shapes
 from export.engines.request import BuildRequest, assert_raw_plan
-from tests.unit.test_engines_fixtures import tinyface_onnx
+import contract
+from tests.support.engines import tinyface_onnx
 
 
 def _req(model, tmp_path, onnx_model=None):

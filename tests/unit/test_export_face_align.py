@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import exported_model
+from tests.support.exports import exported_model
 
 MODEL = "face_align"
 pytest.importorskip("torch", reason="face_align export needs torch (the export extra)")

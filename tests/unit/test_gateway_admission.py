@@ -6,28 +6,22 @@ of a body and disconnects (TestClient cannot), with FakeBackend behind the seam.
 from __future__ import annotations
 
 import asyncio
-import io
 import re
 import threading
 
 import numpy as np
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.testing import FakeBackend, metrics_text
+from tests.support.images import flat_jpeg
+from tests.support.polling import eventually
 
 MiB = 1024 * 1024
 
 
-def jpeg_bytes(w=320, h=240) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((h, w, 3), 100, np.uint8)).save(buf, "JPEG", quality=80)
-    return buf.getvalue()
-
-
-JPEG = jpeg_bytes()
+JPEG = flat_jpeg(320, 240, 100, quality=80)
 
 
 def settings(**kw) -> GatewaySettings:
@@ -99,10 +93,17 @@ async def _lifespan(app):
 
 async def entered(fake: FakeBackend) -> None:
     """Until the fake Triton has a call in hand."""
-    for _ in range(200):
-        if fake.entered.is_set():
-            return
-        await asyncio.sleep(0.01)
+    assert await eventually(fake.entered.is_set, 2), "the fake Triton never got the call"
+
+
+async def consumed(call: "Call") -> None:
+    """Until the app has taken every chunk fed so far (or answered)."""
+    assert await eventually(lambda: call.inbox.empty() or call.status is not None, 2), "the app stopped reading"
+
+
+def in_use(app) -> float:
+    m = re.search(r"^visionserve_gateway_memory_in_use_bytes (\S+)$", metrics_text(app), re.M)
+    return float(m.group(1))
 
 
 def run(coro):
@@ -123,7 +124,7 @@ def hang_up(app, body: bytes, declared: int, fake: FakeBackend | None = None):
         if fake is not None:
             await entered(fake)
         else:
-            await asyncio.sleep(0.05)
+            await consumed(call)
         call.hang_up()
         await asyncio.wait_for(task, 5)
         text = metrics_text(app)
@@ -235,10 +236,11 @@ def test_streamed_body_is_charged_while_it_arrives():
                             for _ in range(2))
         tasks = [holder.run(), streamer.run()]
         holder.feed(b"\xff" * (5 * MiB // 2))   # holds 2.5 MiB, not done yet
-        await asyncio.sleep(0.05)
-        for _ in range(4):                       # 0.5 MiB at a time: the 4th overruns 4 MiB
-            streamer.feed(b"\xff" * (MiB // 2))
-            await asyncio.sleep(0.02)
+        assert await eventually(lambda: in_use(app) == 5 * MiB // 2, 2), in_use(app)
+        for i in range(4):                       # 0.5 MiB at a time: over the budget (less the
+            streamer.feed(b"\xff" * (MiB // 2))   # decoding headroom) before the 4th
+            await consumed(streamer)
+            assert streamer.status == (None if i == 0 else streamer.status), (i, in_use(app))
         assert streamer.status == 503
         holder.feed(b"", more=False)
         await asyncio.wait_for(asyncio.gather(*tasks), 5)

@@ -9,30 +9,21 @@ import time
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from gateway.app import create_app
 from gateway.backend import translate
-from gateway.errors import TritonOverloaded, TritonTimeout, TritonUnavailable
-from gateway.settings import GatewaySettings
+from gateway.errors import (TritonOverloaded, TritonTimeout,
+                            TritonUnavailable)
 from gateway.testing import FakeBackend, metrics_text
+from tests.support.fakes import JPEG, app_client, multipart
+from tests.support.images import noise_jpeg
 
 
 def jpeg_bytes(w=1280, h=720, seed=0) -> bytes:
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 255, (h // 8, w // 8, 3), np.uint8).repeat(8, 0).repeat(8, 1)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG", quality=85)
-    return buf.getvalue()
+    return noise_jpeg(w, h, seed)
 
 
-JPEG = jpeg_bytes()
-
-
-def client(fake=None, **settings) -> TestClient:
-    s = GatewaySettings(**settings)
-    return TestClient(create_app(s, backend=fake or FakeBackend()))
+client = app_client
 
 
 def wait_ready(c, timeout_s=5.0) -> bool:
@@ -135,10 +126,6 @@ def test_models_lists_sizes_and_provenance():
 
 
 # -- batching ------------------------------------------------------------------------
-def multipart(n, data=JPEG):
-    return [("images", (f"{i}.jpg", data, "image/jpeg")) for i in range(n)]
-
-
 def test_n_images_one_batched_call_split_at_max_batch_size():
     fake = FakeBackend()
     with client(fake, max_images=20) as c:

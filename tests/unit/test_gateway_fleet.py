@@ -241,7 +241,7 @@ def test_starts_without_triton_and_becomes_ready_when_one_endpoint_is():
 def test_shared_memory_is_per_endpoint_and_a_retry_elsewhere_uses_the_wire():
     """Two loopback endpoints with their own slot pools: the lease comes from one, the
     call goes to that one first; when it fails, the retry goes to the other over the wire."""
-    from tests.unit.test_gateway_shm import ShmFake
+    from tests.support.fakes import ShmFake
 
     async def go():
         fakes = {a: ShmFake() for a in ADDRS[:2]}

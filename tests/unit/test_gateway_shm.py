@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from gateway import shm
 from gateway.app import create_app
 from gateway.backend import TritonBackend, _lost_region
-from gateway.errors import TritonError, TritonOverloaded, TritonTimeout, TritonUnavailable
+from gateway.errors import TritonOverloaded, TritonTimeout, TritonUnavailable
 from gateway.settings import GatewaySettings
-from gateway.testing import FakeBackend
+from tests.support.fakes import Registry, ShmFake
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(shm.SHM_DIR),
                                 reason=f"{shm.SHM_DIR} is missing: no POSIX shared memory here")
@@ -63,27 +63,6 @@ def test_settings_from_the_environment(monkeypatch):
 
 
 # -- the pool ----------------------------------------------------------------------------
-class Registry:
-    """Stands in for Triton's register/unregister RPCs; `in_use` names are refused
-    unregistration as Triton (>= 2.50) refuses a region a request still reads."""
-
-    def __init__(self, fail=False):
-        self.names, self.unregistered, self.fail = [], [], fail
-        self.in_use: set[str] = set()
-
-    async def register(self, slot):
-        if self.fail:
-            raise TritonUnavailable("refused", retry_after=1)
-        assert os.path.exists(os.path.join(shm.SHM_DIR, slot.name))
-        self.names.append(slot.name)
-
-    async def unregister(self, name):
-        if name in self.in_use:
-            raise TritonError(f"Cannot unregister shared memory region '{name}', it is "
-                              "currently in use.")
-        self.unregistered.append(name)
-
-
 FRAME = 4 * 6 * 3          # bytes of one (4, 6) frame
 
 
@@ -308,30 +287,6 @@ def test_lost_region_is_recognised_by_status_code_then_message():
 
 
 # -- every request path releases its slot -------------------------------------------------
-class ShmFake(FakeBackend):
-    """The fake Triton with a real slot pool, recording whether inputs lay in a slot."""
-
-    def __init__(self, pool_bytes=1 << 26):
-        super().__init__()
-        self.pool = shm.SlotPool(pool_bytes, Registry().register)
-        self.in_slot: list[bool] = []
-
-    @property
-    def shm(self):   # what the fleet looks in for a request's slot
-        return self.pool
-
-    async def enable_shared_memory(self, slots_per_shape, shapes):
-        pass
-
-    async def lease(self, frame_hw, max_batch, n):
-        return await self.pool.lease(frame_hw, max_batch, n)
-
-    async def infer(self, model, inputs, outputs, **kw):
-        self.in_slot += [self.pool.locate(a) is not None for a in inputs.values()
-                         if a.dtype == np.uint8]
-        return await super().infer(model, inputs, outputs, **kw)
-
-
 # shared memory with the (loopback) endpoint, as beside a local Triton
 SHM_ON = {"shared_memory": "on", "triton_admin_key": "key"}
 
@@ -341,7 +296,7 @@ def _client(fake):
 
 
 def test_requests_decode_into_slots_and_always_give_them_back():
-    from tests.unit.test_gateway_app import JPEG, multipart
+    from tests.support.fakes import JPEG, multipart
 
     fake = ShmFake()
     with _client(fake) as c:
@@ -368,7 +323,7 @@ def test_requests_decode_into_slots_and_always_give_them_back():
 
 
 def test_more_images_than_the_max_batch_use_the_wire():
-    from tests.unit.test_gateway_app import multipart
+    from tests.support.fakes import multipart
 
     fake = ShmFake()
     limit = fake.contracts["yolo"].max_batch_size

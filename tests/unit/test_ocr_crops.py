@@ -1,4 +1,4 @@
-"""Line crops for the variable-width recogniser (pipelines/ocr_crops.py) on hand-made frames."""
+"""Line crops for the variable-width recogniser (serving/ocr_crops.py) on hand-made frames."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -10,7 +10,7 @@ import pytest
 import contract
 from pipelines import ocr_crops
 from pipelines import ocr_postprocess as op
-from tests.unit.test_ocr_postprocess import RECOGNISER
+from tests.support.ocr import RECOGNISER
 
 REC = op.OcrSettings.for_recogniser(contract.load("ppocr_rec"))
 EXACT = replace(REC, crop_height=1.0)         # crops exactly the box: geometry checks below

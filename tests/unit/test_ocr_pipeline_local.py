@@ -1,5 +1,5 @@
 """The OCR pipeline end to end without Triton: exported ppocr_det/ppocr_rec in ONNX Runtime
-plus pipelines/ocr_postprocess.py, the same code the `ocr` BLS model runs between its calls."""
+plus serving/ocr_postprocess.py, the same code the `ocr` BLS model runs between its calls."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,6 @@ ort = pytest.importorskip("onnxruntime")
 
 import contract  # noqa: E402
 from pipelines import ocr_postprocess as op  # noqa: E402
-from tests.unit.test_export_ppocr import ppocr_exports  # noqa: E402,F401  (session fixture: one export)
 
 PAGES = [
     [((40, 100), "HELLO WORLD 2026"), ((60, 300), "visionserve reads text")],

@@ -1,4 +1,4 @@
-"""DB boxes, chunk stitching and CTC of pipelines/ocr_postprocess.py on hand-made inputs."""
+"""DB boxes, chunk stitching and CTC of serving/ocr_postprocess.py on hand-made inputs."""
 from __future__ import annotations
 
 import cv2
@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from pipelines import ocr_chunks
+from tests.support.ocr import RECOGNISER
 from pipelines import ocr_postprocess as op
 
 CHARS = np.array(["", "a", "b", "c", " "], dtype="<U1")   # id 0 = blank
 # the box geometry tests below check PaddleOCR's closed-form unclip on undilated maps
 GEOMETRY = op.OcrSettings(dilate=False, unclip_ratio=1.5)
 # a recogniser as ppocr_rec's committed contract has it (test_ocr_crops.py holds the two equal)
-RECOGNISER = dict(rec_height=48, rec_opt_width=320, rec_max_width=2048, rec_stride=8)
 
 
 def _expected_box(x0, y0, x1, y1, ratio=1.5):

@@ -37,12 +37,34 @@ def test_rendered_lines_grow_with_their_text():
 
 @pytest.mark.parametrize("name", sorted(COMMITTED))
 def test_every_model_input_gets_real_data(name):
+    """Shapes and dtypes from the contract, and the data itself: the scene's pixels at the
+    model's size, the captions (as text, or as the tokens that decode back to them), the
+    ArcFace template on the astronaut's face."""
+    import cv2
+
     specs = COMMITTED[name].with_variable_dims("opt").inputs    # face_align: faces per image at the range's opt
     feed = scene.inputs_for(specs, 3)
     for s in specs:
-        assert feed[s.name].shape == (3, *s.dims) and feed[s.name].dtype == s.dtype, s.name
-    if "tokens" in feed:                                    # start token, real words, end token
-        assert (feed["tokens"][:, 0] == 49406).all() and (feed["tokens"] == 49407).sum() == 3
+        x = feed[s.name]
+        assert x.shape == (3, *s.dims) and x.dtype == s.dtype, s.name
+        if s.dtype == np.object_:
+            assert [v.decode() for v in x.reshape(-1)] == list(scene.CAPTIONS[:3]), s.name
+        elif s.dtype == np.uint8:
+            h, w = s.dims[:2]
+            want = cv2.resize(scene.scene(), (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (640, 640) \
+                else scene.scene()
+            assert np.array_equal(x[0], want) and (x == x[:1]).all() and x.std() > 40, s.name
+        elif s.name == "tokens":                            # start, the caption's words, end
+            from open_clip.tokenizer import SimpleTokenizer
+
+            words = SimpleTokenizer().decode([t for t in x[1].tolist() if t not in (0, 49406, 49407)])
+            assert words.strip() == scene.CAPTIONS[1].lower(), words
+            assert (x[:, 0] == 49406).all() and (x == 49407).sum() == 3
+        elif s.name == "landmarks":
+            face = x[0, 0]                                  # slot 0: on the astronaut's face
+            assert np.abs(face.mean(0) - (141.0, 80.0)).max() < 1, face   # the template's centre there
+            assert (face[1, 0] > face[0, 0]) and (face[3:, 1] > face[2, 1]).all()   # eyes, nose, mouth
+            assert ((x >= 0) & (x <= 640)).all()
 
 
 def test_perf_analyzer_json_holds_the_same_bytes(tmp_path):
@@ -59,16 +81,21 @@ def test_perf_analyzer_json_holds_the_same_bytes(tmp_path):
 
 
 def test_the_scene_reaches_face_and_text_recognition(tmp_path_factory):
-    """On the exported models: SCRFD finds the astronaut's face and the OCR pipeline reads the
-    printed lines, so face_align, arcface and ppocr_rec get work."""
+    """On the exported models: the real SCRFD finds the astronaut's face (and nothing on a
+    blank frame, so a detector that fires on anything fails here) and the OCR pipeline
+    reads the printed lines, so face_align, arcface and ppocr_rec get work."""
     import onnxruntime as ort
 
     from export.ppocr import charset_path
-    from tests.conftest import exported_model
+    from tests.support.exports import exported_model, require_real
 
     frame = scene.scene()[None]
+    require_real("scrfd", "only trained SCRFD weights tell a face from the rest of the scene")
     scrfd = ort.InferenceSession(str(exported_model("scrfd", tmp_path_factory)[0]))
-    assert scrfd.run(["num_detections"], {"images": frame})[0][0, 0] >= 1
+    found = scrfd.run(["num_detections", "boxes"], {"images": np.concatenate([frame, np.full_like(frame, 255)])})
+    assert found[0][:, 0].tolist() == [1, 0], found[0]
+    x1, y1, x2, y2 = found[1][0, 0]
+    assert 60 < (x1 + x2) / 2 < 230 and 20 < (y1 + y2) / 2 < 160, found[1][0, 0]   # the top-left tile
     det = ort.InferenceSession(str(exported_model("ppocr_det", tmp_path_factory)[0]))
     rec_path = exported_model("ppocr_rec", tmp_path_factory)[0]
     rec = ort.InferenceSession(str(rec_path))

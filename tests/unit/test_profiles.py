@@ -1,8 +1,6 @@
 """Serving profiles: the committed configs parse, derived ones keep the contract."""
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -114,24 +112,6 @@ def test_unknown_profile_is_a_user_error():
 
 
 # -- building folders from a scratch source repository --------------------------------------
-@pytest.fixture()
-def source(tmp_path) -> Path:
-    """A copy of the committed configs with tiny stand-in artifacts (derive never reads them)."""
-    src = tmp_path / "src"
-    shutil.copytree(contract.MODEL_REPOSITORY, src, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data",
-                                                                                   "export.json", "__pycache__"))
-    for name, c in contract.load_all(src).items():
-        v = c.version_dir()
-        v.mkdir(exist_ok=True)
-        if c.kind == "network":
-            (v / "model.onnx").write_bytes(b"onnx")
-            (v / "export.json").write_text(json.dumps({"provenance": f"weights of {name}"}))
-        elif c.kind == "python":
-            (v / "model.py").write_text("# model\n")
-    (src / "ocr" / "1" / "charset.txt").write_text("a\nb\n")
-    return src
-
-
 @pytest.mark.parametrize("profile", profiles.PROFILES)
 def test_derive_builds_a_complete_repository(source, tmp_path, profile):
     d = profiles.derive(profile, dest=tmp_path / profile, source=source)

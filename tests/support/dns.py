@@ -14,6 +14,7 @@ class DnsStub:
 
         stub = self
         self.records: dict[str, list[str]] = {}
+        self.failing = False                    # answer SERVFAIL to everything (a DNS outage)
         self.lock = threading.Lock()
         self.queries = 0
 
@@ -24,7 +25,10 @@ class DnsStub:
                 with stub.lock:
                     stub.queries += 1
                     ips = stub.records.get(name)
-                if ips is None:
+                    failing = stub.failing
+                if failing:
+                    reply.header.rcode = RCODE.SERVFAIL
+                elif ips is None:
                     reply.header.rcode = RCODE.NXDOMAIN
                 elif request.q.qtype == QTYPE.A:
                     for ip in ips:
@@ -39,6 +43,15 @@ class DnsStub:
     def set(self, name: str, ips: list[str]) -> None:
         with self.lock:
             self.records[name] = list(ips)
+
+    def remove(self, name: str) -> None:
+        """The name no longer exists (NXDOMAIN): a headless Service with no ready pod."""
+        with self.lock:
+            self.records.pop(name, None)
+
+    def fail(self, failing: bool = True) -> None:
+        with self.lock:
+            self.failing = failing
 
     def target(self, name: str, port: int) -> str:
         """The gateway's triton_grpc for `name:port` asked of this server."""
