@@ -4,8 +4,10 @@ llhttp (httptools) sets no limit on the request line and headers, and httptools 
 header that arrives in pieces by concatenating bytes: one client sending a 30 MB header
 held that memory and kept the event loop copying it. Here the bytes received while a
 request's head is incomplete are counted; past `max_head_bytes` (plus at most one read
-from the socket) the client gets 431 `header_too_large` and the connection is closed,
-before any of it reaches the app.
+from the socket) the client gets 431 `header_too_large`, before any of it reaches the
+app. The connection then lingers: our side is shut for writing and what the client still
+sends is read and dropped until it closes, at most LINGER_S (closing on unread data
+would send a reset that can destroy the 431 before the client reads it).
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import HeaderTooLarge
+
+LINGER_S = 2.0
 
 
 def bounded_httptools(max_head_bytes: int) -> type:
@@ -29,6 +33,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head = 0          # bytes received while the current head is incomplete
         self._in_head = True
         self._refused = False
+        self._linger = None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -48,6 +53,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head = True
 
+    def connection_lost(self, exc) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+        super().connection_lost(exc)
+
     def _refuse(self) -> None:
         self._refused = True
         err = HeaderTooLarge(f"the request line and headers are over {self.max_head_bytes} bytes")
@@ -56,4 +66,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
             b"content-type: application/json\r\nconnection: close\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._linger = self.loop.call_later(LINGER_S, self.transport.close)

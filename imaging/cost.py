@@ -12,7 +12,9 @@ Measured on libjpeg-turbo (simplejpeg) and OpenCV's libpng, peak RSS over the de
 * PNG: OpenCV decodes every kind (16-bit, palette, alpha, grey, interlaced) to 8-bit
   BGR and the Python binding copies it once: 6 bytes per pixel; plus the copy of the
   encoded bytes without their ancillary chunks (imaging.png.critical).
-* Either: the decoders' row buffers (a few rows of the full width) and fixed state.
+* Either: the decoders' row buffers (a few rows of the full width) and fixed state,
+  and when the decoded image is shrunk by INTER_AREA (imaging.decode: 2x or more),
+  OpenCV's buffers (at most the drawn size in 32-bit floats).
 """
 from __future__ import annotations
 
@@ -64,14 +66,20 @@ def coefficient_bytes(header: ImageHeader) -> int:
 
 def decode_cost(header: ImageHeader, box: Letterbox, encoded_bytes: int = 0) -> int:
     """Bytes one decode into `box` holds at its peak (beyond the frame it writes)."""
+    def area(decoded_w: int) -> int:
+        return 12 * box.new_w * box.new_h if decoded_w >= 2 * box.new_w else 0
+
     if header.kind == "png":
         px = header.width * header.height
         rows = ROW_BYTES * header.width * header.channels * max(1, header.bit_depth // 8)
-        return 6 * px + encoded_bytes + rows + FIXED_BYTES
+        return 6 * px + encoded_bytes + rows + area(header.width) + FIXED_BYTES
     sw, sh = jpeg_scaled_size(header.width, header.height, *stored_target(header, box))
     out = sw * sh
     comps = len(header.sampling)
-    cost = 0 if writes_in_place(header, box) else 3 * out
+    if writes_in_place(header, box):
+        cost = 0
+    else:
+        cost = 3 * out + area(sh if header.transposed else sw)
     if header.orientation != 1:
         cost += 3 * out
     if comps == 4:
