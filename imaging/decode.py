@@ -21,6 +21,8 @@ from .header import ImageHeader
 
 MAX_SCANS = 64
 cv2.setNumThreads(1)  # decode threads are the parallelism; cv2's own pool would oversubscribe
+# a corrupt client image is the client's error (raised as CorruptImage), not a log line
+cv2.setLogLevel(2)   # LOG_LEVEL_ERROR
 
 
 def _check_jpeg(data, header: ImageHeader) -> None:
