@@ -91,8 +91,9 @@ def decode_headroom(settings: GatewaySettings) -> int:
         dims = contract.load(name, settings.contract_repository).inputs[0].dims
         if len(dims) == 3 and dims[2] == 3:
             fh, fw = dims[0], dims[1]
-            header = imaging.ImageHeader("jpeg", 2 * fw - 1, 2 * fh - 1)
-            cost = imaging.decode_cost(header, imaging.plan_letterbox(2 * fw - 1, 2 * fh - 1, fw, fh))
+            header = imaging.ImageHeader("jpeg", 2 * fw - 2, 2 * fh - 2)
+            box = imaging.plan_letterbox(2 * fw - 2, 2 * fh - 2, fw, fh)
+            cost = imaging.decode_cost(header, box)
             worst = max(worst, decoding_bytes([cost] * settings.max_images, (fh, fw),
                                               settings.decode_threads, True))
     return min(worst, settings.memory_budget_bytes // 4)

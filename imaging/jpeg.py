@@ -28,7 +28,8 @@ _SOS = re.compile(rb"\xff\xda")
 # SOFn markers: 0xC0-0xCF except DHT (C4), JPG (C8), DAC (CC)
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _PROGRESSIVE = frozenset({0xC2, 0xCA})
-_DECODED = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})   # baseline/extended/progressive, Huffman or arithmetic
+# baseline, extended and progressive, Huffman or arithmetic coded
+_DECODED = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})   # TEM, RSTn: no length field
 
 

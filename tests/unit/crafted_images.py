@@ -93,7 +93,8 @@ def sof(width: int, height: int, sampling=((2, 2), (1, 1), (1, 1)), precision: i
 
 
 def sos(components: int) -> bytes:
-    return bytes([components]) + b"".join(bytes([i + 1, 0]) for i in range(components)) + b"\x00\x3f\x00"
+    comps = b"".join(bytes([i + 1, 0]) for i in range(components))
+    return bytes([components]) + comps + b"\x00\x3f\x00"
 
 
 def png_adam7(img: np.ndarray) -> bytes:
