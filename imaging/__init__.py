@@ -11,11 +11,12 @@ bounded before it starts:
 * `decode_into` (decode + letterbox into a frame slot) or `decode` (RGB, oriented);
 * `to_original`: model-frame points back to original pixels, for a whole batch.
 
-A per-item caller (a Triton python-backend step) runs read_header -> decode_into for
-each item and turns an ImagingError into that item's error, leaving the others.
+A per-item caller (a Triton python-backend step) calls `letterbox(data, w, h, ...)`
+(read_header -> plan_letterbox -> decode_into) for each item and turns an ImagingError
+into that item's error (InvalidArgument), leaving the others.
 """
 from .cost import decode_cost, jpeg_scaled_size
-from .decode import MAX_SCANS, decode, decode_into
+from .decode import MAX_SCANS, decode, decode_into, letterbox
 from .errors import (CorruptImage, ImageTooComplex, ImageTooLarge, ImagingError,
                      UnsupportedImage)
 from .geometry import Letterbox, plan_letterbox, to_original
@@ -24,6 +25,6 @@ from .header import JPEG_MAGIC, PNG_MAGIC, ImageHeader, read_header, sniff
 __all__ = [
     "CorruptImage", "ImageHeader", "ImageTooComplex", "ImageTooLarge", "ImagingError",
     "JPEG_MAGIC", "Letterbox", "MAX_SCANS", "PNG_MAGIC", "UnsupportedImage", "decode",
-    "decode_cost", "decode_into", "jpeg_scaled_size", "plan_letterbox", "read_header",
+    "decode_cost", "decode_into", "jpeg_scaled_size", "letterbox", "plan_letterbox", "read_header",
     "sniff", "to_original",
 ]

@@ -16,8 +16,8 @@ import simplejpeg
 from . import jpeg, png
 from .cost import stored_target, writes_in_place
 from .errors import CorruptImage, ImageTooComplex
-from .geometry import Letterbox
-from .header import ImageHeader
+from .geometry import Letterbox, plan_letterbox
+from .header import ImageHeader, read_header
 
 MAX_SCANS = 64
 cv2.setNumThreads(1)  # decode threads are the parallelism; cv2's own pool would oversubscribe
@@ -113,3 +113,16 @@ def _fit(img: np.ndarray, target: np.ndarray, box: Letterbox) -> None:
     # reach here large); LINEAR is several times cheaper and exact enough below 2x.
     interp = cv2.INTER_AREA if img.shape[1] >= 2 * box.new_w else cv2.INTER_LINEAR
     cv2.resize(img, (box.new_w, box.new_h), dst=target, interpolation=interp)
+
+
+def letterbox(data, frame_w: int, frame_h: int, *, max_pixels: int, max_side: int,
+              pad_value: int = 0, out: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
+    """One image, start to end, for a per-item caller (a Triton decode step): header
+    and limits, then decoded and letterboxed into `out` (a fresh frame when None).
+    Returns the frame and where the image sits in it; raises only ImagingError."""
+    header = read_header(data, max_pixels=max_pixels, max_side=max_side)
+    box = plan_letterbox(*header.size, frame_w, frame_h)
+    if out is None:
+        out = np.empty((frame_h, frame_w, 3), np.uint8)
+    decode_into(data, header, box, out, pad_value)
+    return out, box

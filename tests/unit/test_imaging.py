@@ -162,3 +162,19 @@ def test_inverse_mapping_is_the_exact_inverse_and_clips():
     lm = np.array([[[[1, 2], [3, 4]]], [[[2, 2], [4, 4]]]], np.float32)   # [B, K, P, 2]
     assert codec.to_original(lm, scale, size).tolist() == [[[[2, 4], [6, 8]]],
                                                           [[[1, 2], [2, 4]]]]
+
+
+def test_per_item_letterbox_gives_a_frame_or_the_codecs_error(astronaut):
+    """What a Triton decode step calls per batch item: a frame and its letterbox, or an
+    ImagingError for that item alone."""
+    items = [jpeg(astronaut), b"not an image", png(astronaut)[:100],
+             with_orientation(astronaut[:200], 6)]
+    results = []
+    for data in items:
+        try:
+            frame, box = codec.letterbox(data, 64, 64, **LIMITS)
+            results.append((frame.shape, box.new_w, box.new_h))
+        except codec.ImagingError as exc:
+            results.append(type(exc).__name__)
+    assert results == [((64, 64, 3), 64, 64), "UnsupportedImage", "CorruptImage",
+                       ((64, 64, 3), 25, 64)]
