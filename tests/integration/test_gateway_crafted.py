@@ -2,7 +2,7 @@
 (issue 20, codec part): each test is a defect of the gateway before imaging/ existed
 (run it against another checkout's gateway with VISIONSERVE_TEST_GATEWAY_ROOT).
 
-- a PNG of compressed text chunks: answered in seconds, RSS under budget + 200 MB;
+- a PNG of compressed text chunks: milliseconds of decoding, RSS under budget + 200 MB;
 - a 30 MB JPEG of fill bytes and a 30 MB multipart body of tiny parts: /healthz keeps
   answering within 0.5 s while each is handled, and each is a 4xx;
 - a multipart boundary over the parser's bound: 400, not 500;
@@ -53,8 +53,11 @@ def counter(gw: Gateway, name: str) -> float:
 
 
 def test_a_png_of_compressed_text_chunks_is_answered_fast_within_the_budget(gateway):
+    """Four 0.77 MB PNGs of 100 zTXt chunks each (7.9 MB of zeros apiece): libpng spent
+    ~1.9 s of a decode thread inflating each; the codec hands it none of the chunks."""
     bomb = crafted.png_text_bomb()
     assert len(bomb) < MiB
+    decoding = counter(gateway, "decode_duration_seconds_sum")
 
     async def run():
         with openloop.Sampler(gateway.pid) as sampler:
@@ -63,13 +66,15 @@ def test_a_png_of_compressed_text_chunks_is_answered_fast_within_the_budget(gate
             return recs, time.perf_counter() - t0, sampler.peak_rss
 
     recs, seconds, peak = asyncio.run(run())
+    decoding = counter(gateway, "decode_duration_seconds_sum") - decoding
     print(f"\n4 x {len(bomb) / 1e6:.2f} MB PNG of 100 zTXt chunks: "
-          f"{[r.status for r in recs]} in {seconds:.1f} s; peak RSS {peak / MiB:.0f} MiB")
+          f"{[r.status for r in recs]} in {seconds:.1f} s, {decoding:.2f} s of decoding; "
+          f"peak RSS {peak / MiB:.0f} MiB")
     assert all(r.status is not None and 200 <= r.status < 500 for r in recs), \
         [(r.status, r.error) for r in recs]
     assert peak <= BUDGET + 200 * MiB
-    # the text chunks never reach libpng: four 64x64 decodes, not minutes of inflating
-    assert seconds < 10, f"took {seconds:.1f} s"
+    # the text chunks never reach libpng: four 64x64 decodes, not seconds of inflating
+    assert decoding < 1.0, f"{decoding:.1f} s of decode threads for four 64x64 PNGs"
 
 
 async def _healthz_while(gw: Gateway, send) -> tuple[object, float, int]:
