@@ -250,6 +250,8 @@ async def settle(futures, timeout_s: float, late) -> None:
     failure, at the deadline (`late()` is raised) or when the request is cancelled, the
     decodes not started are cancelled and the running ones awaited BEFORE raising, so
     no decode writes into a frame (or holds memory) after the request has answered."""
+    if not futures:
+        return
     waiters = [asyncio.wrap_future(f) for f in futures]
     try:
         done, pending = await asyncio.wait(waiters, timeout=timeout_s,
