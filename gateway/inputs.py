@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 from concurrent.futures import Executor
 
 import orjson
@@ -29,6 +30,9 @@ from .admission import Reservation
 from .errors import (EmptyBody, InvalidPayload, InvalidText, PayloadTooLarge, TooManyImages,
                      UnsupportedMediaType)
 
+# python-multipart logs a warning per malformed body: a client's mistake, answered 400,
+# never a log line an anonymous client can flood
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 RAW_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/octet-stream", "")
 # Bodies up to this size are parsed inline: a thread hop costs more than parsing them.
 INLINE_BYTES = 64 * 1024
