@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import create_app
     from .metrics import MetricsServer
+    from .protocol import bounded_httptools
     from .settings import GatewaySettings
 
     overrides = {k: v for k, v in (("triton_grpc", args.triton_grpc), ("host", args.host),
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = (MetricsServer(app.state.metrics, settings.host, settings.metrics_port)
                if settings.metrics_port else None)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            loop="uvloop", http="httptools", log_level=args.log_level,
+                            loop="uvloop", http=bounded_httptools(settings.max_header_bytes),
+                            log_level=args.log_level,
                             access_log=False, lifespan="on", timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     # everything imported so far lives as long as the process: out of the collector's

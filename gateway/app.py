@@ -20,15 +20,17 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import imaging
+
 from .admission import Admission, MemoryBudget
 from .backend import Backend
 from .catalog import route_table
-from .errors import GatewayError
+from .errors import GatewayError, from_imaging
 from .fleet import Fleet
 from .metrics import Metrics
 from .responses import JSON
 from .routes import probes, routers
-from .service import Service
+from .service import Service, decoding_bytes
 from .settings import GatewaySettings
 
 log = logging.getLogger("visionserve.gateway")
@@ -82,18 +84,23 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
 
 
 def decode_headroom(settings: GatewaySettings) -> int:
-    """The budget bodies leave free for decoding: one request's worst case (max_images
-    frames of the largest route model's frame in the contract, twice: the gRPC request
-    copies them, plus the decode scratch of decode_threads images), at most a quarter of
-    the budget."""
+    """The budget bodies leave free for decoding: what decoding one request of
+    `max_images` images holds (service.decoding_bytes over imaging.decode_cost, the
+    formula requests are charged by) for the largest route model frame in the contract,
+    each image the costliest JPEG not reduced in the DCT domain (just under twice the
+    frame per side); at most a quarter of the budget."""
     import contract
 
-    largest = 0
+    worst = 0
     for name in route_table(settings.contract_repository).models:
         dims = contract.load(name, settings.contract_repository).inputs[0].dims
         if len(dims) == 3 and dims[2] == 3:
-            largest = max(largest, dims[0] * dims[1] * 3)
-    worst = 2 * settings.max_images * largest + 4 * settings.decode_threads * largest
+            fh, fw = dims[0], dims[1]
+            header = imaging.ImageHeader("jpeg", 2 * fw - 2, 2 * fh - 2)
+            box = imaging.plan_letterbox(2 * fw - 2, 2 * fh - 2, fw, fh)
+            cost = imaging.decode_cost(header, box)
+            worst = max(worst, decoding_bytes([cost] * settings.max_images, (fh, fw),
+                                              settings.decode_threads, True))
     return min(worst, settings.memory_budget_bytes // 4)
 
 
@@ -114,6 +121,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(_, exc: GatewayError):
         return JSON(exc.body(), status_code=exc.status, headers=exc.headers())
+
+    @app.exception_handler(imaging.ImagingError)
+    async def bad_image(_, exc: imaging.ImagingError):
+        err = from_imaging(exc)
+        return JSON(err.body(), status_code=err.status, headers=err.headers())
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, exc: RequestValidationError):

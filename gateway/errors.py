@@ -9,6 +9,8 @@ Anything else is a bug and answers 500 `internal_error`. Every error body is
 """
 from __future__ import annotations
 
+import imaging
+
 
 class GatewayError(Exception):
     status: int = 500
@@ -62,6 +64,15 @@ class TooManyImages(ClientError):
     status, code = 413, "too_many_images"
 
 
+class ImageTooComplex(ClientError):
+    status, code = 422, "image_too_complex"
+
+
+class HeaderTooLarge(ClientError):
+    """The request line and headers over `max_header_bytes` (answered by the protocol)."""
+    status, code = 431, "header_too_large"
+
+
 class InvalidText(ClientError):
     status, code = 422, "invalid_text"
 
@@ -105,3 +116,15 @@ class TritonError(UpstreamError):
 
 class ContractMismatch(RuntimeError):
     """Triton serves a model whose tensors differ from config.pbtxt: refuse to start."""
+
+
+# The codec's errors as the gateway answers them: the one place they are mapped.
+_IMAGING = ((imaging.UnsupportedImage, UnsupportedMediaType), (imaging.CorruptImage, InvalidImage),
+            (imaging.ImageTooLarge, ImageTooLarge), (imaging.ImageTooComplex, ImageTooComplex))
+
+
+def from_imaging(exc: imaging.ImagingError) -> ClientError:
+    for codec_error, ours in _IMAGING:
+        if isinstance(exc, codec_error):
+            return ours(str(exc))
+    return InvalidImage(str(exc))

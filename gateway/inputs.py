@@ -9,18 +9,20 @@ The body is read into one buffer (sized from Content-Length up front; the admiss
 middleware has charged the memory budget for it and enforces the size while it
 streams). Multipart parts are slices of that buffer, never copies and never spooled to
 a temporary file (Starlette's parser writes parts over 1 MiB to one: /tmp is a small
-emptyDir in the deployments). JSON bodies over `INLINE_BYTES` are parsed and their
-base64 decoded in the bounded pool, off the event loop.
+emptyDir in the deployments). Multipart and JSON bodies over `INLINE_BYTES` are parsed
+(and JSON's base64 decoded) in the bounded pool, off the event loop; the multipart
+parser stops at the first part, header or boundary over its bounds (below).
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
+import logging
 from concurrent.futures import Executor
 
 import orjson
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
 
@@ -28,10 +30,18 @@ from .admission import Reservation
 from .errors import (EmptyBody, InvalidPayload, InvalidText, PayloadTooLarge, TooManyImages,
                      UnsupportedMediaType)
 
+# python-multipart logs a warning per malformed body: a client's mistake, answered 400,
+# never a log line an anonymous client can flood
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 RAW_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/octet-stream", "")
 # Bodies up to this size are parsed inline: a thread hop costs more than parsing them.
 INLINE_BYTES = 64 * 1024
+# Multipart bounds: headers per part, bytes per part header line, parts that are not
+# files (ignored, but each costs parser work), and the boundary (RFC 2046: at most 70).
 MAX_PART_HEADERS = 16
+MAX_PART_HEADER_BYTES = 4096
+MAX_FIELD_PARTS = 16
+MAX_BOUNDARY = 70
 
 
 async def read_body(request: Request, limit: int) -> bytearray:
@@ -74,7 +84,8 @@ async def read_images(request: Request, *, max_bytes: int, max_images: int,
     if not body:
         raise EmptyBody("the request body is empty; send a JPEG or PNG image")
     if media == "multipart/form-data":
-        images = parse_multipart(body, request.headers.get("content-type", ""), max_images)
+        images = await off_loop(pool, len(body), parse_multipart, body,
+                                request.headers.get("content-type", ""), max_images)
     elif media == "application/json":
         # the parsed strings and the decoded images are held beside the body
         reservation.charge(2 * len(body), "its parsed JSON and decoded base64")
@@ -99,17 +110,25 @@ async def off_loop(pool: Executor, size: int, fn, *args):
 
 def parse_multipart(body: bytearray | bytes, content_type: str, max_images: int) -> list:
     """File parts of a multipart/form-data body, in order, as memoryviews of `body`.
-    Parts without a filename (plain fields) are ignored."""
+    Parts without a filename (plain fields) are ignored, at most MAX_FIELD_PARTS of
+    them: the parser stops at the first part over max_images + MAX_FIELD_PARTS."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
         raise InvalidPayload("malformed multipart body: no boundary in the content type")
+    if len(boundary) > MAX_BOUNDARY:
+        raise InvalidPayload(f"malformed multipart body: a boundary of {len(boundary)} "
+                             f"characters (at most {MAX_BOUNDARY})")
     view = memoryview(body)
     parts: list = []
-    state = {"headers": 0, "field": b"", "value": b"", "file": False, "pieces": []}
+    state = {"field": b"", "value": b"", "file": False, "pieces": [], "parts": 0}
+    most = max_images + MAX_FIELD_PARTS
 
     def on_part_begin():
-        state.update(headers=0, field=b"", value=b"", file=False, pieces=[])
+        state["parts"] += 1
+        if state["parts"] > most:
+            raise InvalidPayload(f"malformed multipart body: over {most} parts")
+        state.update(field=b"", value=b"", file=False, pieces=[])
 
     def on_header_field(data, start, end):
         state["field"] += data[start:end]
@@ -118,9 +137,6 @@ def parse_multipart(body: bytearray | bytes, content_type: str, max_images: int)
         state["value"] += data[start:end]
 
     def on_header_end():
-        state["headers"] += 1
-        if state["headers"] > MAX_PART_HEADERS:
-            raise InvalidPayload(f"malformed multipart body: over {MAX_PART_HEADERS} headers in a part")
         if state["field"].strip().lower() == b"content-disposition":
             state["file"] = b"filename" in parse_options_header(state["value"].decode("latin-1"))[1]
         state["field"] = state["value"] = b""
@@ -136,14 +152,15 @@ def parse_multipart(body: bytearray | bytes, content_type: str, max_images: int)
             raise TooManyImages(f"more than {max_images} images in one request")
         parts.append(_join(state["pieces"], body, view))
 
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
-        "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_part_data": on_part_data, "on_part_end": on_part_end})
     try:
+        parser = MultipartParser(boundary, {
+            "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+            "on_header_value": on_header_value, "on_header_end": on_header_end,
+            "on_part_data": on_part_data, "on_part_end": on_part_end},
+            max_header_count=MAX_PART_HEADERS, max_header_size=MAX_PART_HEADER_BYTES)
         parser.write(body)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         raise InvalidPayload(f"malformed multipart body: {exc}") from exc
     if parser.state != MultipartState.END:
         raise InvalidPayload("malformed multipart body: it ends before the closing boundary")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import codec
+import imaging
+
 from .labels import COCO_LABELS
 
 _LABELS = np.array(COCO_LABELS + ("unknown",), dtype=object)
@@ -41,7 +42,7 @@ class _Kept:
         """Kept rows of interleaved x,y model coordinates, in original pixels, rounded."""
         if not self.scale.size:
             return []
-        return _r(codec.to_original(a[self.mask], self.scale, self.size))
+        return _r(imaging.to_original(a[self.mask], self.scale, self.size))
 
     def split(self, items: list) -> list[list]:
         out, start = [], 0

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import codec
+import imaging
+
 from .admission import Reservation
 from .backend import Backend
 from .capacity import ModelCapacity
 from .catalog import Catalog, ModelInfo
 from .errors import GatewayOverloaded, TritonTimeout, TritonUnavailable, UpstreamError
+from .inputs import off_loop
 from .metrics import Metrics
 from .responses import JSON, dumps, rendered
 from .settings import GatewaySettings
@@ -107,36 +109,38 @@ class Service:
 
     async def frames(self, images: list, frame_hw: tuple[int, int], max_batch: int = 0,
                      reservation: Reservation | None = None) -> Frames:
-        """Headers first (limits judged before any pixel is decoded), then the memory for
-        the frames charged to the request, then all images decoded in parallel in the
-        pool, each straight into its batch slot: a shared-memory slot when the backend
-        offers one (the pixels are then never copied), else a fresh array. A leased
-        Frames must be released: use `infer_frames`."""
+        """Headers first (limits judged before any pixel is decoded; off the event loop
+        for big bodies), then what decoding will hold charged to the request
+        (imaging.decode_cost), then all images decoded in parallel in the pool, each
+        straight into its batch slot: a shared-memory slot when the backend offers one
+        (the pixels are then never copied), else a fresh array. A leased Frames must be
+        released: use `infer_frames`."""
         s = self.settings
-        headers = [codec.read_header(d, max_pixels=s.max_image_pixels, max_side=s.max_image_side)
-                   for d in images]
         fh, fw = frame_hw
-        boxes = [codec.plan_letterbox(*h.size, fw, fh) for h in headers]
+        headers, boxes, costs = await off_loop(
+            self.pool, sum(len(d) for d in images), inspect, images, frame_hw,
+            s.max_image_pixels, s.max_image_side)
         lease_fn = getattr(self.backend, "lease", None)
         lease = (await lease_fn(frame_hw, max_batch, len(images))
                  if lease_fn is not None and max_batch else None)
-        if reservation is not None:
-            try:
-                await reservation.charge_decoding(
-                    decoding_bytes(headers, boxes, frame_hw, s.decode_threads, lease is None),
-                    f"{len(images)} decoded frames", s.triton_timeout_s)
-            except BaseException:
-                if lease is not None:
-                    lease.release()
-                raise
-        pixels = lease.array if lease is not None else np.empty((len(images), fh, fw, 3), np.uint8)
-        futures = [self.pool.submit(self._decode_one, d, h, b, pixels[i])
-                   for i, (d, h, b) in enumerate(zip(images, headers, boxes))]
         try:
-            await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            if reservation is not None:
+                await reservation.charge_decoding(
+                    decoding_bytes(costs, frame_hw, s.decode_threads, lease is None),
+                    f"{len(images)} decoded frames", s.triton_timeout_s)
+            pixels = (lease.array if lease is not None
+                      else np.empty((len(images), fh, fw, 3), np.uint8))
+            futures = [self.pool.submit(self._decode_one, d, h, b, pixels[i])
+                       for i, (d, h, b) in enumerate(zip(images, headers, boxes))]
         except BaseException:
-            # a bad image or a cancelled request: decode threads may still be writing
-            # into the slot, so it goes back only once every one of them has stopped
+            if lease is not None:
+                lease.release()
+            raise
+        try:
+            await settle(futures, s.decode_timeout_s, self._late)
+        except BaseException:
+            # a bad image, the deadline or a cancelled request: the slot goes back once
+            # every decode thread has stopped writing into it (settle awaited them)
             if lease is not None:
                 _release_when_done(futures, lease)
             raise
@@ -144,9 +148,15 @@ class Service:
         size = np.array([(b.width, b.height) for b in boxes], np.float64)
         return Frames(pixels, scale, size, lease)
 
+    def _late(self) -> GatewayOverloaded:
+        self.metrics.shed.labels("decode_deadline").inc()
+        return GatewayOverloaded(
+            f"the request's images were not decoded within {self.settings.decode_timeout_s:g} s "
+            "(the decoders are busy); retry later", retry_after=self.settings.retry_after_s)
+
     def _decode_one(self, data, header, box, out) -> None:
         t0 = time.perf_counter()
-        codec.decode_into(data, header, box, out, self.settings.pad_value)
+        imaging.decode_into(data, header, box, out, self.settings.pad_value)
         self.metrics.decode.observe(time.perf_counter() - t0)
         self.metrics.images.labels(header.kind).inc()
 
@@ -216,22 +226,72 @@ class Service:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def decoding_bytes(headers, boxes, frame_hw, threads: int, on_heap: bool) -> int:
-    """What decoding a request holds: its frames when they are not in a shared-memory
-    slot (twice: the gRPC request joins a copy of them), and the decode intermediates
-    of at most `threads` images at once: a JPEG decodes at its DCT-scaled size, under
-    twice the drawn size per side; a PNG at full size, then converted to RGB (two
-    copies); a rotated image is copied once more."""
+def inspect(images: list, frame_hw: tuple[int, int], max_pixels: int, max_side: int):
+    """Per image its header, its letterbox in the frame and what decoding it will hold
+    (imaging.decode_cost: the one formula both charged and refused by)."""
     fh, fw = frame_hw
-    frames = 2 * len(headers) * fh * fw * 3 if on_heap else 0
-    sizes = []
-    for h, b in zip(headers, boxes):
-        if h.kind == "jpeg":
-            px = min(h.width * h.height, 4 * b.new_w * b.new_h)
-            sizes.append(px * 3 * (2 if h.orientation != 1 else 1))
-        else:
-            sizes.append(h.width * h.height * 3 * 2)
-    return frames + sum(sorted(sizes, reverse=True)[:threads])
+    headers = [imaging.read_header(d, max_pixels=max_pixels, max_side=max_side) for d in images]
+    boxes = [imaging.plan_letterbox(*h.size, fw, fh) for h in headers]
+    costs = [imaging.decode_cost(h, b, len(d)) for d, h, b in zip(images, headers, boxes)]
+    return headers, boxes, costs
+
+
+def decoding_bytes(costs: list[int], frame_hw, threads: int, on_heap: bool) -> int:
+    """What decoding a request holds: its frames when they are not in a shared-memory
+    slot (twice: the gRPC request joins a copy of them), and what the decodes of at most
+    `threads` images at once hold (the largest ones)."""
+    fh, fw = frame_hw
+    frames = 2 * len(costs) * fh * fw * 3 if on_heap else 0
+    return frames + sum(sorted(costs, reverse=True)[:threads])
+
+
+async def settle(futures, timeout_s: float, late) -> None:
+    """Every decode of a request done, or none of them left running: on the first
+    failure, at the deadline (`late()` is raised) or when the request is cancelled, the
+    decodes not started are cancelled and the running ones awaited BEFORE raising, so
+    no decode writes into a frame (or holds memory) after the request has answered."""
+    if not futures:
+        return
+    waiters = [asyncio.wrap_future(f) for f in futures]
+    try:
+        done, pending = await asyncio.wait(waiters, timeout=timeout_s,
+                                           return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        await _stop(futures, waiters)
+        raise
+    if not pending:
+        for w in waiters:          # in image order: the first bad image is reported
+            if w.exception() is not None:
+                raise w.exception()
+        return
+    cancelled = await _stop(futures, waiters)
+    if cancelled:
+        raise asyncio.CancelledError()
+    failed = [w.exception() for w in waiters if not w.cancelled() and w.exception() is not None]
+    if failed:
+        raise failed[0]
+    if any(w.cancelled() for w in waiters):   # the deadline passed before they started
+        raise late()
+
+
+async def _stop(futures, waiters) -> bool:
+    """Cancel what has not started, await what has (however often this task is
+    cancelled meanwhile: decodes are bounded by the codec's limits). True when the
+    task was cancelled while waiting."""
+    for f in futures:
+        f.cancel()
+    cancelled = False
+    running = [w for w in waiters if not w.done()]
+    while running:
+        try:
+            await asyncio.wait(running)
+        except asyncio.CancelledError:
+            cancelled = True
+        running = [w for w in running if not w.done()]
+    for w in waiters:              # retrieved: no "exception never retrieved" noise
+        if not w.cancelled():
+            w.exception()
+    return cancelled
 
 
 def _release_when_done(futures, lease) -> None:

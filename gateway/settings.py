@@ -37,6 +37,9 @@ class GatewaySettings(BaseSettings):
     max_image_side: int = Field(16384, gt=0)
     max_images: int = Field(16, gt=0, description="images (or texts) per request")
     max_text_chars: int = Field(1000, gt=0)
+    # The request line and headers together (uvicorn's httptools parser has no limit of
+    # its own; gateway/protocol.py): over it, 431 `header_too_large` and the connection closed.
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
 
     # Memory admitted at once: bytes of request bodies plus decoded frames (and decode
     # intermediates) of the requests in flight. Checked from Content-Length before a body
@@ -47,6 +50,10 @@ class GatewaySettings(BaseSettings):
     # Concurrency: decode (and big parse/render) threads, and a cap on requests in
     # flight. Unset: the budget divided by a typical one-image request (below).
     decode_threads: int = Field(2, gt=0)
+    # A request's images not decoding within this are refused (503 + Retry-After): the
+    # decodes not started are cancelled, the running ones (bounded by the image limits)
+    # awaited before the answer.
+    decode_timeout_s: float = Field(10.0, gt=0)
     max_in_flight: int | None = Field(None, gt=0)
 
     # Triton calls.

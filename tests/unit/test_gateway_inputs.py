@@ -137,3 +137,64 @@ def test_large_responses_are_rendered_off_the_event_loop(monkeypatch):
     assert r.status_code == 200, r.text
     assert len(r.content) > 100_000
     assert threads and all(t.startswith("decode") for t in threads), threads
+
+
+@pytest.mark.parametrize("length", [71, 257, 5000])
+def test_a_boundary_over_the_bound_is_a_400_not_a_500(length):
+    from gateway.errors import InvalidPayload
+
+    body, ctype = _multipart([("images", "a.jpg", SMALL)])
+    ctype = f"multipart/form-data; boundary={'b' * length}"
+    body = body.replace(b"visionserveboundary", b"b" * length)
+    with pytest.raises(InvalidPayload, match="boundary"):
+        inputs.parse_multipart(body, ctype, max_images=4)
+    with client() as c:
+        r = c.post("/v1/detect", content=body, headers={"content-type": ctype})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_payload")
+
+
+def test_multipart_stops_at_the_first_part_over_the_bound():
+    from gateway.errors import InvalidPayload
+    from tests.unit.crafted_images import many_small_parts
+
+    body, ctype = many_small_parts(2_000_000)
+    seen = []
+    real = inputs.parse_options_header
+
+    def spy(value):   # called once per part header by the parser's callbacks
+        seen.append(value)
+        return real(value)
+
+    import unittest.mock as mock
+    with mock.patch.object(inputs, "parse_options_header", spy):
+        with pytest.raises(InvalidPayload, match=f"over {4 + inputs.MAX_FIELD_PARTS} parts"):
+            inputs.parse_multipart(body, ctype, max_images=4)
+    assert len(seen) <= 4 + inputs.MAX_FIELD_PARTS + 1
+
+
+@pytest.mark.parametrize("header,why", [
+    (b"X-Long: " + b"a" * 5000, "header size"),
+    (b"".join(b"X-%d: 1\r\n" % i for i in range(20))[:-2], "header count"),
+])
+def test_part_headers_are_bounded(header, why):
+    from gateway.errors import InvalidPayload
+
+    body = (b"--xx\r\n" + header + b"\r\nContent-Disposition: form-data; name=\"a\"; "
+            b"filename=\"a\"\r\n\r\nabc\r\n--xx--\r\n")
+    with pytest.raises(InvalidPayload, match=f"(?i){why}"):
+        inputs.parse_multipart(body, "multipart/form-data; boundary=xx", max_images=4)
+
+
+def test_big_multipart_bodies_are_parsed_off_the_event_loop(monkeypatch):
+    threads = []
+    real = inputs.parse_multipart
+
+    def spy(*a, **kw):
+        threads.append(threading.current_thread().name)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(inputs, "parse_multipart", spy)
+    with client() as c:
+        r = c.post("/v1/detect", files=[("images", ("a.jpg", BIG, "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    assert threads and all(t.startswith("decode") for t in threads), threads

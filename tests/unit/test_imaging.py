@@ -1,4 +1,4 @@
-"""The gateway codec: sniffing, headers, EXIF orientation, DCT scaling, colour
+"""The image codec (imaging/): sniffing, headers, EXIF orientation, DCT scaling, colour
 conversions, letterbox placement and the exact inverse mapping of coordinates."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from gateway import codec
-from gateway.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+import imaging as codec
+from imaging import CorruptImage, ImageTooLarge, UnsupportedImage
 
 LIMITS = dict(max_pixels=50_000_000, max_side=20_000)
 
@@ -43,7 +43,7 @@ def test_sniff_by_magic_not_by_name(astronaut):
     assert codec.sniff(jpeg(astronaut)) == "jpeg"
     assert codec.sniff(png(astronaut)) == "png"
     assert codec.sniff(b"GIF89a....") is None
-    with pytest.raises(UnsupportedMediaType):
+    with pytest.raises(UnsupportedImage):
         header(b"just some text, not an image")
 
 
@@ -72,7 +72,7 @@ def test_exif_orientation_matches_pillow(astronaut, orientation):
 def test_malformed_exif_is_orientation_1(astronaut):
     data = jpeg(astronaut)
     bad = data[:2] + b"\xff\xe1" + struct.pack(">H", 10) + b"Exif\x00\x00MM" + data[2:]
-    assert codec.jpeg_orientation(bad) == 1
+    assert header(bad).orientation == 1
     assert codec.decode(bad, header(bad)).shape == (512, 512, 3)
 
 
@@ -109,15 +109,15 @@ def test_png_modes(astronaut, mode):
 
 def test_truncated_and_corrupt_are_invalid_image(astronaut):
     data = jpeg(astronaut)
-    with pytest.raises(InvalidImage):
+    with pytest.raises(CorruptImage):
         h = header(data[: len(data) // 2])
         codec.decode(data[: len(data) // 2], h)
-    with pytest.raises(InvalidImage):
+    with pytest.raises(CorruptImage):
         header(data[:40])
     p = png(astronaut)
-    with pytest.raises(InvalidImage):
+    with pytest.raises(CorruptImage):
         codec.decode(p[:200], header(p[:200]))
-    with pytest.raises(InvalidImage):
+    with pytest.raises(CorruptImage):
         header(codec.PNG_MAGIC + b"\x00" * 8)
 
 
@@ -162,3 +162,19 @@ def test_inverse_mapping_is_the_exact_inverse_and_clips():
     lm = np.array([[[[1, 2], [3, 4]]], [[[2, 2], [4, 4]]]], np.float32)   # [B, K, P, 2]
     assert codec.to_original(lm, scale, size).tolist() == [[[[2, 4], [6, 8]]],
                                                           [[[1, 2], [2, 4]]]]
+
+
+def test_per_item_letterbox_gives_a_frame_or_the_codecs_error(astronaut):
+    """What a Triton decode step calls per batch item: a frame and its letterbox, or an
+    ImagingError for that item alone."""
+    items = [jpeg(astronaut), b"not an image", png(astronaut)[:100],
+             with_orientation(astronaut[:200], 6)]
+    results = []
+    for data in items:
+        try:
+            frame, box = codec.letterbox(data, 64, 64, **LIMITS)
+            results.append((frame.shape, box.new_w, box.new_h))
+        except codec.ImagingError as exc:
+            results.append(type(exc).__name__)
+    assert results == [((64, 64, 3), 64, 64), "UnsupportedImage", "CorruptImage",
+                       ((64, 64, 3), 25, 64)]
