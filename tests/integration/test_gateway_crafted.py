@@ -15,7 +15,6 @@ import asyncio
 import re
 import time
 
-import numpy as np
 import pytest
 
 from perf import openloop
