@@ -160,6 +160,8 @@ BREAKS = [
         image="registry.example.com/visionserve/triton@sha256:" + "9" * 64), "builds (and records)"),
     ("Job gc ignores deployed images", "gpu", lambda o: container(jobs(o, "triton-plans")[0])["env"].pop(),
      "keeping the deployed images' keys"),
+    ("Job retries a parity failure", "gpu", lambda o: jobs(o, "triton-plans")[0]["spec"].pop("podFailurePolicy"),
+     "retries a start an operator must fix"),
     ("Job on another node shape", "gpu", lambda o: container(jobs(o, "triton-plans")[1])["resources"][
         "limits"].update(memory="24Gi"), "node shape says"),
     ("two autoscalers", "gpu", lambda o: o.append({"kind": "HorizontalPodAutoscaler", "metadata": {"name": "x"},

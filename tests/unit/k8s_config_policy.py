@@ -56,6 +56,9 @@ def gpu_pools(objs, kinds: dict[str, dict]) -> list[str]:
                 bad.append(f"{j['metadata']['name']} does not mount the plan store read-write at Triton's path")
             if not j["spec"].get("ttlSecondsAfterFinished") or not j["spec"].get("activeDeadlineSeconds"):
                 bad.append(f"{j['metadata']['name']} is not bounded in time or never cleaned up")
+            if not any(r["action"] == "FailJob" and 2 in r.get("onExitCodes", {}).get("values", [])
+                       for r in j["spec"].get("podFailurePolicy", {}).get("rules", [])):
+                bad.append(f"{j['metadata']['name']} retries a start an operator must fix (exit 2: driver, parity)")
     return bad
 
 

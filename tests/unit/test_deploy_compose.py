@@ -91,6 +91,9 @@ def test_prometheus_scrapes_the_services(compose):
     assert jobs["triton"]["dns_sd_configs"] == [{"names": ["triton"], "type": "A", "port": 8002,
                                                  "refresh_interval": "15s"}]
     assert jobs["gateway"]["static_configs"][0]["targets"] == ["gateway:8081"]     # its metrics port
+    # every target is labelled as the cluster's are: the alert rules select namespace="visionserve"
+    assert {"target_label": "namespace", "replacement": "visionserve"} in jobs["triton"]["relabel_configs"]
+    assert jobs["gateway"]["static_configs"][0]["labels"] == {"namespace": "visionserve"}
     assert cfg["rule_files"] == ["/etc/prometheus/alerts.yml"]
     mounts = compose["services"]["prometheus"]["volumes"]
     assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
