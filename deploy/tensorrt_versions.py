@@ -1,20 +1,24 @@
 """Which TensorRT each part of the GPU image carries, and the build-time assertion they agree.
 
-    python3 docker/tensorrt_versions.py library   print the libnvinfer version Triton's TensorRT
+    python3 -m deploy.tensorrt_versions library   print the libnvinfer version Triton's TensorRT
                                                   backend loads ("10.14.1"): the bindings to install
-    python3 docker/tensorrt_versions.py check     assert: Python bindings == that library ==
-                                                  trtexec == the ONNX parser, and the plan builder
-                                                  supports it; prints the table, exit 1 otherwise
+    python3 -m deploy.tensorrt_versions check     assert: Python bindings == that library ==
+                                                  trtexec == the ONNX parser, the plan builder
+                                                  supports it, and trtexec finds every library it
+                                                  links and the builder's resource library;
+                                                  prints the table, exit 1 otherwise
 
 A plan built by the bindings (or trtexec) of one TensorRT and served by the library of
-another is refused by Triton at load time, after every replica built it; the image build
-stops here instead. Run inside the image (docker/triton.Dockerfile, stage gpu) with the
-project on PYTHONPATH and its base dependencies installed.
+another is refused by Triton at load time, after every replica built it; a trtexec copied
+without its libraries fails only when a build first needs it. The image build stops here
+instead. Run inside the image (docker/triton.Dockerfile, stage gpu) with the project on
+PYTHONPATH and its base dependencies installed.
 """
 from __future__ import annotations
 
 import ctypes
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +70,26 @@ def trtexec_version(exe: str = "trtexec") -> str | None:
     return version_from_int(int(m.group(1))) if m else None
 
 
+def unresolved(ldd_text: str) -> list[str]:
+    """Libraries ldd could not find ("libnvonnxparser.so.10 => not found")."""
+    return re.findall(r"^\s*(\S+)\s*=>\s*not found", ldd_text, re.MULTILINE)
+
+
+def library_problems(exe: str = "trtexec", version: str | None = None) -> list[str]:
+    """What trtexec (and the builder) would miss at run time, found now."""
+    path = shutil.which(exe)
+    if path is None:
+        return [f"{exe} is not on PATH"]
+    out = subprocess.run(["ldd", path], capture_output=True, text=True, timeout=60).stdout
+    bad = [f"{exe} links {lib}, which is not installed (copy it from the TensorRT image)" for lib in unresolved(out)]
+    if version:
+        try:                           # loaded by libnvinfer at build time, not linked: ldd cannot see it
+            ctypes.CDLL(f"libnvinfer_builder_resource.so.{version}")
+        except OSError as exc:
+            bad.append(f"the TensorRT builder's resource library is missing ({exc}): plans cannot be built")
+    return bad
+
+
 def problems(versions: dict[str, str | None]) -> list[str]:
     """Pure: what is wrong with {part: "major.minor.patch" or None}; empty when all agree."""
     out = [f"{part}: no TensorRT version found" for part, v in versions.items() if not v]
@@ -96,6 +120,8 @@ def main(argv: list[str]) -> int:
     for part, v in versions.items():
         print(f"  {part:<60} {v or '-'}")
     bad = problems(versions)
+    if not bad:
+        bad += library_problems(version=next(iter(versions.values())))
     if not bad:
         from export.engines.errors import UnsupportedTensorRT
 

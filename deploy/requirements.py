@@ -1,11 +1,13 @@
 """Print the pip requirements of pyproject.toml for the given extras (none = the base install).
 
-    python docker/requirements.py                 base dependencies (what serving + gateway import)
-    python docker/requirements.py export          base + the `export` extra (torch, model zoos)
+    python deploy/requirements.py                 base dependencies (the serving path)
+    python deploy/requirements.py export          base + the `export` extra (torch, model zoos)
+    python deploy/requirements.py --only gateway  the `gateway` extra alone (what gateway/ imports)
 
-Images install dependencies from this list and put the source tree on PYTHONPATH instead
-of installing the project itself, so `serving.contract.REPO_ROOT` is the image's project
-folder and `model_repository/` is found beside the code, as in a checkout.
+Images install dependencies from this list, pinned by constraints.txt (`pip install -c`),
+and put the source tree on PYTHONPATH instead of installing the project itself, so
+`model_repository/` is found beside the code, as in a checkout. Runs by path in a bare
+python stage (before the project is copied): standard library only.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 try:
     import tomllib
-except ModuleNotFoundError:          # Python 3.10 (the NGC Triton image): tomli is not there either
+except ModuleNotFoundError:          # Python 3.10: no tomllib (and no tomli either)
     tomllib = None
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
@@ -27,10 +29,10 @@ def _load(path: Path) -> dict:
     raise SystemExit("requirements.py needs Python 3.11+ (tomllib); run it in a python:3.11 stage")
 
 
-def requirements(extras: list[str], path: Path = PYPROJECT) -> list[str]:
+def requirements(extras: list[str], path: Path = PYPROJECT, base: bool = True) -> list[str]:
     project = _load(path)["project"]
     name = project["name"]
-    out = list(project.get("dependencies", []))
+    out = list(project.get("dependencies", [])) if base else []
     optional = project.get("optional-dependencies", {})
     todo, seen = list(extras), set()
     while todo:
@@ -50,4 +52,6 @@ def requirements(extras: list[str], path: Path = PYPROJECT) -> list[str]:
 
 
 if __name__ == "__main__":
-    print("\n".join(requirements(sys.argv[1:])))
+    argv = sys.argv[1:]
+    only = "--only" in argv
+    print("\n".join(requirements([a for a in argv if a != "--only"], base=not only)))
