@@ -58,15 +58,29 @@ class ResizeFilter:
 RESIZE = ResizeFilter()
 
 
+def dali_missing() -> str:
+    """Why this pipeline cannot run here ("" when it can): DALI and the nvImageCodec
+    library its decoders load (a separate wheel) must both import."""
+    for module, wheel in (("nvidia.dali", "nvidia-dali-cuda120"), ("nvidia.nvimgcodec", "nvidia-nvimgcodec-cu12")):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            return (f"{module} does not import ({exc}); install the `dali` extra "
+                    f"(`make setup`, or pip install {wheel} with constraints.txt)")
+    return ""
+
+
 def frame_of(model: str) -> tuple[int, int, int]:
-    """(frame_h, frame_w, max_batch_size) from a model's contract: its letterboxed uint8
-    input [H, W, 3] and its batch limit. The one place this module reads the contract."""
+    """(frame_h, frame_w, max_batch_size) from a model's contract: its input named like
+    FRAMES, uint8 [H, W, 3], and its batch limit. The one place this module reads the
+    contract."""
     from serving import contract
 
     c = contract.load(model)
-    frames = [t for t in c.inputs if t.triton_dtype == "UINT8" and len(t.dims) == 3 and t.dims[2] == 3]
-    if len(frames) != 1 or min(frames[0].dims[:2]) <= 0:
-        raise ValueError(f"model {model!r} has no single fixed-size uint8 [H, W, 3] input to letterbox into")
+    frames = [t for t in c.inputs if t.name == FRAMES]
+    if not frames or frames[0].triton_dtype != "UINT8" or len(frames[0].dims) != 3 \
+            or frames[0].dims[2] != 3 or min(frames[0].dims) <= 0:
+        raise ValueError(f"model {model!r} has no fixed-size uint8 [H, W, 3] input {FRAMES!r} to letterbox into")
     h, w, _ = frames[0].dims
     return h, w, c.max_batch_size
 
