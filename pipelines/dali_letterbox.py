@@ -128,8 +128,10 @@ def pipeline(frame_hw: tuple[int, int], *, device: str = "cpu", pad_value: int =
 
     interp = getattr(types.DALIInterpType, resize.interp)
 
+    # prefetch_queue_depth 1: one batch in flight per run, as the Triton backend creates it
+    # (requests are answered batch by batch; nothing to prefetch).
     @dali.pipeline_def(batch_size=max_batch_size, num_threads=num_threads, device_id=device_id,
-                       enable_conditionals=resize.antialias == "auto")
+                       enable_conditionals=resize.antialias == "auto", prefetch_queue_depth=1)
     def letterbox():
         encoded = fn.external_source(name=INPUT, device="cpu", dtype=types.UINT8, ndim=1)
         # The shape the decoder will produce, EXIF orientation applied, read from the header
