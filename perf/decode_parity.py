@@ -234,8 +234,9 @@ def main(argv=None) -> int:
                   f"{r.max_corner_px:9.2f} {r.max_dscore:9.4f} {r.baseline_min_iou:8.4f}  {list(r.unmatched_scores) or ''}")
         total = sum(r.n_codec for r in rows)
         matched = sum(r.matched for r in rows)
-        print(f"{model}: {matched} of {total} codec detections matched; "
-              f"worst IoU {min(r.min_iou for r in rows):.4f}; 'baseline': the worst IoU between the codec's "
+        mean_iou = sum(r.mean_iou * r.matched for r in rows) / max(matched, 1)
+        print(f"{model}: {matched} of {total} codec detections matched ({sum(r.n_dali for r in rows)} on DALI's); "
+              f"mean IoU {mean_iou:.4f}, worst IoU {min(r.min_iou for r in rows):.4f}; 'baseline': the worst IoU between the codec's "
               "detections and those on a full-size decode resized by cv2 (the detector's own sensitivity "
               "to a second good resampling)")
     return 0
