@@ -5,7 +5,7 @@ DECODE_SECONDS ?= 3
 .PHONY: bench-decode bench-decode-gpu decode-parity dali-model
 
 bench-decode: setup  ## decode+letterbox img/s per core, codec vs DALI CPU, batch 1/8/32 (run it under `flock /work/heavy.lock` on a shared box)
-	$(PY) -m perf.bench_decode --device cpu --seconds $(DECODE_SECONDS) $(if $(DECODE_BATCH),--batch $(DECODE_BATCH))
+	$(PY) -m perf.bench_decode --device cpu --stages --seconds $(DECODE_SECONDS) $(if $(DECODE_BATCH),--batch $(DECODE_BATCH))
 
 bench-decode-gpu: setup  ## on a GPU host with DALI: the mixed (nvJPEG) decoder's img/s at batch 1-64
 	$(PY) -m perf.bench_decode --device mixed --seconds $(DECODE_SECONDS) $(if $(DECODE_BATCH),--batch $(DECODE_BATCH))

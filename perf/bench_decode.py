@@ -94,6 +94,38 @@ def dali_runner(data: bytes, frame_hw: tuple[int, int], batch: int, *, device: s
     return run
 
 
+def stage_runners(data: bytes, frame_hw: tuple[int, int], batch: int) -> dict[str, Callable[[], None]]:
+    """Where DALI's CPU time goes: its decoder alone, decoder + the pipeline's resize, beside
+    libjpeg-turbo (simplejpeg) decoding the full image without DCT scaling."""
+    import nvidia.dali as dali
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    import simplejpeg
+
+    def dali_stage(resize: bool):
+        @dali.pipeline_def(batch_size=batch, num_threads=1, device_id=None, prefetch_queue_depth=1)
+        def stage():
+            image = fn.decoders.image(fn.external_source(name="image", dtype=types.UINT8, ndim=1),
+                                      device="cpu", output_type=types.RGB)
+            if resize:
+                image = fn.resize(image, resize_longer=float(max(frame_hw)), antialias=True)
+            return image
+        pipe = stage()
+        pipe.build()
+        encoded = [np.frombuffer(data, np.uint8)] * batch
+
+        def run():
+            pipe.feed_input("image", encoded)
+            pipe.run()
+        return run
+
+    def full_decode():
+        for _ in range(batch):
+            simplejpeg.decode_jpeg(data, colorspace="RGB")
+    return {"simplejpeg full-size decode": full_decode, "DALI decode": dali_stage(False),
+            "DALI decode + resize": dali_stage(True)}
+
+
 def table(results: list[Result]) -> str:
     """One row per (size, batch): every path's img/s and img/CPU-s, and DALI / codec."""
     paths = list(dict.fromkeys(r.path for r in results))
@@ -139,6 +171,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--frame", default="640x640", help="letterbox frame WIDTHxHEIGHT")
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
     ap.add_argument("--threads", type=int, help="DALI worker threads (default 1 on cpu, 4 mixed)")
+    ap.add_argument("--stages", action="store_true",
+                    help="cpu: also time DALI's decoder alone and decoder + resize (ms of CPU per image)")
     args = ap.parse_args(argv)
     args.batch = args.batch or parse_list(DEFAULT_BATCH[args.device])
     args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -199,6 +233,12 @@ def main(argv=None) -> int:
                       f"{results[-1].img_per_cpu_s:8.1f} img/CPU-s", flush=True)
     print()
     print(table(results))
+    if args.stages and args.device == "cpu":
+        print("\nstages, ms of CPU per image (batch 8):")
+        for size in args.sizes:
+            for name, run in stage_runners(photos[size], args.frame, 8).items():
+                images, _, cpu = measure(run, 8, seconds=args.seconds)
+                print(f"  {size:>10s} {name:28s} {1000 * cpu / images:7.2f}")
     return 0
 
 
