@@ -124,8 +124,6 @@ def pipeline(frame_hw: tuple[int, int], *, device: str = "cpu", pad_value: int =
     import nvidia.dali.math as dmath
     import nvidia.dali.types as types
 
-    gpu = device == "mixed"
-
     interp = getattr(types.DALIInterpType, resize.interp)
 
     # prefetch_queue_depth 1: one batch in flight per run, as the Triton backend creates it
@@ -140,7 +138,8 @@ def pipeline(frame_hw: tuple[int, int], *, device: str = "cpu", pad_value: int =
         h, w = hwc[0], hwc[1]
         new_w, new_h = letterbox_size(w, h, frame_w, frame_h, dmath)
         # jpeg_fancy_upsampling: the mixed decoder's chroma upsampling made libjpeg-turbo's
-        # (the cpu decoder and the codec always use it).
+        # (the cpu decoder and the codec always use it). With "mixed" the decoded image is on
+        # the GPU, so resize and pad run there too.
         image = fn.decoders.image(encoded, device=device, output_type=types.RGB,
                                   adjust_orientation=True, jpeg_fancy_upsampling=True)
         drawn = fn.cast(fn.stack(new_h, new_w), dtype=types.FLOAT)
