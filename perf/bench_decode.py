@@ -67,7 +67,9 @@ def measure(run_batch: Callable[[], None], batch: int, *, seconds: float, min_ru
 def codec_runner(data: bytes, frame_hw: tuple[int, int], batch: int,
                  out: np.ndarray | None = None) -> Callable[[], None]:
     """One thread decoding `batch` copies of `data` into one batch buffer, as the gateway does."""
-    from gateway import codec
+    from .decode_parity import reference_codec
+
+    codec = reference_codec()
 
     out = np.empty((batch, *frame_hw, 3), np.uint8) if out is None else out
 

@@ -29,10 +29,20 @@ DETECTORS = ("scrfd", "centernet")
 MATCH_IOU = 0.5
 
 
-def codec_letterbox(data: bytes, frame_hw: tuple[int, int], pad_value: int = 0):
-    """(frame, (w, h), (scale_x, scale_y)) from the gateway codec: the reference."""
-    from gateway import codec
+def reference_codec():
+    """The gateway's codec module (read_header, plan_letterbox, decode_into, decode): the
+    shared `imaging` package where it exists, else gateway/codec.py, which it replaces."""
+    try:
+        import imaging as codec
+    except ImportError:
+        from gateway import codec
+    return codec
 
+
+def codec_letterbox(data: bytes, frame_hw: tuple[int, int], pad_value: int = 0):
+    """(frame, (w, h), (scale_x, scale_y), (drawn w, drawn h)) from the gateway codec: the
+    reference."""
+    codec = reference_codec()
     header = codec.read_header(data, max_pixels=1 << 40, max_side=1 << 20)
     box = codec.plan_letterbox(*header.size, frame_hw[1], frame_hw[0])
     out = np.empty((*frame_hw, 3), np.uint8)
@@ -46,8 +56,7 @@ def full_decode_letterbox(data: bytes, frame_hw: tuple[int, int]) -> np.ndarray:
     show how much a detector moves between two good resizes (its own sensitivity)."""
     import cv2
 
-    from gateway import codec
-
+    codec = reference_codec()
     header = codec.read_header(data, max_pixels=1 << 40, max_side=1 << 20)
     box = codec.plan_letterbox(*header.size, frame_hw[1], frame_hw[0])
     img = codec.decode(data, header)
