@@ -70,13 +70,21 @@ def dali_missing() -> str:
     return ""
 
 
+def contract_module():
+    """The repository contract (config.pbtxt read with Triton's schema): the `contract`
+    package where it exists, else serving/contract.py, which it replaces. The one place
+    this module imports it."""
+    try:
+        import contract
+    except ImportError:
+        from serving import contract
+    return contract
+
+
 def frame_of(model: str) -> tuple[int, int, int]:
     """(frame_h, frame_w, max_batch_size) from a model's contract: its input named like
-    FRAMES, uint8 [H, W, 3], and its batch limit. The one place this module reads the
-    contract."""
-    from serving import contract
-
-    c = contract.load(model)
+    FRAMES, uint8 [H, W, 3], and its batch limit."""
+    c = contract_module().load(model)
     frames = [t for t in c.inputs if t.name == FRAMES]
     if not frames or frames[0].triton_dtype != "UINT8" or len(frames[0].dims) != 3 \
             or frames[0].dims[2] != 3 or min(frames[0].dims) <= 0:
@@ -179,8 +187,7 @@ def triton_config(name: str, frame_hw: tuple[int, int], *, max_batch_size: int,
     """config.pbtxt text of the DALI model: backend "dali", the encoded input (ragged: one
     file per item, any length), the frame, size and scale outputs. Built with Triton's own
     schema (the contract's parser reads it back)."""
-    from serving import contract
-
+    contract = contract_module()
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     mc = contract.mc

@@ -17,6 +17,7 @@ read_header, plan_letterbox, decode_into) and Pillow's exif_transpose. Tolerance
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,10 +26,10 @@ from PIL import Image, ImageOps
 
 from perf import decode_images, decode_parity
 from pipelines import dali_letterbox as dl
-from serving import contract
 from tests.dali_support import require_dali
 
 codec = decode_parity.reference_codec()   # gateway/codec.py, or imaging/ once it moves
+contract = dl.contract_module()           # serving/contract.py, or contract/ once it moves
 MAX_ABS_BELOW_2X = 2
 MEAN_ABS_ABOVE_2X = 4.0
 P99_ABS_ABOVE_2X = 24
@@ -230,7 +231,7 @@ def test_triton_config_reads_back_with_tritons_schema(device, kind):
         frame_h, frame_w, batch = dl.frame_of(name)
         text = dl.triton_config(f"{name}_decode", (frame_h, frame_w), max_batch_size=batch, device=device)
         cfg = contract.parse_config(text)
-        c = contract.ModelContract(cfg.name, contract.Path("config.pbtxt"), cfg)
+        c = contract.ModelContract(cfg.name, Path("config.pbtxt"), cfg)
         assert cfg.backend == "dali" and c.max_batch_size == batch
         assert [(t.name, t.triton_dtype, t.dims) for t in c.inputs] == [(dl.INPUT, "UINT8", (-1,))]
         assert cfg.input[0].allow_ragged_batch
