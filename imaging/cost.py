@@ -8,9 +8,7 @@ Measured on libjpeg-turbo (simplejpeg) and OpenCV's libpng, peak RSS over the de
   straight into the frame), a CMYK/YCCK intermediate (4), an EXIF-rotated copy (3),
   and for progressive and multi-scan JPEGs the whole image's DCT coefficients (2 bytes
   per sample of every component, padded to whole MCUs, whatever the output scale:
-  libjpeg keeps them until the last scan), plus an eighth of them again (measured: the
-  progressive decodes of 2400x2400 test images held 0.3-2.5 MiB, 2-10%, beyond their
-  coefficient buffers, varying between runs and machines).
+  libjpeg keeps them until the last scan).
 * PNG: OpenCV decodes every kind (16-bit, palette, alpha, grey, interlaced) to 8-bit
   BGR and the Python binding copies it once: 6 bytes per pixel; plus the copy of the
   encoded bytes without their ancillary chunks (imaging.png.critical).
@@ -87,6 +85,5 @@ def decode_cost(header: ImageHeader, box: Letterbox, encoded_bytes: int = 0) -> 
     if comps == 4:
         cost += 4 * out
     if header.buffered:
-        coefficients = coefficient_bytes(header)
-        cost += coefficients + coefficients // 8
+        cost += coefficient_bytes(header)
     return cost + ROW_BYTES * header.width * comps + FIXED_BYTES
