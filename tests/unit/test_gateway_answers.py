@@ -15,8 +15,7 @@ import pytest
 from contract.routes import route_table
 from gateway.negotiation import JSON, MSGPACK, negotiate
 from gateway.responses import base64_vectors, float_vectors, typed_vectors
-from gateway.testing import FakeBackend
-from tests.support.fakes import JPEG, app_client, multipart
+from tests.support.fakes import JPEG, VectorFake, app_client, multipart
 from tests.support.images import noise_jpeg
 
 # ---- negotiation -------------------------------------------------------------------------
@@ -100,22 +99,6 @@ def test_encoders_of_no_rows_and_of_empty_rows():
 
 
 # ---- through the app: the same data in every format ----------------------------------------
-
-class VectorFake(FakeBackend):
-    """The fake Triton with three faces/objects per image and random unit embeddings (the
-    stock fake's one-hot vectors would compare equal however badly they were encoded)."""
-
-    def __init__(self):
-        super().__init__()
-        self.detections = np.array([[10.5, 20.25, 110.0, 220.0], [300.0, 100.0, 400.0, 260.0],
-                                    [50.0, 400.0, 90.0, 470.0]], np.float32)
-
-    def _output(self, spec, n):
-        if "embedding" not in spec.name:
-            return super()._output(spec, n)
-        v = np.random.default_rng(n).standard_normal((n, *spec.dims)).astype(spec.dtype)
-        return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
 
 def to_floats(node, key=None):
     """An answer with every encoded vector decoded back to float lists (stdlib base64 and
