@@ -56,7 +56,7 @@ def test_bench_fleet_runs_one_replica_for_every_balancer(tmp_path):
     env = dict(os.environ, **{processes.TAG: tag})
     try:
         done = subprocess.run([sys.executable, "-m", "perf.bench_fleet", "--replicas", "1", "--rounds", "1",
-                               "--seconds", "0.5", "--warmup", "0.3", "--work", str(tmp_path)],
+                               "--seconds", "0.3", "--warmup", "0.2", "--work", str(tmp_path)],
                               cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
     finally:
         _no_leftovers(tag)
@@ -86,8 +86,8 @@ def test_bench_cpu_runs_one_model_bare_and_served(tmp_path, monkeypatch, capsys)
     tag = processes.new_tag()
     monkeypatch.setenv(processes.TAG, tag)           # inherited by the tritonservers it starts
     try:
-        rc = bench_cpu.main(["--models", model, "--pipelines", "", "--batches", "1", "--bare-seconds", "0.1",
-                             "--seconds", "0.5", "--variants", "", "--reports", str(tmp_path)])
+        rc = bench_cpu.main(["--models", model, "--pipelines", "", "--batches", "1", "--bare-seconds", "0.05",
+                             "--seconds", "0.3", "--variants", "", "--reports", str(tmp_path)])
     finally:
         _no_leftovers(tag)
     out = capsys.readouterr()
