@@ -153,3 +153,28 @@ def _route_model(key: str) -> str:
 
     (route,) = [r for r in route_table().routes if r.key == key]
     return route.default.model
+
+
+def test_tune_measures_one_point_and_recommends_it(tmp_path, monkeypatch, capsys):
+    """`make tune MODEL=<m> SLA_P95_MS=..` (python -m perf.tune) on a one-point grid: a scratch
+    repository, its own tritonserver, the knee and the CPU override it recommends."""
+    from perf import tune
+
+    require_triton()
+    model = _smallest_exported_network_model()
+    tag = processes.new_tag()
+    monkeypatch.setenv(processes.TAG, tag)
+    try:
+        rc = tune.main(["--model", model, "--sla-p95-ms", "60000", "--delays", "0", "--preferred", "none",
+                        "--instances", "1", "--concurrency", "2", "--requests", "6", "--seconds", "5",
+                        "--reports", str(tmp_path), "--no-progress"])
+    finally:
+        _no_leftovers(tag)
+    out = capsys.readouterr()
+    assert rc == 0, out.out + out.err
+    (row,) = _rows(out.out, "target")
+    assert row["target"] == model and row["conc"] == "2"
+    assert float(row["infer/s"]) > 0 and row["errors"] == "0"
+    assert f"knee: {row['scenario']} at concurrency 2" in out.out
+    (recommended,) = tmp_path.glob(f"*-tune-{model}/recommended-*")
+    assert "dynamic_batching" in recommended.read_text()
