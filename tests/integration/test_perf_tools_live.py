@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-import contract
 from contract import REPO_ROOT
 from tests.support import processes
+from tests.support.exports import smallest_exported_network
 from tests.support.polling import wait_for
 from tests.support.triton import require_triton
 
@@ -36,15 +36,6 @@ def _rows(text: str, first_column: str) -> list[dict[str, str]]:
 def _no_leftovers(tag: str) -> None:
     # a stopped tritonserver's python-backend stubs exit on their own a moment later
     wait_for(lambda: not processes.tagged(tag), 15, "every process the tool started to exit")
-
-
-def _smallest_exported_network_model() -> str:
-    exported = {name: c.version_dir() / "model.onnx" for name, c in contract.load_all().items()
-                if c.kind == "network"}
-    exported = {name: path for name, path in exported.items() if path.is_file()}
-    if not exported:
-        pytest.skip("no network model exported (make export-onnx)")
-    return min(exported, key=lambda name: exported[name].stat().st_size)
 
 
 def test_bench_fleet_runs_one_replica_for_every_balancer(tmp_path):
@@ -82,7 +73,7 @@ def test_bench_cpu_runs_one_model_bare_and_served(tmp_path, monkeypatch, capsys)
     from perf import bench_cpu
 
     require_triton()
-    model = _smallest_exported_network_model()
+    model = smallest_exported_network().name
     tag = processes.new_tag()
     monkeypatch.setenv(processes.TAG, tag)           # inherited by the tritonservers it starts
     try:
@@ -112,7 +103,7 @@ def test_bench_models_cli_sweeps_one_model(served, tmp_path, capsys):
     """`make bench-<model>` (python -m perf.bench_models) against the running Triton, briefly."""
     from perf import bench_models
 
-    model = _smallest_exported_network_model()
+    model = smallest_exported_network().name
     served.need(model)
     rc = bench_models.main(["--models", model, "--url", served.server.grpc_url,
                             "--metrics-url", served.server.metrics_url, "--batch", "1", "--concurrency", "2",
@@ -161,7 +152,7 @@ def test_tune_measures_one_point_and_recommends_it(tmp_path, monkeypatch, capsys
     from perf import tune
 
     require_triton()
-    model = _smallest_exported_network_model()
+    model = smallest_exported_network().name
     tag = processes.new_tag()
     monkeypatch.setenv(processes.TAG, tag)
     try:

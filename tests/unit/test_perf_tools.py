@@ -7,16 +7,8 @@ import re
 
 import pytest
 
-import contract
 from tests.support.dali import require_dali
-
-
-def _smallest_exported_network_model() -> contract.ModelContract:
-    exported = [c for c in contract.load_all().values()
-                if c.kind == "network" and (c.version_dir() / "model.onnx").is_file()]
-    if not exported:
-        pytest.skip("no network model exported (make export-onnx)")
-    return min(exported, key=lambda c: (c.version_dir() / "model.onnx").stat().st_size)
+from tests.support.exports import smallest_exported_network
 
 
 def test_bench_lean_times_both_handlers(capsys):
@@ -52,7 +44,7 @@ def test_cpu_bare_measures_each_batch_the_model_takes(runtime):
     batch within the model's max_batch_size, items/s above zero, the runtime that ran named."""
     from perf import cpu_bare
 
-    c = _smallest_exported_network_model()
+    c = smallest_exported_network()
     too_big = c.max_batch_size + 1
     points = cpu_bare.measure(c.name, runtime, "f32", 1, [1, 2, too_big], 0.05)
     assert [p.batch for p in points] == [1, 2]
