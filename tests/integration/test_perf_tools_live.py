@@ -38,6 +38,19 @@ def _no_leftovers(tag: str) -> None:
     wait_for(lambda: not processes.tagged(tag), 15, "every process the tool started to exit")
 
 
+def test_the_leftover_check_finds_a_process_in_its_own_session():
+    """What the smoke runs rely on: a tagged process is found though it left the tool's
+    session (as tritonserver does), and not once it exited."""
+    tag = processes.new_tag()
+    child = subprocess.Popen(["sleep", "30"], env=dict(os.environ, **{processes.TAG: tag}), start_new_session=True)
+    try:
+        assert [f"{child.pid}: sleep 30"] == processes.tagged(tag)
+    finally:
+        child.kill()
+        child.wait(5)
+    assert processes.tagged(tag) == []
+
+
 def test_bench_fleet_runs_one_replica_for_every_balancer(tmp_path):
     """`make bench-fleet` (python -m perf.bench_fleet) with one replica, one round."""
     from perf.bench_fleet import BALANCERS
