@@ -132,11 +132,14 @@ def report(points: list[dict], k: int, work: Path = WORK) -> dict:
     print(f"\nscaling efficiency img/s({k}) / ({k} x img/s(1)); target >= {TARGET} for the fleet:")
     for b in BALANCERS:
         if (b, 1) in by and (b, k) in by:
+            if by[(b, 1)]["img_s"] <= 0:      # nothing served: say so, do not divide by it
+                print(f"  {b:<18} n/a: no image served with 1 replica")
+                continue
             eff = by[(b, k)]["img_s"] / (k * by[(b, 1)]["img_s"])
             summary[b] = eff
             verdict = ("met" if eff >= TARGET else "NOT met") if b == "least_outstanding" else ""
             print(f"  {b:<18} {eff:5.2f}  {verdict}")
-    if ("pick_first", k) in by and ("least_outstanding", k) in by:
+    if ("pick_first", k) in by and ("least_outstanding", k) in by and by[("pick_first", k)]["img_s"] > 0:
         gain = by[("least_outstanding", k)]["img_s"] / by[("pick_first", k)]["img_s"]
         print(f"  least_outstanding / pick_first at {k} replicas: {gain:.2f}x throughput")
     out = {"points": points, "efficiency": summary, "target": TARGET,

@@ -73,3 +73,17 @@ def test_bench_decode_cpu_runs_the_codec_beside_dali(capsys):
     assert all(float(v) > 0 for v in row[2:]), row
     stages = out[out.index("stages, ms of CPU per image (batch 8):") + 1:]
     assert len(stages) == 3 and all(float(x.split()[-1]) > 0 for x in stages), stages
+
+
+def test_bench_fleet_report_survives_a_balancer_that_served_nothing(tmp_path, capsys):
+    """A run where a balancer served nothing reports n/a instead of dividing by zero."""
+    from perf import bench_fleet
+
+    def point(b, r, img_s):
+        return {"balancer": b, "replicas": r, "img_s": img_s, "errors": 0, "p50_ms": 0.0,
+                "p95_ms": 0.0, "p99_ms": 0.0, "share": [1.0] * r}
+    points = [point("pick_first", 1, 0.0), point("pick_first", 2, 0.0),
+              point("least_outstanding", 1, 10.0), point("least_outstanding", 2, 19.0)]
+    out = bench_fleet.report(points, 2, tmp_path)
+    text = capsys.readouterr().out
+    assert "pick_first" in text and "n/a" in text and out["efficiency"] == {"least_outstanding": 0.95}
