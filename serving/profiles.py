@@ -42,6 +42,7 @@ from contract.facts import facts
 from contract.shapes import shape_ranges
 from pipelines import ENTRY_FILE, entry_source
 
+from . import encoded
 from .cpu_machine import CpuSettings, ResolvedCpu
 
 PROFILES = ("cpu", "openvino", "onnx-gpu")
@@ -82,6 +83,7 @@ class Derived:
     models: tuple[str, ...]
     skipped: dict[str, str] = field(default_factory=dict)   # model -> why it was left out
     cpu: ResolvedCpu | None = None                           # CPU profiles: what the models run with
+    encoded: tuple[str, ...] = ()                            # the encoded entry points' models (serving/encoded.py)
 
 
 # -- the pure transform ------------------------------------------------------------------
@@ -284,10 +286,12 @@ def derive(profile: str, dest: Path | None = None, source: Path = MODEL_REPOSITO
         resolved = cpu if isinstance(cpu, ResolvedCpu) else (cpu or CpuSettings()).resolve()
     for m in kept:
         _write_model(contracts[m], tmp / m, profile, engine_cache, copy, resolved)
+    entry_models = encoded.write({m: contracts[m] for m in kept}, tmp, profile,
+                                 resolved.threads if resolved else None)
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
-    return Derived(profile, dest, tuple(kept), skipped, resolved)
+    return Derived(profile, dest, tuple(kept), skipped, resolved, entry_models)
 
 
 def _dependencies(c: contract.ModelContract) -> tuple[str, ...]:
