@@ -19,9 +19,12 @@
 #         plans of this image for the GPU it finds in the content-keyed plan store (a volume;
 #         the plan-build Job fills it), assembles the served repository from their keys and
 #         execs tritonserver with the hardened flags. NGC's /opt/nvidia/nvidia_entrypoint.sh
-#         runs first.
+#         runs first. The build adds the encoded entry points (`<model>_encoded`: JPEG/PNG
+#         bytes in, DALI decode on the GPU), model.dali serialized by the image's own DALI.
 #   cpu   python:3.11-slim + the tritonserver 2.51 shipped in the nvidia-pytriton wheel:
-#         `python -m serving serve`, the embedded CPU profile (python backend + ONNX Runtime).
+#         `python -m serving serve`, the embedded CPU profile (python backend + ONNX Runtime);
+#         its derivation (serving/profiles.py) writes the encoded entry points too, python
+#         decode (imaging), into the derived repository on the build/ volume at every start.
 #
 # One release number picks both NGC images (Triton, and TensorRT for trtexec + the ONNX
 # parser); the TensorRT Python bindings are installed at the version of the library Triton
@@ -84,7 +87,8 @@ RUN mkdir -p /export/lib \
 FROM ${TRITON_IMAGE} AS gpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     HOME=/tmp VISIONSERVE_HOME=/opt/visionserve PYTHONPATH=/opt/visionserve \
-    VISIONSERVE_PLAN_STORE=/var/cache/visionserve TRITON_HOME=/opt/tritonserver
+    VISIONSERVE_PLAN_STORE=/var/cache/visionserve TRITON_HOME=/opt/tritonserver \
+    DALI_PYTHON=/opt/tritonserver/backends/dali/wheel/dali
 COPY --from=tensorrt /export/trtexec /usr/local/bin/trtexec
 COPY --from=tensorrt /export/lib/ /tmp/tensorrt-lib/
 COPY --from=onnx /reqs/base.txt /reqs/constraints.txt /tmp/reqs/
@@ -124,6 +128,21 @@ RUN libdir="/usr/lib/$(uname -m)-linux-gnu" \
     && rm -rf /tmp/reqs \
     && mkdir -p /var/cache/visionserve && chown 1000:1000 /var/cache/visionserve
 COPY --from=onnx /src/model_repository/ model_repository/
+# The encoded entry points (issue 19): `<model>_encoded` = ensemble encoded_check (header,
+# limits, structure: python backend) -> letterbox_<W>x<H> (DALI, nvJPEG) -> the model ->
+# remap, generated from the contract by serving/encoded.py into the image's repository,
+# which `python -m deploy serve` assembles the served repository from (configs copied,
+# model.dali / model.py linked). Each model.dali is a build artifact serialized HERE, by the
+# DALI python module NGC ships beside its DALI backend (DALI_PYTHON): the file and the
+# backend that loads it are one DALI version by construction (a pip DALI would be another
+# CUDA major and release). No GPU is needed: the backend picks the device at load. The
+# build prints that DALI version and fails unless every DALI model got its file
+# (`python -m deploy.encoded`, the check the unit tests run on the same command's output).
+RUN PYTHONPATH="${DALI_PYTHON}:${PYTHONPATH}" python3 -c \
+        'import nvidia.dali as d; print("serializing with DALI", d.__version__, "from", d.__file__)' \
+    && PYTHONPATH="${DALI_PYTHON}:${PYTHONPATH}" \
+       python3 -m serving.encoded --profile gpu --out model_repository --serialize \
+    && python3 -m deploy.encoded model_repository
 # uid 1000 is the NGC image's triton-server user.
 USER 1000:1000
 VOLUME ["/var/cache/visionserve"]

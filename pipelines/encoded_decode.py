@@ -9,9 +9,12 @@ entry point's ensemble is the same on both: `image` STRING [1] -> `images` uint8
 `size` INT32 [2] (original width, height after EXIF orientation), `scale` FP64 [2] (model
 px per original px).
 
-With the output `encoded` instead of `images` (the GPU profile) it only checks each item's
-header against the limits and passes the bytes on as uint8 rows (zero-padded to the
-longest item of the request) for the DALI decoder, which judges no limit itself.
+With the output `encoded` instead of `images` (the GPU profile) it decodes nothing: each
+item goes through imaging.admit (header, limits, and every structural check the CPU codec
+makes: truncation, CRCs, scan count; PNGs stripped to their critical chunks) and passes on
+as uint8 rows (zero-padded to the longest item of the request) to the DALI decoder, which
+judges no limit itself and fails its WHOLE batch on one bad file: a bad file is refused
+here, in its own request, before it can reach that batch.
 
 Per batch: every item of every request decoded straight into its slot of ONE frame array
 by a small thread pool (the decoders release the GIL). An item that is not an image it
@@ -89,19 +92,24 @@ class TritonPythonModel:
         return errors, lambda a, b: (("images", frames[a:b]), ("size", size[a:b]), ("scale", scale[a:b]))
 
     def _check(self, flat: list[bytes]):
-        def one(data: bytes):
+        handed = list(flat)
+
+        def one(i: int):
             try:
-                imaging.read_header(data, max_pixels=self.max_pixels, max_side=self.max_side)
+                _, handed[i] = imaging.admit(flat[i], max_pixels=self.max_pixels, max_side=self.max_side)
             except imaging.ImagingError as exc:
                 return str(exc)
             return None
 
-        errors = [one(d) for d in flat]      # bounded header walks: no decoding here
+        errors = [one(i) for i in range(len(flat))]     # bounded walks and C-speed scans: no decoding
 
         def rows(a: int, b: int):
-            width = max((len(d) for d in flat[a:b]), default=0)
+            # Triton tensors are rectangular: a request's files are zero-padded to its longest
+            # (the DALI backend's documented way to send encoded images; decoders stop at the
+            # JPEG end-of-image marker / the PNG IEND chunk that `admit` made sure of)
+            width = max((len(d) for d in handed[a:b]), default=0)
             out = np.zeros((b - a, width), np.uint8)
-            for j, d in enumerate(flat[a:b]):
+            for j, d in enumerate(handed[a:b]):
                 out[j, :len(d)] = np.frombuffer(d, np.uint8)
             return (("encoded", out),)
         return errors, rows
