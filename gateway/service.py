@@ -27,6 +27,7 @@ from .inputs import off_loop
 from .metrics import Metrics
 from .responses import JSON, dumps, rendered
 from .settings import GatewaySettings
+from . import tracing
 
 # The capacity ticket of the request being handled (set by Service.admit).
 _TICKET: ContextVar = ContextVar("visionserve_capacity_ticket", default=None)
@@ -199,8 +200,10 @@ class Service:
         alone = gate is None or gate.alone
         t0 = time.perf_counter()
         try:
-            out = await self.backend.infer(model, inputs, outputs,
-                                           timeout_s=self.settings.triton_timeout_s)
+            with tracing.span(f"triton {model}", "client", model=model,
+                              batch=len(next(iter(inputs.values())))):
+                out = await self.backend.infer(model, inputs, outputs,
+                                               timeout_s=self.settings.triton_timeout_s)
         except UpstreamError as exc:
             m.triton_errors.labels(model, exc.code).inc()
             raise
@@ -218,9 +221,10 @@ class Service:
         """The JSON answer `build()` makes: built and serialised in the pool when the
         Triton outputs it comes from are large, inline otherwise."""
         weight = sum(a.nbytes for a in outputs.values() if a.dtype != np.object_)
-        if weight <= RENDER_INLINE_BYTES:
-            return JSON(build())
-        return rendered(await asyncio.wrap_future(self.pool.submit(lambda: dumps(build()))))
+        with tracing.span("render", inline=weight <= RENDER_INLINE_BYTES):
+            if weight <= RENDER_INLINE_BYTES:
+                return JSON(build())
+            return rendered(await asyncio.wrap_future(self.pool.submit(lambda: dumps(build()))))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
