@@ -1,14 +1,16 @@
 """An OTLP/HTTP trace receiver on loopback: what a collector sees, for the tracing tests.
 
-`POST /v1/traces` with a protobuf `ExportTraceServiceRequest` (what the gateway's exporter
-and Triton's opentelemetry-cpp exporter send; gzip bodies too) is parsed with the message
-classes of gateway/otlp.py and kept as `Span`s. Anything else (another path, a JSON body,
-bytes that do not parse) is answered 4xx and kept in `errors`, so a test can say what a
-sender did wrong. `with Receiver() as r:` serves in a thread on a free port; stopped after.
+`POST /v1/traces` with an `ExportTraceServiceRequest` is kept as `Span`s: protobuf (what
+the gateway's exporter sends; parsed with the message classes of gateway/otlp.py) or
+OTLP/JSON (what Triton 2.51's opentelemetry-cpp exporter sends: ids in hex, field names
+in either proto or JSON spelling); gzip bodies too. Anything else (another path or
+content type, a body that does not parse) is answered 4xx and kept in `errors`, so a
+test can say what a sender did wrong. `content_types` counts what each sender used. `with Receiver() as r:` serves in a thread on a free port; stopped after.
 """
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,11 +62,58 @@ def parse(body: bytes) -> list[Span]:
     return out
 
 
+def _key(k: str) -> str:
+    """One spelling of a field name: `parent_span_id`, `parentSpanId` -> `parentspanid`."""
+    return k.replace("_", "").lower()
+
+
+def _norm(obj):
+    if isinstance(obj, dict):
+        return {_key(k): _norm(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_norm(v) for v in obj]
+    return obj
+
+
+def _json_value(v: dict):
+    for name, value in v.items():
+        if name == "arrayvalue":
+            return [_json_value(x) for x in value.get("values", [])]
+        if name == "kvlistvalue":
+            return {kv["key"]: _json_value(kv.get("value", {})) for kv in value.get("values", [])}
+        if name == "intvalue":
+            return int(value)        # int64 travels as a string in OTLP/JSON
+        return value
+    return None
+
+
+def parse_json(body: bytes) -> list[Span]:
+    """The spans of one ExportTraceServiceRequest in OTLP/JSON."""
+    req = _norm(json.loads(body))
+    out = []
+    for rs in req.get("resourcespans", []):
+        res = {kv["key"]: _json_value(kv.get("value", {})) for kv in rs.get("resource", {}).get("attributes", [])}
+        for ss in rs.get("scopespans", []) + rs.get("instrumentationlibraryspans", []):
+            for s in ss.get("spans", []):
+                kind = s.get("kind", 0)
+                kind = int(kind) if str(kind).isdigit() else {
+                    f"SPAN_KIND_{n.upper()}": i for i, n in KIND_NAMES.items()}.get(kind, 0)
+                out.append(Span(
+                    service=str(res.get("service.name", "")), trace_id=s.get("traceid", "").lower(),
+                    span_id=s.get("spanid", "").lower(), parent_id=s.get("parentspanid", "").lower(),
+                    name=s.get("name", ""), kind=KIND_NAMES.get(kind, str(kind)),
+                    start_ns=int(s.get("starttimeunixnano", 0)), end_ns=int(s.get("endtimeunixnano", 0)),
+                    attributes={kv["key"]: _json_value(kv.get("value", {})) for kv in s.get("attributes", [])},
+                    status=int((s.get("status") or {}).get("code", 0) or 0)))
+    return out
+
+
 class Receiver:
     def __init__(self, host: str = "127.0.0.1"):
         self.spans: list[Span] = []
         self.errors: list[str] = []
         self.posts = 0
+        self.content_types: dict[str, int] = {}
         self._lock = threading.Lock()
         receiver = self
 
@@ -90,17 +139,19 @@ class Receiver:
         if (h.headers.get("Content-Encoding") or "").lower() == "gzip":
             body = gzip.decompress(body)
         kind = (h.headers.get("Content-Type") or "").split(";")[0].strip()
-        if kind != "application/x-protobuf":
-            return self._refuse(h, 415, f"content type {kind!r} (only protobuf is parsed)")
+        parser = {"application/x-protobuf": parse, "application/json": parse_json}.get(kind)
+        if parser is None:
+            return self._refuse(h, 415, f"content type {kind!r}")
         try:
-            spans = parse(body)
+            spans = parser(body)
         except Exception as exc:   # a body that is not the message: the sender's bug
-            return self._refuse(h, 400, f"unparsable ExportTraceServiceRequest: {exc}")
+            return self._refuse(h, 400, f"unparsable ExportTraceServiceRequest ({kind}): {exc}")
         with self._lock:
             self.spans.extend(spans)
             self.posts += 1
+            self.content_types[kind] = self.content_types.get(kind, 0) + 1
         h.send_response(200)
-        h.send_header("Content-Type", "application/x-protobuf")
+        h.send_header("Content-Type", kind)
         h.send_header("Content-Length", "0")
         h.end_headers()
 
