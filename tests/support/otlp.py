@@ -5,7 +5,8 @@ the gateway's exporter sends; parsed with the message classes of gateway/otlp.py
 OTLP/JSON (what Triton 2.51's opentelemetry-cpp exporter sends: ids in hex, field names
 in either proto or JSON spelling); gzip bodies too. Anything else (another path or
 content type, a body that does not parse) is answered 4xx and kept in `errors`, so a
-test can say what a sender did wrong. `content_types` counts what each sender used. `with Receiver() as r:` serves in a thread on a free port; stopped after.
+test can say what a sender did wrong. `content_types` counts what each sender used.
+`with Receiver() as r:` serves in a thread on a free port; stopped after.
 """
 from __future__ import annotations
 
