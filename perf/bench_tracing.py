@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 
-from .bench_lean import _one, jpeg
+from .bench_lean import _round, jpeg
 
 # The OTLP/HTTP sink: reads each export and answers 200 (its CPU is not the gateway's).
 SINK = """
@@ -32,16 +32,6 @@ s = http.server.HTTPServer(("127.0.0.1", 0), H)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 """
-
-
-async def _round(app, body, n) -> float:
-    import time
-
-    t0 = time.process_time()
-    for _ in range(n):
-        status = await _one(app, body, b"score_threshold=0.3&max_results=50")
-        assert status == 200, status
-    return (time.process_time() - t0) / n * 1e6
 
 
 async def _started(app):
