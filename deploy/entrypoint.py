@@ -19,7 +19,8 @@ published read-only and never rebuilt in place (export/engines/store.py). The se
 repository is assembled per start in a pod-local folder (VISIONSERVE_SERVED_REPOSITORY,
 default /tmp/visionserve/served). Plan settings: deploy/plans.py. tritonserver gets the
 embedded default's hardened flags (serving/tritonserver.py) bound to 0.0.0.0; its admin key
-is VISIONSERVE_TRITON_ADMIN_KEY (else random per start), extra flags VISIONSERVE_TRITON_ARGS.
+is VISIONSERVE_TRITON_ADMIN_KEY (else random per start), extra flags VISIONSERVE_TRITON_ARGS,
+OpenTelemetry traces VISIONSERVE_TRACE_OTLP (a collector URL; empty: off) and VISIONSERVE_TRACE_RATE.
 The image's ENTRYPOINT runs NGC's /opt/nvidia/nvidia_entrypoint.sh first.
 """
 from __future__ import annotations
@@ -46,15 +47,18 @@ MODES = ("build", "check", "serve", "keys", "gc", "preflight")
 log = logging.getLogger("visionserve.deploy")
 
 
-def triton_command(repository: Path, admin_key: str | None, extra: list[str]) -> list[str]:
-    """The NGC tritonserver with the embedded default's hardened flags, bound to 0.0.0.0."""
+def triton_command(repository: Path, admin_key: str | None, extra: list[str],
+                   trace_otlp: str | None = None, trace_rate: int = 0) -> list[str]:
+    """The NGC tritonserver with the embedded default's hardened flags, bound to 0.0.0.0;
+    OpenTelemetry traces to `trace_otlp` when set (serving.tritonserver.trace_args)."""
     from serving.tritonserver import TritonInstall, TritonServer
 
     install = TritonInstall(binary=TRITON_HOME / "bin" / "tritonserver", libs=TRITON_HOME / "lib",
                             python_backend=TRITON_HOME / "backends" / "python",
                             stub=TRITON_HOME / "backends" / "python" / "triton_python_backend_stub")
     server = TritonServer(repository, host="0.0.0.0", admin_key=admin_key,
-                          backends_dir=TRITON_HOME / "backends", extra_args=tuple(extra))
+                          backends_dir=TRITON_HOME / "backends", extra_args=tuple(extra),
+                          trace_otlp=trace_otlp or None, trace_rate=trace_rate)
     return server.command(install)
 
 
@@ -96,7 +100,9 @@ def _serve(args, settings: plans.Settings) -> list[str]:
     repo = assemble(args.source, args.served, {m: (s.version, s.plan) for m, s in stored.items()})
     log.info("served repository %s", repo)
     return triton_command(repo, os.environ.get("VISIONSERVE_TRITON_ADMIN_KEY"),
-                          shlex.split(os.environ.get("VISIONSERVE_TRITON_ARGS", "")))
+                          shlex.split(os.environ.get("VISIONSERVE_TRITON_ARGS", "")),
+                          os.environ.get("VISIONSERVE_TRACE_OTLP"),
+                          int(os.environ.get("VISIONSERVE_TRACE_RATE") or 0))
 
 
 def _run(args) -> list[str] | None:

@@ -32,6 +32,7 @@ from .responses import JSON
 from .routes import probes, routers
 from .service import Service, decoding_bytes
 from .settings import GatewaySettings
+from . import tracing
 
 log = logging.getLogger("visionserve.gateway")
 
@@ -56,6 +57,8 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         finally:
             svc.close()
             await fleet.close()
+            if settings.otlp_endpoint:
+                tracing.shutdown()   # the spans still batched leave now
 
     docs = settings.docs
     app = FastAPI(title="visionserve gateway", version="0.1.0", lifespan=lifespan,
@@ -80,6 +83,11 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
                        retry_after=settings.retry_after_s,
                        templates=lambda: _templates(app, (probe_router, *api)),
                        exempt=frozenset(r.path for r in probe_router.routes))
+    if settings.otlp_endpoint:
+        tracing.configure(settings.otlp_endpoint, settings.trace_sample_rate)
+    if tracing.enabled():   # outermost: the request's span covers admission too
+        app.add_middleware(tracing.TracingMiddleware,
+                           exempt=frozenset(r.path for r in probe_router.routes))
     return app
 
 

@@ -27,6 +27,7 @@ from .inputs import off_loop
 from .metrics import Metrics
 from .responses import JSON_FLOAT, Answer
 from .settings import GatewaySettings
+from . import tracing
 
 # The capacity ticket of the request being handled (set by Service.admit).
 _TICKET: ContextVar = ContextVar("visionserve_capacity_ticket", default=None)
@@ -200,8 +201,10 @@ class Service:
         alone = gate is None or gate.alone
         t0 = time.perf_counter()
         try:
-            out = await self.backend.infer(model, inputs, outputs,
-                                           timeout_s=self.settings.triton_timeout_s)
+            with tracing.span(f"triton {model}", "client", model=model,
+                              batch=len(next(iter(inputs.values())))):
+                out = await self.backend.infer(model, inputs, outputs,
+                                               timeout_s=self.settings.triton_timeout_s)
         except UpstreamError as exc:
             m.triton_errors.labels(model, exc.code).inc()
             raise
@@ -220,10 +223,11 @@ class Service:
         (gateway/responses.py): built and serialised in the pool when the Triton outputs
         it comes from are large, inline otherwise."""
         weight = sum(a.nbytes for a in outputs.values() if a.dtype != np.object_)
-        if weight <= RENDER_INLINE_BYTES:
-            return answer.response(build(answer.vectors))
-        return answer.rendered(await asyncio.wrap_future(
-            self.pool.submit(lambda: answer.dumps(build(answer.vectors)))))
+        with tracing.span("render", inline=weight <= RENDER_INLINE_BYTES):
+            if weight <= RENDER_INLINE_BYTES:
+                return answer.response(build(answer.vectors))
+            return answer.rendered(await asyncio.wrap_future(
+                self.pool.submit(lambda: answer.dumps(build(answer.vectors)))))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -86,6 +86,14 @@ class GatewaySettings(BaseSettings):
     # of the budget above: /dev/shm pages are the gateway's memory too.
     shm_pool_bytes: int = Field(128 * 1024 * 1024, gt=0)
 
+    # OpenTelemetry traces (gateway/tracing.py): off unless set. An OTLP/HTTP collector
+    # (`http://collector:4318`, or a full `.../v1/traces` URL); spans are exported in
+    # protobuf batches from a background thread. Requests with a W3C `traceparent` follow
+    # its sampled flag; others are sampled at `trace_sample_rate`.
+    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP collector for traces (off when unset)")
+    trace_sample_rate: float = Field(1.0, ge=0, le=1, description="share of requests without a "
+                                     "traceparent that are traced")
+
     # Letterbox padding value (uint8) around the resized image.
     pad_value: int = Field(defaults.PAD_VALUE, ge=0, le=255)
 
@@ -105,6 +113,14 @@ class GatewaySettings(BaseSettings):
         """The most one request may hold: its body limit, and never more than the budget
         (a request that could never fit is a 413, not a 503 to retry)."""
         return min(self.max_body_bytes, self.memory_budget_bytes)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        defaults.otlp_traces_url(value)   # an http(s) URL, else a ValueError saying so
+        return value
 
     @field_validator("triton_grpc")
     @classmethod

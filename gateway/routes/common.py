@@ -7,7 +7,7 @@ from fastapi import Depends, Query, Request
 
 from contract.routes import Route
 
-from .. import postprocess
+from .. import postprocess, tracing
 from ..admission import reservation_of
 from ..catalog import ModelInfo
 from ..errors import InvalidParameter, NotAcceptable
@@ -94,10 +94,13 @@ async def frames_for(request: Request, svc: Service, info: ModelInfo) -> Frames:
     not served is a 503 before the body is read."""
     s = svc.settings
     reservation = reservation_of(request)
-    images = await read_images(request, max_bytes=s.max_body_bytes, max_images=s.max_images,
-                               pool=svc.pool, reservation=reservation)
-    svc.admit(info.name, reservation)
-    return await svc.frames(images, info.frame, info.max_batch_size, reservation)
+    with tracing.span("read_body"):
+        images = await read_images(request, max_bytes=s.max_body_bytes, max_images=s.max_images,
+                                   pool=svc.pool, reservation=reservation)
+    with tracing.span("admission", model=info.name):
+        svc.admit(info.name, reservation)
+    with tracing.span("decode", images=len(images)):
+        return await svc.frames(images, info.frame, info.max_batch_size, reservation)
 
 
 async def scored(request: Request, svc: Service, model: str, score_threshold: float | None,

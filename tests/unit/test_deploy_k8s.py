@@ -97,6 +97,15 @@ def test_the_scenarios_hold_the_expected_objects(rendered):
             assert o["metadata"].get("namespace") == "visionserve", f"{o['kind']}/{o['metadata']['name']}"
 
 
+def test_tracing_is_wired_and_off_by_default(rendered):
+    """Every Triton pool and the gateway carry their OTLP endpoint variable, empty: tracing
+    is one value away, and off until a collector is named (and egress to it allowed)."""
+    name, objs = rendered
+    for d in policy.apps(objs, "triton"):
+        assert env(policy.container(d, "triton")).get("VISIONSERVE_TRACE_OTLP") == "", d["metadata"]["name"]
+    assert env(policy.container(policy.app(objs, "gateway"))).get("VISIONSERVE_GATEWAY_OTLP_ENDPOINT") == ""
+
+
 def test_the_plan_build_root_renders_the_jobs_only():
     assert {(o["kind"], o["metadata"]["name"]) for o in render("plan-build")} == {
         ("Job", f"triton-plans-{k}") for k in gpu_kinds()}
