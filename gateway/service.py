@@ -181,12 +181,14 @@ class Service:
     async def infer(self, model: str, inputs: dict[str, np.ndarray],
                     outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         """All rows in as few calls as max_batch_size allows (one when it fits), the
-        chunks sent concurrently, the results concatenated in order."""
+        chunks sent concurrently, the results concatenated in order. When one chunk
+        fails (or the request is cancelled) the others are cancelled and awaited before
+        this raises: none runs on, or holds the request's arrays, after its answer."""
         info = self._info(model)
         n = len(next(iter(inputs.values())))
         step = max(1, info.max_batch_size)
         chunks = [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, n, step)]
-        parts = await asyncio.gather(*(self._call(model, c, outputs) for c in chunks))
+        parts = await all_or_none([self._call(model, c, outputs) for c in chunks])
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in outputs}
@@ -243,6 +245,25 @@ def decoding_bytes(costs: list[int], frame_hw, threads: int, on_heap: bool) -> i
     fh, fw = frame_hw
     frames = 2 * len(costs) * fh * fw * 3 if on_heap else 0
     return frames + sum(sorted(costs, reverse=True)[:threads])
+
+
+async def all_or_none(coros: list) -> list:
+    """The results of `coros` in order, run concurrently; on the first failure the
+    others are cancelled and awaited (asyncio.TaskGroup, however often this task is
+    cancelled meanwhile) and that failure is raised as itself, not as an ExceptionGroup
+    (the error handlers map gateway errors to answers). One coroutine runs inline."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    tasks: list[asyncio.Task] = []
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks += [group.create_task(c) for c in coros]
+    except BaseExceptionGroup as failed:
+        # the first failed chunk in request order, as gather would have raised it
+        first = next((t.exception() for t in tasks if t.done() and not t.cancelled()
+                      and t.exception() is not None), failed.exceptions[0])
+        raise first from None
+    return [t.result() for t in tasks]
 
 
 async def settle(futures, timeout_s: float, late) -> None:
