@@ -249,21 +249,43 @@ def decoding_bytes(costs: list[int], frame_hw, threads: int, on_heap: bool) -> i
 
 async def all_or_none(coros: list) -> list:
     """The results of `coros` in order, run concurrently; on the first failure the
-    others are cancelled and awaited (asyncio.TaskGroup, however often this task is
-    cancelled meanwhile) and that failure is raised as itself, not as an ExceptionGroup
-    (the error handlers map gateway errors to answers). One coroutine runs inline."""
+    others are cancelled and awaited (asyncio.TaskGroup's semantics, on Python 3.10 too)
+    and that failure is raised as itself, not as an ExceptionGroup (the error handlers
+    map gateway errors to answers). One coroutine runs inline."""
     if len(coros) == 1:
         return [await coros[0]]
-    tasks: list[asyncio.Task] = []
+    tasks = [asyncio.ensure_future(c) for c in coros]
     try:
-        async with asyncio.TaskGroup() as group:
-            tasks += [group.create_task(c) for c in coros]
-    except BaseExceptionGroup as failed:
-        # the first failed chunk in request order, as gather would have raised it
-        first = next((t.exception() for t in tasks if t.done() and not t.cancelled()
-                      and t.exception() is not None), failed.exceptions[0])
-        raise first from None
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        await _end_all(tasks)
+        raise
+    failed = [t.exception() for t in tasks if t.done() and not t.cancelled()
+              and t.exception() is not None]
+    if failed:
+        if await _end_all(tasks):
+            raise asyncio.CancelledError()
+        raise failed[0]          # the earliest chunk, in request order, that failed
     return [t.result() for t in tasks]
+
+
+async def _end_all(tasks) -> bool:
+    """Cancel the tasks not done and await every one (however often this task is
+    cancelled meanwhile); True when it was."""
+    for t in tasks:
+        t.cancel()
+    cancelled = False
+    running = [t for t in tasks if not t.done()]
+    while running:
+        try:
+            await asyncio.wait(running)
+        except asyncio.CancelledError:
+            cancelled = True
+        running = [t for t in running if not t.done()]
+    for t in tasks:              # retrieved: no "exception never retrieved" noise
+        if not t.cancelled():
+            t.exception()
+    return cancelled
 
 
 async def settle(futures, timeout_s: float, late) -> None:

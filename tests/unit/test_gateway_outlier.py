@@ -148,7 +148,7 @@ def test_a_hung_but_healthy_endpoint_is_ejected_and_probed_back_with_a_real_call
     async def go():
         fleet, fakes = fleet_of(2)
         await started(fleet)
-        hung, good = fakes[ADDRS[0]], fakes[ADDRS[1]]
+        hung = fakes[ADDRS[0]]
         hung.hung = True
         before = await outcomes(fleet, 40)
         ep = fleet.endpoints[ADDRS[0]]
