@@ -40,6 +40,7 @@ class TimeoutJudge:
         self.limit, self.ratio, self.window_s, self.clock = timeouts, ratio, window_s, clock
         self.in_a_row = 0
         self._seconds: deque[list] = deque()   # [whole second, calls ended, timed out]
+        self._calls = self._timeouts = 0       # over the seconds held
 
     @property
     def enabled(self) -> bool:
@@ -65,18 +66,25 @@ class TimeoutJudge:
         """A fresh start (the endpoint came back): what it did before no longer counts."""
         self.in_a_row = 0
         self._seconds.clear()
+        self._calls = self._timeouts = 0
 
     def _count(self, timed_out: int) -> tuple[int, int]:
+        """Add one call to the current second; (calls, timeouts) in the window. Running
+        totals: O(1) per call (this runs on every Triton call)."""
         now = int(self.clock())
         seconds = self._seconds
         while seconds and seconds[0][0] <= now - self.window_s:
-            seconds.popleft()
+            _, calls, timeouts = seconds.popleft()
+            self._calls -= calls
+            self._timeouts -= timeouts
         if seconds and seconds[-1][0] == now:
             seconds[-1][1] += 1
             seconds[-1][2] += timed_out
         else:
             seconds.append([now, 1, timed_out])
-        return sum(s[1] for s in seconds), sum(s[2] for s in seconds)
+        self._calls += 1
+        self._timeouts += timed_out
+        return self._calls, self._timeouts
 
 
 def probe_inputs(info: ModelInfo) -> dict[str, np.ndarray]:
