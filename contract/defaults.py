@@ -22,3 +22,10 @@ GATEWAY_URL = f"http://{HOST}:{GATEWAY_PORT}"
 # header on HTTP; over gRPC the same key travels as metadata with Triton's prefix.
 ADMIN_HEADER = "admin-key"
 GRPC_ADMIN_METADATA = f"triton-grpc-protocol-{ADMIN_HEADER}"
+
+# Image limits, judged from the header before any decoding: the gateway's defaults
+# (max_image_pixels, max_image_side) and the parameters of Triton's encoded-image decode
+# step (serving/encoded.py writes them into its config) both come from here.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_SIDE = 16384
+PAD_VALUE = 0                      # letterbox padding (uint8) around the resized image

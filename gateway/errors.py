@@ -81,6 +81,11 @@ class InvalidParameter(ClientError):
     status, code = 422, "invalid_parameter"
 
 
+class NotAcceptable(ClientError):
+    """The Accept header excludes every format the gateway answers in."""
+    status, code = 406, "not_acceptable"
+
+
 class UpstreamError(GatewayError):
     """Triton or capacity trouble; the same request may succeed later."""
     status = 503

@@ -33,8 +33,8 @@ class GatewaySettings(BaseSettings):
 
     # Request limits (client mistakes beyond these are 413 / 422, never 500).
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
-    max_image_pixels: int = Field(40_000_000, gt=0, description="judged from the header")
-    max_image_side: int = Field(16384, gt=0)
+    max_image_pixels: int = Field(defaults.MAX_IMAGE_PIXELS, gt=0, description="judged from the header")
+    max_image_side: int = Field(defaults.MAX_IMAGE_SIDE, gt=0)
     max_images: int = Field(16, gt=0, description="images (or texts) per request")
     max_text_chars: int = Field(1000, gt=0)
     # The request line and headers together (uvicorn's httptools parser has no limit of
@@ -94,7 +94,7 @@ class GatewaySettings(BaseSettings):
     shm_pool_bytes: int = Field(128 * 1024 * 1024, gt=0)
 
     # Letterbox padding value (uint8) around the resized image.
-    pad_value: int = Field(0, ge=0, le=255)
+    pad_value: int = Field(defaults.PAD_VALUE, ge=0, le=255)
 
     # What one in-flight request is assumed to hold when max_in_flight is not set: a
     # 640x640 RGB frame (1.2 MB) and its JPEG body (~0.8 MB at most for a phone photo

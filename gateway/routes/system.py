@@ -2,12 +2,16 @@
 its own port: gateway/metrics.py.)"""
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 
 from contract.routes import RouteTable
 
-from ..responses import JSON
-from .common import ServiceDep
+from ..responses import Answer
+from .common import ANSWERS, ERRORS, AnswerDep, ServiceDep, accepted_or_json
+
+ProbeAnswer = Annotated[Answer, Depends(accepted_or_json)]
 
 
 def probe_router(mount: dict | None = None) -> APIRouter:
@@ -15,17 +19,17 @@ def probe_router(mount: dict | None = None) -> APIRouter:
     carries no API key), never shed (gateway/admission.py exempts their paths)."""
     r = APIRouter(tags=["system"], **{k: v for k, v in (mount or {}).items() if k != "dependencies"})
 
-    @r.get("/healthz", summary="The process is alive")
-    async def healthz() -> JSON:
-        return JSON({"status": "ok"})
+    @r.get("/healthz", summary="The process is alive", responses=ANSWERS)
+    async def healthz(answer: ProbeAnswer):
+        return answer.response({"status": "ok"})
 
     @r.get("/readyz", summary="At least one Triton endpoint ready with its models",
-                 responses={503: {"description": "not ready: `reason` says why (Retry-After)"}})
-    async def readyz(svc: ServiceDep):
+                 responses={**ANSWERS, 503: {"description": "not ready: `reason` says why (Retry-After)"}})
+    async def readyz(svc: ServiceDep, answer: ProbeAnswer):
         # the fleet's health checks keep the states current: no Triton call per probe
         ready, body = svc.backend.readiness()
-        return JSON(body, status_code=200 if ready else 503,
-                    headers={} if ready else {"Retry-After": str(svc.settings.retry_after_s)})
+        return answer.response(body, status_code=200 if ready else 503,
+                               headers={} if ready else {"Retry-After": str(svc.settings.retry_after_s)})
 
     return r
 
@@ -34,8 +38,9 @@ def router(table: RouteTable, mount: dict | None = None) -> APIRouter:
     """GET /v1/models: every served route model, with the endpoint the route table gives it."""
     r = APIRouter(tags=["system"], **(mount or {}))
 
-    @r.get("/v1/models", summary="Served models: provenance, input sizes, tensors, score floors")
-    async def models(svc: ServiceDep) -> JSON:
+    @r.get("/v1/models", summary="Served models: provenance, input sizes, tensors, score floors",
+           responses={**ANSWERS, 406: ERRORS[406]})
+    async def models(svc: ServiceDep, answer: AnswerDep):
         cat = svc.catalog
         if cat is None:
             svc.model(table.models[0])  # raises the 503 that says Triton was never reached
@@ -62,6 +67,6 @@ def router(table: RouteTable, mount: dict | None = None) -> APIRouter:
                 "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
                             for t in info.outputs],
             })
-        return JSON({"models": out, "not_served": list(cat.missing)})
+        return answer.response({"models": out, "not_served": list(cat.missing)})
 
     return r
