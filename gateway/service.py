@@ -183,12 +183,14 @@ class Service:
     async def infer(self, model: str, inputs: dict[str, np.ndarray],
                     outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         """All rows in as few calls as max_batch_size allows (one when it fits), the
-        chunks sent concurrently, the results concatenated in order."""
+        chunks sent concurrently, the results concatenated in order. When one chunk
+        fails (or the request is cancelled) the others are cancelled and awaited before
+        this raises: none runs on, or holds the request's arrays, after its answer."""
         info = self._info(model)
         n = len(next(iter(inputs.values())))
         step = max(1, info.max_batch_size)
         chunks = [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, n, step)]
-        parts = await asyncio.gather(*(self._call(model, c, outputs) for c in chunks))
+        parts = await all_or_none([self._call(model, c, outputs) for c in chunks])
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in outputs}
@@ -250,6 +252,47 @@ def decoding_bytes(costs: list[int], frame_hw, threads: int, on_heap: bool) -> i
     fh, fw = frame_hw
     frames = 2 * len(costs) * fh * fw * 3 if on_heap else 0
     return frames + sum(sorted(costs, reverse=True)[:threads])
+
+
+async def all_or_none(coros: list) -> list:
+    """The results of `coros` in order, run concurrently; on the first failure the
+    others are cancelled and awaited (asyncio.TaskGroup's semantics, on Python 3.10 too)
+    and that failure is raised as itself, not as an ExceptionGroup (the error handlers
+    map gateway errors to answers). One coroutine runs inline."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        await _end_all(tasks)
+        raise
+    failed = [t.exception() for t in tasks if t.done() and not t.cancelled()
+              and t.exception() is not None]
+    if failed:
+        if await _end_all(tasks):
+            raise asyncio.CancelledError()
+        raise failed[0]          # the earliest chunk, in request order, that failed
+    return [t.result() for t in tasks]
+
+
+async def _end_all(tasks) -> bool:
+    """Cancel the tasks not done and await every one (however often this task is
+    cancelled meanwhile); True when it was."""
+    for t in tasks:
+        t.cancel()
+    cancelled = False
+    running = [t for t in tasks if not t.done()]
+    while running:
+        try:
+            await asyncio.wait(running)
+        except asyncio.CancelledError:
+            cancelled = True
+        running = [t for t in running if not t.done()]
+    for t in tasks:              # retrieved: no "exception never retrieved" noise
+        if not t.cancelled():
+            t.exception()
+    return cancelled
 
 
 async def settle(futures, timeout_s: float, late) -> None:

@@ -73,6 +73,13 @@ class GatewaySettings(BaseSettings):
     probe_backoff_max_s: float = Field(5.0, gt=0, description="longest wait between probes "
                                        "of an ejected endpoint")
     retry_budget_ratio: float = Field(0.1, ge=0, le=1, description="retries per request, at most")
+    # Outlier ejection (gateway/outlier.py): an endpoint whose calls time out while its
+    # health check passes (a hung Triton) is ejected after this many timed-out calls in a
+    # row, or as many making up `outlier_timeout_ratio` of its calls within
+    # `outlier_window_s`; probed back with a real inference. 0: off.
+    outlier_timeouts: int = Field(3, ge=0, description="timed-out calls that eject an endpoint")
+    outlier_timeout_ratio: float = Field(0.5, gt=0, le=1)
+    outlier_window_s: float = Field(30.0, gt=0)
 
     # Image tensors through system shared memory when beside Triton (gateway/shm.py).
     # auto: when the Triton host is loopback AND an admin key is configured; on: required
