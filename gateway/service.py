@@ -106,7 +106,7 @@ class Service:
         it directly): until then the pipeline's measured gate bounds it."""
         gates = [(self._gate(info.name, info.max_batch_size, info.queue_timeout_s), True)]
         for name in self._components(info.name):
-            gate = self._gate(name, *self._batching(name))
+            gate = self.capacity.get(name) or self._gate(name, *self._batching(name))
             gates.append((gate, gate.measured))
         return gates
 
