@@ -8,6 +8,7 @@ per-model capacity (gateway/capacity.py) and the metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from contextvars import ContextVar
@@ -75,39 +76,68 @@ class Service:
         return catalog.get(name)
 
     def model(self, name: str) -> ModelInfo:
-        """The served model's info; a model at capacity sheds the request now (503 +
-        Retry-After), before its body is read (gateway/capacity.py)."""
+        """The served model's info; a model (or a model its pipeline runs) with no room
+        for one more frame sheds the request now (503 + Retry-After), before its body is
+        read (gateway/capacity.py)."""
         info = self._info(name)
-        if self._gate(info).full():
+        if any(gate.full() for gate, judged in self._gates(info) if judged):
             raise self._shed(info)
         return info
 
-    def admit(self, name: str, reservation: Reservation) -> None:
-        """Take a place in the model's capacity for this request, or shed it (503 +
+    def admit(self, name: str, reservation: Reservation, frames: int = 1) -> None:
+        """Take `frames` places in the capacity of the model and of every model it runs
+        (a pipeline's components, from the catalog), or shed the request (503 +
         Retry-After). Called once the body is in, before decoding: a slow upload does
         not hold a place while Triton could be working."""
         info = self._info(name)
-        gate = self._gate(info)
-        ticket = gate.enter()
-        if ticket is None:
-            raise self._shed(info)
-        _TICKET.set(ticket)   # _call marks it answered (the handler's task and its children)
-        reservation.defer(lambda: gate.leave(ticket))
+        taken = []
+        for gate, judged in self._gates(info):
+            ticket = gate.enter(frames, force=not judged)
+            if ticket is None:
+                for g, t in taken:
+                    g.leave(t)
+                raise self._shed(info)
+            taken.append((gate, ticket))
+        _TICKET.set(taken[0][1])   # _call marks it answered (the handler's task and its children)
+        for gate, ticket in taken:
+            reservation.defer(functools.partial(gate.leave, ticket))
 
-    def _gate(self, info: ModelInfo) -> ModelCapacity:
-        gate = self.capacity.get(info.name)
+    def _gates(self, info: ModelInfo) -> list[tuple[ModelCapacity, bool]]:
+        """(gate, judged) of the model and of each model it runs: the route model's gate
+        always judges; a component's only once its own calls were timed (a route calls
+        it directly): until then the pipeline's measured gate bounds it."""
+        gates = [(self._gate(info.name, info.max_batch_size, info.queue_timeout_s), True)]
+        for name in self._components(info.name):
+            gate = self.capacity.get(name) or self._gate(name, *self._batching(name))
+            gates.append((gate, gate.measured))
+        return gates
+
+    def _components(self, name: str) -> list[str]:
+        catalog = self.catalog
+        return catalog.components(name) if catalog is not None else []
+
+    def _batching(self, name: str) -> tuple[int, float | None]:
+        """max_batch_size and queue timeout of a model the routes do not call directly,
+        from the config its pipeline's endpoint reported."""
+        config = self.catalog.configs.get(name, {}) if self.catalog is not None else {}
+        policy = config.get("dynamic_batching", {}).get("default_queue_policy", {})
+        timeout_us = int(policy.get("default_timeout_microseconds", 0))
+        return int(config.get("max_batch_size", 0)), (timeout_us / 1e6 if timeout_us else None)
+
+    def _gate(self, name: str, max_batch: int, queue_timeout_s: float | None) -> ModelCapacity:
+        gate = self.capacity.get(name)
         if gate is None:
-            gate = self.capacity[info.name] = ModelCapacity(info.max_batch_size,
-                                                            info.queue_timeout_s)
+            gate = self.capacity[name] = ModelCapacity(max_batch, queue_timeout_s,
+                                                       deadline_s=self.settings.triton_timeout_s)
         return gate
 
     def _shed(self, info: ModelInfo) -> GatewayOverloaded:
         self.metrics.shed.labels("capacity").inc()
-        gate = self.capacity[info.name]
         return GatewayOverloaded(
-            f"{info.name} has {gate.in_flight} requests in flight: what Triton finishes in "
-            "a request time and two batches waiting; retry later",
-            retry_after=self.settings.retry_after_s)
+            f"{info.name} is at capacity ("
+            + ", ".join(f"{n} {self.capacity[n].in_flight}/{self.capacity[n].limit} frames"
+                        for n in (info.name, *self._components(info.name)) if n in self.capacity)
+            + ")", retry_after=self.settings.retry_after_s)
 
     async def frames(self, images: list, frame_hw: tuple[int, int], max_batch: int = 0,
                      reservation: Reservation | None = None) -> Frames:
@@ -214,7 +244,12 @@ class Service:
             m.triton.labels(model).observe(time.perf_counter() - t0)
         if gate is not None:   # an answer: how long one execution (and any wait) took
             seconds = time.perf_counter() - t0
-            gate.observe(seconds, alone)
+            rows = len(next(iter(inputs.values())))
+            gate.observe(seconds, alone, rows)
+            for name in self._components(model):   # the frames went through these too
+                component = self.capacity.get(name)
+                if component is not None:
+                    component.observe(seconds, False, rows)
             ticket = _TICKET.get()
             if ticket is not None:
                 ticket.answered(seconds)

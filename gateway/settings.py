@@ -28,6 +28,11 @@ class GatewaySettings(BaseSettings):
     # /docs, /redoc and /openapi.json: off unless asked for (they describe every route
     # and limit to whoever can reach the API port).
     docs: bool = False
+    # API keys (gateway/auth.py): a file of `label:key` lines (`#` comments). Set: every
+    # route but /healthz and /readyz requires `Authorization: Bearer <key>` or
+    # `X-API-Key: <key>` (401 `unauthorized`), the file re-read when it changes; a file
+    # that cannot be read or holds no key stops start-up. Unset: no key required.
+    api_keys_file: Path | None = None
     # The committed contract the Triton metadata is checked against at start-up.
     contract_repository: Path = MODEL_REPOSITORY
 

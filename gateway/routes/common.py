@@ -89,8 +89,8 @@ def result_limit(value: int | None, info: ModelInfo, output: str, most: int | No
 
 
 async def frames_for(request: Request, svc: Service, info: ModelInfo) -> Frames:
-    """The request's images read, admitted to the model's capacity (svc.admit), and
-    decoded into `info`'s frames. Get `info` with svc.model() first: a model that is
+    """The request's images read, admitted to the capacity of the model and of the models
+    it runs, one place per image (svc.admit), and decoded into `info`'s frames. Get `info` with svc.model() first: a model that is
     not served is a 503 before the body is read."""
     s = svc.settings
     reservation = reservation_of(request)
@@ -98,7 +98,7 @@ async def frames_for(request: Request, svc: Service, info: ModelInfo) -> Frames:
         images = await read_images(request, max_bytes=s.max_body_bytes, max_images=s.max_images,
                                    pool=svc.pool, reservation=reservation)
     with tracing.span("admission", model=info.name):
-        svc.admit(info.name, reservation)
+        svc.admit(info.name, reservation, len(images))
     with tracing.span("decode", images=len(images)):
         return await svc.frames(images, info.frame, info.max_batch_size, reservation)
 

@@ -49,7 +49,7 @@ def text_router(route: Route, table: RouteTable, mount: dict | None = None) -> A
         info = svc.model(name)
         texts = await read_texts(request, max_bytes=s.max_body_bytes, max_texts=s.max_images,
                                  max_chars=s.max_text_chars, pool=svc.pool)
-        svc.admit(name, reservation_of(request))
+        svc.admit(name, reservation_of(request), len(texts))
         batch = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
         out = await svc.infer(name, {info.inputs[0].name: batch}, info.output_names)
         return await svc.render(lambda vectors: {"model": name, "results": [

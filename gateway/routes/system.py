@@ -1,8 +1,9 @@
-"""Health and readiness probes, and the served-model listing. (/metrics is served on
-its own port: gateway/metrics.py.)"""
+"""Health and readiness probes, the admin readiness view, and the served-model listing.
+(/metrics and the admin view are served on their own port: gateway/metrics.py.)"""
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from typing import Annotated, Callable
 
 from fastapi import APIRouter, Depends
 
@@ -24,14 +25,46 @@ def probe_router(mount: dict | None = None) -> APIRouter:
         return answer.response({"status": "ok"})
 
     @r.get("/readyz", summary="At least one Triton endpoint ready with its models",
-                 responses={**ANSWERS, 503: {"description": "not ready: `reason` says why (Retry-After)"}})
+                 responses={**ANSWERS, 503: {"description": "not ready (Retry-After)"}})
     async def readyz(svc: ServiceDep, answer: ProbeAnswer):
-        # the fleet's health checks keep the states current: no Triton call per probe
-        ready, body = svc.backend.readiness()
-        return answer.response(body, status_code=200 if ready else 503,
-                               headers={} if ready else {"Retry-After": str(svc.settings.retry_after_s)})
+        # the fleet's health checks keep the states current: no Triton call per probe.
+        # Anonymous: ready or not, nothing about the endpoints (their addresses, states
+        # and Triton's words are in the admin view on the metrics port)
+        if svc.catalog is not None:
+            return answer.response({"ready": True})
+        return answer.response({"ready": False, "reason": NOT_READY}, status_code=503,
+                               headers={"Retry-After": str(svc.settings.retry_after_s)})
 
     return r
+
+
+NOT_READY = "no Triton endpoint is ready"
+
+
+def admin_view(app, timeout_s: float = 2.0) -> Callable[[], tuple[bool, dict] | None]:
+    """The admin readiness detail for the metrics port's /readyz (another thread): every
+    endpoint's address, state and reason (Triton's own words), the target, and each
+    model's capacity in frames, read on the event loop (its state is the loop's alone).
+    None while the app is starting; a loop that does not answer within `timeout_s`
+    raises (the view says so: a frozen loop is what an operator looks for)."""
+    def detail():
+        svc, loop = getattr(app.state, "service", None), getattr(app.state, "loop", None)
+        if svc is None or loop is None:
+            return None
+        future = asyncio.run_coroutine_threadsafe(_detail(svc), loop)
+        try:
+            return future.result(timeout_s)
+        finally:
+            future.cancel()
+    return detail
+
+
+async def _detail(svc) -> tuple[bool, dict]:
+    ready, body = svc.backend.readiness()
+    body["capacity_frames"] = {name: {"in_flight": g.in_flight, "limit": g.limit,
+                                      "measured": g.measured}
+                               for name, g in sorted(svc.capacity.items())}
+    return ready, body
 
 
 def router(table: RouteTable, mount: dict | None = None) -> APIRouter:
