@@ -8,7 +8,8 @@
 A route is named by its path under /v1 ("embed/image" is /v1/embed/image); perf calls it by
 its `key` ("embed_image"). A route named `<route>/compare` (`Route.pair`) takes a PAIR of
 inputs rather than a batch: each of its models must reach a `match_threshold` (its own or a
-step's: `RouteTable.match_threshold`), checked when the table is built. Which models a route serves, which one it calls by default and
+step's: `RouteTable.match_threshold`), checked when the table is built.
+Which models a route serves, which one it calls by default and
 what a `?model=` value means are stated only in the models' configs (contract/facts.py):
 the gateway's routes, /v1/models, the OpenAPI enums and the perf tools read this table.
 """

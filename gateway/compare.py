@@ -48,7 +48,8 @@ def embedding_from(value, dim: int) -> np.ndarray:
         if len(raw) != 4 * dim:
             raise InvalidEmbedding(f"embedding: {len(raw) // 4} float32, the model's embeddings "
                                    f"have {dim}")
-        vec = np.frombuffer(raw, "<f4").astype(np.float64)
+        with np.errstate(invalid="ignore"):   # a signalling NaN: refused by `checked`
+            vec = np.frombuffer(raw, "<f4").astype(np.float64)
     else:
         raise InvalidEmbedding("embedding: base64 of little-endian float32 expected")
     return checked(vec)
