@@ -2,7 +2,7 @@
 synthetic ArcFace weights of the test suite cannot show (that different people do not match,
 and whether arcface's `match_threshold` is calibrated), checked by a user with real weights.
 
-    python -m perf.face_pairs --pairs lfw/pairs.txt --images lfw/ [--gateway http://127.0.0.1:8000]
+    python -m perf.face_pairs --pairs lfw/pairs.txt --images lfw/ [--gateway http://127.0.0.1:8080]
     make face-pairs PAIRS=lfw/pairs.txt IMAGES=lfw/
 
 The pair list is LFW's `pairs.txt` format: an optional header line of two numbers (folds,
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract import defaults
 from gateway.compare import choose, cosine
 
 PATTERN = "{name}/{name}_{idx:04d}.jpg"
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=Path, required=True, help="LFW pairs.txt format")
     ap.add_argument("--images", type=Path, required=True, help="folder of <name>/<name>_<idx:04d>.jpg")
-    ap.add_argument("--gateway", default="http://127.0.0.1:8000")
+    ap.add_argument("--gateway", default=defaults.GATEWAY_URL, help="the gateway's base URL")
     ap.add_argument("--model", default=None, help="/v1/faces ?model= (default: the route's)")
     ap.add_argument("--batch", type=int, default=8, help="photos per /v1/faces request")
     ap.add_argument("--pattern", default=PATTERN, help=f"photo path under --images ({PATTERN!r})")

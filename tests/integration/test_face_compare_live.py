@@ -67,8 +67,7 @@ def test_a_photo_matches_itself_mirrored_and_reencoded_in_one_triton_call(faces_
         embs.append(np.array(f.json()["results"][0]["faces"][0]["embedding"], np.float64))
     ref = embs[0] @ embs[1] / np.linalg.norm(embs[0]) / np.linalg.norm(embs[1])
     assert body["similarity"] == pytest.approx(ref, abs=1e-4)
-    print(f"\nastronaut vs mirrored q85: cosine {body['similarity']:.4f} "
-          f"(threshold {threshold[0]}, {body['threshold']['weights_provenance']})")
+    print(f"\nastronaut vs mirrored q85: {body}")
 
 
 def test_a_photo_against_its_own_embedding_is_cosine_1(faces_served, served_gateway, astronaut):
@@ -97,3 +96,39 @@ def test_the_three_errors(faces_served, served_gateway, astronaut):
     r = _post(served_gateway, json={"a": base64.b64encode(face).decode(), "embedding": short})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_embedding", r.text
     assert "511" in r.json()["error"]["message"]
+
+
+def test_the_pair_list_check_agrees_with_the_compare_route(faces_served, served_gateway, astronaut, tmp_path):
+    """perf/face_pairs.py (`make face-pairs`) on a tiny LFW-format list of photos made here:
+    its similarities and its accuracy at the served threshold are those the compare route
+    answers for the same files (the check a user runs on LFW with real weights)."""
+    from export.samples import ultralytics_photo
+    from perf import face_pairs
+    from skimage import data
+
+    photos = {("astronaut", 1): jpeg(astronaut, 92),
+              ("astronaut", 2): jpeg(np.ascontiguousarray(astronaut[:, ::-1]), 85),
+              ("zidane", 1): jpeg(ultralytics_photo("zidane.jpg"), 90),     # two men: the larger face
+              ("coffee", 1): jpeg(data.coffee(), 90)}
+    for (name, idx), body in photos.items():
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / f"{name}_{idx:04d}.jpg").write_bytes(body)
+    listing = "3\t1\nastronaut\t1\t2\nastronaut\t1\tzidane\t1\nzidane\t1\tcoffee\t1\n"
+    pairs = face_pairs.read_pairs(listing)
+    report = face_pairs.run(pairs, tmp_path, served_gateway.url, batch=3)
+    assert (report["pairs"], report["same"], report["photos"]) == (3, 1, 4)
+    correct = 0
+    for p, got in zip(pairs, report["similarities"]):
+        r = _post(served_gateway, files=_files(photos[p.a], photos[p.b]))
+        if got is None:
+            assert r.status_code == 422 and r.json()["error"]["code"] == "no_face", r.text
+            match = False
+        else:
+            assert r.status_code == 200, r.text
+            assert got == pytest.approx(r.json()["similarity"], abs=1e-4)
+            match = r.json()["match"]
+        correct += match == p.same
+    assert report["at_served_threshold"]["accuracy"] == pytest.approx(correct / 3)
+    assert report["served"]["value"] == route_table().match_threshold(ROUTE.default.model)[0]
+    print(f"\npair list on synthetic ArcFace: {report['similarities']}, "
+          f"best threshold {report['best']['threshold']}")
