@@ -14,11 +14,6 @@ import numpy as np
 
 from .errors import FaceIndexOutOfRange, InvalidEmbedding, NoFace
 
-# Norms under this are a zero vector: no direction to compare (float32 rounding of a
-# unit vector is ~1e-7 off 1; a real embedding is never near 0).
-MIN_NORM = 1e-6
-
-
 def embedding_from(value, dim: int) -> np.ndarray:
     """A reference embedding as /v1/faces answers it, in any of its encodings: base64 of
     little-endian float32 (JSON `embedding_format=base64`), the raw bytes (a msgpack bin), a
@@ -39,7 +34,10 @@ def embedding_from(value, dim: int) -> np.ndarray:
         if len(value) != dim or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                         for x in value):
             raise InvalidEmbedding(f"embedding: a list of {dim} numbers expected")
-        vec = np.asarray(value, np.float64)
+        try:
+            vec = np.asarray(value, np.float64)
+        except OverflowError:   # an integer beyond float64
+            raise InvalidEmbedding("embedding: a number beyond float range") from None
     elif isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
         if len(raw) % 4:
@@ -67,7 +65,7 @@ def checked(vec: np.ndarray) -> np.ndarray:
     """A usable embedding: finite, not the zero vector."""
     if not np.isfinite(vec).all():
         raise InvalidEmbedding("embedding: it holds NaN or infinity")
-    if np.linalg.norm(vec) < MIN_NORM:
+    if not vec.any():
         raise InvalidEmbedding("embedding: the zero vector has no direction to compare")
     return vec
 
@@ -94,10 +92,17 @@ def choose(boxes: np.ndarray, n: int, index: int | None, which: str) -> int:
 
 
 def cosine(u: np.ndarray, v: np.ndarray) -> float:
-    """Cosine similarity in [-1, 1] (float64; a zero vector gives 0)."""
-    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+    """Cosine similarity in [-1, 1] (float64; a zero vector gives 0). Each vector is first
+    divided by its largest magnitude: finite float32 values near 3.4e38 (or subnormal ones)
+    would overflow (underflow) the norms, and the cosine does not depend on the scale."""
+    u, v = (_scaled(np.asarray(x, np.float64)) for x in (u, v))
     den = np.linalg.norm(u) * np.linalg.norm(v)
     return float(np.clip(u @ v / den, -1.0, 1.0)) if den > 0 else 0.0
+
+
+def _scaled(x: np.ndarray) -> np.ndarray:
+    top = np.abs(x).max() if x.size else 0.0
+    return x / top if top > 0 else x
 
 
 @dataclass(frozen=True)
