@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import shutil
 import struct
 
@@ -63,7 +64,10 @@ def _repo(tmp_path, arcface=None, faces_route=None):
     shutil.copytree(contract.MODEL_REPOSITORY, repo, ignore=shutil.ignore_patterns("*.onnx", "*.plan"))
     if arcface is not None:
         p = repo / "arcface" / "config.pbtxt"
-        p.write_text(p.read_text().replace('string_value: "0.32"', f'string_value: "{arcface}"'))
+        text, n = re.subn(r'(key: "match_threshold"\s*value \{ string_value: )"[^"]*"', rf'\1"{arcface}"',
+                          p.read_text())
+        assert n == 1
+        p.write_text(text)
     if faces_route is not None:
         for m in ("faces", "faces_scrfd_500m"):
             p = repo / m / "config.pbtxt"
