@@ -7,15 +7,19 @@ builds it. Every list of models (the gateway's route table, perf's targets, the 
 runtime and bf16 policy, test parametrisation, docs tables) is derived from these.
 
 Parameters (strings, all optional):
-  route                    gateway route serving the model: "faces", "detect", "embed/image",
-                           "embed/text", "ocr", "analyze" (path /v1/<route>)
-  route_choice             its value of the route's `?model=` query (default: the model name)
-  route_default            "true": the route's default model (a one-model route needs none)
+  route                    gateway route(s) serving the model, comma-separated: "faces",
+                           "detect", "embed/image", "embed/text", "ocr", "analyze",
+                           "faces/compare" (path /v1/<route>)
+  route_choice             its value of each route's `?model=` query (default: the model name)
+  route_default            "true": its routes' default model (a one-model route needs none)
   default_score_threshold  results below it are not returned unless the client asks
                            (a `score_threshold` query may go down to the model's floor)
   cpu_prefer_runtime       onnxruntime: the cpu profile runs this graph in ONNX Runtime where
                            OpenVINO is the default; cpu_prefer_runtime_why says why (measured)
   cpu_f32_only             why this graph never runs in bf16 on the CPU ("" = it may)
+  match_threshold          an embedder's cosine similarity at or above which two faces are the
+                           same person (/v1/faces/compare's `match`; calibrated for the weights
+                           the config is for: see docs/gateway.md, Face compare)
   gpu_ceiling              the torch builder perf/ceiling_models.py times for this network
                            (absent: the exported ONNX graph in ONNX Runtime's GPU providers)
   geometry_outputs         the outputs in input-frame pixels, comma-separated
@@ -39,6 +43,7 @@ CPU_PREFER_RUNTIME_WHY = "cpu_prefer_runtime_why"
 CPU_F32_ONLY = "cpu_f32_only"
 GPU_CEILING = "gpu_ceiling"
 GEOMETRY_OUTPUTS = "geometry_outputs"
+MATCH_THRESHOLD = "match_threshold"
 # OpenVINO is the cpu profile's default: the one runtime a graph can prefer instead is ONNX Runtime
 CPU_RUNTIMES = ("onnxruntime",)
 
@@ -46,7 +51,7 @@ CPU_RUNTIMES = ("onnxruntime",)
 @dataclass(frozen=True)
 class ServingFacts:
     model: str
-    route: str | None
+    routes: tuple[str, ...]
     choice: str
     route_default: bool
     default_threshold: float | None
@@ -55,6 +60,12 @@ class ServingFacts:
     cpu_f32_only: str
     gpu_ceiling: str | None
     geometry_outputs: tuple[str, ...] = ()
+    match_threshold: float | None = None
+
+    @property
+    def route(self) -> str | None:
+        """The first route the model states (None: no route serves it)."""
+        return self.routes[0] if self.routes else None
 
 
 def facts(c: ModelContract) -> ServingFacts:
@@ -63,15 +74,9 @@ def facts(c: ModelContract) -> ServingFacts:
     default = p(ROUTE_DEFAULT).lower()
     if default not in ("", "true", "false"):
         raise ContractError(f"{c.path}: {ROUTE_DEFAULT} must be true or false, got {default!r}")
-    threshold = None
-    if p(DEFAULT_SCORE_THRESHOLD):
-        try:
-            threshold = float(p(DEFAULT_SCORE_THRESHOLD))
-        except ValueError:
-            threshold = -1.0
-        if not 0.0 <= threshold <= 1.0:
-            raise ContractError(f"{c.path}: {DEFAULT_SCORE_THRESHOLD} must be a number in [0, 1], "
-                                f"got {p(DEFAULT_SCORE_THRESHOLD)!r}")
+    threshold = _number(c, DEFAULT_SCORE_THRESHOLD, 0.0, p(DEFAULT_SCORE_THRESHOLD))
+    # a cosine similarity: [-1, 1]
+    match = _number(c, MATCH_THRESHOLD, -1.0, p(MATCH_THRESHOLD))
     runtime = p(CPU_PREFER_RUNTIME) or None
     if runtime is not None and runtime not in CPU_RUNTIMES:
         raise ContractError(f"{c.path}: {CPU_PREFER_RUNTIME} must be one of {', '.join(CPU_RUNTIMES)}, "
@@ -80,9 +85,25 @@ def facts(c: ModelContract) -> ServingFacts:
         raise ContractError(f"{c.path}: {CPU_PREFER_RUNTIME} needs {CPU_PREFER_RUNTIME_WHY} (the measurement)")
     if p(ROUTE_CHOICE) and not p(ROUTE):
         raise ContractError(f"{c.path}: {ROUTE_CHOICE} without a {ROUTE}")
-    return ServingFacts(c.name, p(ROUTE) or None, p(ROUTE_CHOICE) or c.name, default == "true", threshold,
+    routes = tuple(r.strip() for r in p(ROUTE).split(",") if r.strip())
+    if len(set(routes)) != len(routes):
+        raise ContractError(f"{c.path}: {ROUTE} names a route twice: {p(ROUTE)!r}")
+    return ServingFacts(c.name, routes, p(ROUTE_CHOICE) or c.name, default == "true", threshold,
                         runtime, p(CPU_PREFER_RUNTIME_WHY), p(CPU_F32_ONLY), p(GPU_CEILING) or None,
-                        geometry_outputs(c))
+                        geometry_outputs(c), match)
+
+
+def _number(c: ModelContract, key: str, low: float, text: str) -> float | None:
+    """A parameter that is a number in [low, 1], None when absent."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= 1.0:
+        raise ContractError(f"{c.path}: {key} must be a number in [{low:g}, 1], got {text!r}")
+    return value
 
 
 def geometry_outputs(c: ModelContract) -> tuple[str, ...]:

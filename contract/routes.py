@@ -6,7 +6,10 @@
     table.endpoint("centernet")                # "/v1/detect?model=centernet"
 
 A route is named by its path under /v1 ("embed/image" is /v1/embed/image); perf calls it by
-its `key` ("embed_image"). Which models a route serves, which one it calls by default and
+its `key` ("embed_image"). A route named `<route>/compare` (`Route.pair`) takes a PAIR of
+inputs rather than a batch: each of its models must reach a `match_threshold` (its own or a
+step's: `RouteTable.match_threshold`), checked when the table is built.
+Which models a route serves, which one it calls by default and
 what a `?model=` value means are stated only in the models' configs (contract/facts.py):
 the gateway's routes, /v1/models, the OpenAPI enums and the perf tools read this table.
 """
@@ -16,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import MODEL_REPOSITORY, ContractError, ModelContract, load_all
-from .facts import ROUTE_DEFAULT, facts
+from .facts import MATCH_THRESHOLD, ROUTE_DEFAULT, facts
 
 PREFIX = "/v1/"
+COMPARE = "/compare"
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,11 @@ class Route:
     def key(self) -> str:
         """The route's name where a slash does not fit (perf's --routes, file names)."""
         return self.name.replace("/", "_")
+
+    @property
+    def pair(self) -> bool:
+        """The route compares two inputs (a body of `a` and `b`), not a batch of images."""
+        return self.name.endswith(COMPARE)
 
     @property
     def default(self) -> RouteModel:
@@ -76,7 +85,7 @@ class RouteTable:
     @property
     def models(self) -> tuple[str, ...]:
         """Every model a route calls (each route's default first)."""
-        return tuple(m.model for r in self.routes for m in r.models)
+        return tuple(dict.fromkeys(m.model for r in self.routes for m in r.models))
 
     def endpoint(self, model: str) -> str | None:
         for r in self.routes:
@@ -103,12 +112,29 @@ class RouteTable:
         return None
 
 
+    def match_threshold(self, model: str) -> tuple[float, str] | None:
+        """(cosine threshold, the model that states it) for the embeddings `model` answers:
+        its own `match_threshold` parameter, else that of the first step (depth first) that
+        states one: the embedder, whose weights the threshold is calibrated for."""
+        c = self.contracts.get(model)
+        if c is None:
+            return None
+        own = facts(c).match_threshold
+        if own is not None:
+            return own, model
+        for step in c.steps:
+            found = self.match_threshold(step)
+            if found is not None:
+                return found
+        return None
+
+
 def from_contracts(contracts: dict[str, ModelContract]) -> RouteTable:
     by_route: dict[str, list[tuple[bool, RouteModel]]] = {}
     for name, c in sorted(contracts.items()):
         f = facts(c)
-        if f.route is not None:
-            by_route.setdefault(f.route, []).append((f.route_default, RouteModel(f.choice, name)))
+        for route in f.routes:
+            by_route.setdefault(route, []).append((f.route_default, RouteModel(f.choice, name)))
     routes = []
     for name, entries in by_route.items():
         choices = [m.choice for _, m in entries]
@@ -120,7 +146,13 @@ def from_contracts(contracts: dict[str, ModelContract]) -> RouteTable:
                                 f"states {ROUTE_DEFAULT} true (got {len(defaults)})")
         first = defaults[0] if defaults else entries[0][1]
         routes.append(Route(name, (first, *(m for _, m in entries if m is not first))))
-    return RouteTable(tuple(sorted(routes, key=lambda r: r.name)), dict(contracts))
+    table = RouteTable(tuple(sorted(routes, key=lambda r: r.name)), dict(contracts))
+    for r in table.routes:
+        lacking = [m.model for m in r.models if r.pair and table.match_threshold(m.model) is None]
+        if lacking:
+            raise ContractError(f"route {r.name!r} compares embeddings, but neither {', '.join(lacking)} "
+                                f"nor a step it runs states {MATCH_THRESHOLD}")
+    return table
 
 
 def route_table(repository: Path = MODEL_REPOSITORY) -> RouteTable:

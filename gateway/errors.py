@@ -87,6 +87,25 @@ class InvalidParameter(ClientError):
     status, code = 422, "invalid_parameter"
 
 
+class MissingPart(ClientError):
+    """A face compare body without one of its inputs (`a`, `b` or `embedding`)."""
+    status, code = 400, "missing_part"
+
+
+class NoFace(ClientError):
+    """Face compare: an image in which no face was found (the message names it)."""
+    status, code = 422, "no_face"
+
+
+class FaceIndexOutOfRange(ClientError):
+    status, code = 422, "face_index_out_of_range"
+
+
+class InvalidEmbedding(ClientError):
+    """A reference embedding that is not the model's D little-endian finite float32s."""
+    status, code = 422, "invalid_embedding"
+
+
 class NotAcceptable(ClientError):
     """The Accept header excludes every format the gateway answers in."""
     status, code = 406, "not_acceptable"

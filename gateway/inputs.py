@@ -108,10 +108,13 @@ async def off_loop(pool: Executor, size: int, fn, *args):
     return await asyncio.wrap_future(pool.submit(fn, *args))
 
 
-def parse_multipart(body: bytearray | bytes, content_type: str, max_images: int) -> list:
+def parse_multipart(body: bytearray | bytes, content_type: str, max_images: int,
+                    names: tuple[str, ...] | None = None) -> list:
     """File parts of a multipart/form-data body, in order, as memoryviews of `body`.
     Parts without a filename (plain fields) are ignored, at most MAX_FIELD_PARTS of
-    them: the parser stops at the first part over max_images + MAX_FIELD_PARTS."""
+    them: the parser stops at the first part over max_images + MAX_FIELD_PARTS.
+    With `names`: [(name, data)] of the parts so named, files or fields (face compare's
+    `a`, `b`, `embedding`), every other part ignored."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
@@ -121,14 +124,14 @@ def parse_multipart(body: bytearray | bytes, content_type: str, max_images: int)
                              f"characters (at most {MAX_BOUNDARY})")
     view = memoryview(body)
     parts: list = []
-    state = {"field": b"", "value": b"", "file": False, "pieces": [], "parts": 0}
+    state = {"field": b"", "value": b"", "file": False, "name": "", "pieces": [], "parts": 0}
     most = max_images + MAX_FIELD_PARTS
 
     def on_part_begin():
         state["parts"] += 1
         if state["parts"] > most:
             raise InvalidPayload(f"malformed multipart body: over {most} parts")
-        state.update(field=b"", value=b"", file=False, pieces=[])
+        state.update(field=b"", value=b"", file=False, name="", pieces=[])
 
     def on_header_field(data, start, end):
         state["field"] += data[start:end]
@@ -138,7 +141,9 @@ def parse_multipart(body: bytearray | bytes, content_type: str, max_images: int)
 
     def on_header_end():
         if state["field"].strip().lower() == b"content-disposition":
-            state["file"] = b"filename" in parse_options_header(state["value"].decode("latin-1"))[1]
+            options = parse_options_header(state["value"].decode("latin-1"))[1]
+            state["name"] = options.get(b"name", b"").decode("latin-1")
+            state["file"] = (b"filename" in options if names is None else state["name"] in names)
         state["field"] = state["value"] = b""
 
     def on_part_data(data, start, end):
@@ -150,7 +155,8 @@ def parse_multipart(body: bytearray | bytes, content_type: str, max_images: int)
             return
         if len(parts) >= max_images:
             raise TooManyImages(f"more than {max_images} images in one request")
-        parts.append(_join(state["pieces"], body, view))
+        data = _join(state["pieces"], body, view)
+        parts.append(data if names is None else (state["name"], data))
 
     try:
         parser = MultipartParser(boundary, {

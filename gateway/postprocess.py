@@ -40,9 +40,7 @@ class _Kept:
 
     def points(self, a: np.ndarray) -> list:
         """Kept rows of interleaved x,y model coordinates, in original pixels, rounded."""
-        if not self.scale.size:
-            return []
-        return _r(imaging.to_original(a[self.mask], self.scale, self.size))
+        return original(a[self.mask], self.scale, self.size)
 
     def split(self, items: list) -> list[list]:
         out, start = [], 0
@@ -50,6 +48,14 @@ class _Kept:
             out.append(items[start:start + n])
             start += n
         return out
+
+
+def original(points: np.ndarray, scale: np.ndarray, size: np.ndarray) -> list:
+    """[M, ...] interleaved x,y model coordinates of M rows (each with its image's scale and
+    size) in original pixels, rounded."""
+    if not scale.size:
+        return []
+    return _r(imaging.to_original(points, scale, size))
 
 
 def _r(a: np.ndarray, digits: int = 2) -> list:

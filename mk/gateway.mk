@@ -7,13 +7,18 @@
 #   make bench-answers                           answer bytes and render CPU: JSON floats,
 #                                                JSON base64, msgpack (real Triton outputs)
 #   make bench-tracing                           tracing off vs on (sampled, unsampled), same app
+#   make face-pairs PAIRS=lfw/pairs.txt IMAGES=lfw/  face verification accuracy of a running
+#                                                gateway on an LFW-format pair list, at the
+#                                                served match_threshold and the best one
 #   make soak [SOAK_S=600]                       gateway + stand-in Triton at 0.7 x C: errors,
 #                                                RSS, fds, shm slots before and after
 # TRITON_GRPC, GATEWAY_HOST/PORT/METRICS_PORT, BENCH_SECONDS: mk/defaults.mk
 BENCH_ARGS ?=
 SOAK_S ?= 600
+PAIRS ?=
+IMAGES ?=
 
-.PHONY: gateway bench-gateway bench-lean bench-answers bench-tracing soak
+.PHONY: gateway bench-gateway bench-lean bench-answers bench-tracing soak face-pairs
 
 gateway: setup  ## start the JPEG gateway alone against TRITON_GRPC (default 127.0.0.1:8001)
 	$(PY) -m gateway $(call opt,--triton-grpc,$(TRITON_GRPC)) $(call opt,--host,$(GATEWAY_HOST)) \
@@ -34,3 +39,7 @@ bench-tracing: setup  ## the gateway's CPU us/request with tracing off vs on (sa
 
 soak: setup  ## gateway + a fixed-time stand-in Triton at 0.7 x C for SOAK_S s (600): errors, RSS, fds, shm slots
 	$(PY) -m perf.soak --seconds $(SOAK_S)
+
+face-pairs: setup  ## accuracy of /v1/faces/compare's threshold on PAIRS (LFW pairs.txt) over IMAGES, via a running gateway
+	@test -n "$(PAIRS)" -a -n "$(IMAGES)" || { echo "usage: make face-pairs PAIRS=lfw/pairs.txt IMAGES=lfw/ [GATEWAY_URL=...]"; exit 2; }
+	$(PY) -m perf.face_pairs --pairs $(PAIRS) --images $(IMAGES) $(call opt,--gateway,$(GATEWAY_URL))

@@ -55,6 +55,8 @@ def targets(table=None) -> dict[str, Target]:
     table = table or route_table()
     out = {}
     for r in table.routes:
+        if r.pair:   # a compare route runs its models as its base route does: measured there
+            continue
         for m in r.models:
             name = r.key if m is r.default else f"{r.key}:{m.choice}"
             spec = table.contracts[m.model].inputs[0]

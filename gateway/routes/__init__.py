@@ -8,10 +8,10 @@ from fastapi import APIRouter
 from contract import ContractError
 from contract.routes import RouteTable
 
-from . import analyze, detect, embed, faces, ocr, system
+from . import analyze, compare, detect, embed, faces, ocr, system
 
 # the route (a config's `route` parameter) -> the module that answers it
-BUILDERS = {"faces": faces.router, "detect": detect.router, "embed/image": embed.image_router,
+BUILDERS = {"faces": faces.router, "faces/compare": compare.router, "detect": detect.router, "embed/image": embed.image_router,
             "embed/text": embed.text_router, "ocr": ocr.router, "analyze": analyze.router}
 
 

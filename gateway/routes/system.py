@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 
 from contract.routes import RouteTable
 
+from .. import compare
 from ..responses import Answer
 from .common import ANSWERS, ERRORS, AnswerDep, ServiceDep, accepted_or_json
 
@@ -95,6 +96,9 @@ def router(table: RouteTable, mount: dict | None = None) -> APIRouter:
                 "score_floor": floor[0] if floor else None,
                 # what the route applies when the client gives none (config.pbtxt parameter)
                 "default_score_threshold": table.default_threshold(name),
+                # /v1/faces/compare's `match` threshold, the model whose config states it and
+                # the provenance of that model's weights (synthetic ones are not calibrated)
+                "match_threshold": _match(table, cat, name),
                 "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
                            for t in info.inputs],
                 "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
@@ -103,3 +107,10 @@ def router(table: RouteTable, mount: dict | None = None) -> APIRouter:
         return answer.response({"models": out, "not_served": list(cat.missing)})
 
     return r
+
+
+def _match(table: RouteTable, cat, name: str) -> dict | None:
+    stated = table.match_threshold(name)
+    if stated is None:
+        return None
+    return compare.Threshold(stated[0], stated[1], cat.provenance.get(stated[1])).describe()

@@ -126,6 +126,9 @@ def embeddings_in(node) -> list:
 
 def _request(client, path, accept=None, n=1, **params):
     headers = {"accept": accept} if accept else {}
+    if path in PAIRS:   # a compare route takes images a and b, whatever n
+        return client.post(path, files=[(k, (f"{k}.jpg", JPEG, "image/jpeg")) for k in "ab"],
+                           params=params, headers=headers)
     if path == "/v1/embed/text":
         return client.post(path, json={"texts": [f"caption {i}" for i in range(n)]},
                            params=params, headers=headers)
@@ -136,6 +139,7 @@ def _request(client, path, accept=None, n=1, **params):
 
 
 PATHS = [r.path for r in route_table().routes]
+PAIRS = [r.path for r in route_table().routes if r.pair]
 
 
 @pytest.mark.parametrize("n", [1, 16])       # 16 images: rendered in the pool (over 1 MiB of outputs)
