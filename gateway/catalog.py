@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import contract
+from contract import encoded
 from contract.routes import RouteTable
 from contract.routes import route_table as _route_table
 
@@ -105,13 +106,15 @@ class Catalog:
                  provenance: dict[str, str | None] | None = None,
                  steps: dict[str, tuple[str, ...]] | None = None,
                  runtimes: dict[str, dict | None] | None = None,
-                 configs: dict[str, dict] | None = None):
+                 configs: dict[str, dict] | None = None,
+                 entries: dict[str, ModelInfo] | None = None):
         self.models = models
         self.missing = missing
         self.provenance = provenance or {}   # route models and their steps -> provenance
         self.steps = steps or {}             # pipeline -> the models it calls
         self.runtimes = runtimes or {}       # route models and their steps -> CPU runtime (cpu profile)
         self.configs = configs or {}         # route models and their steps -> Triton config
+        self.entries = entries or {}         # route model -> its encoded entry point (checked)
         self._floors: dict[tuple[str, str], tuple[float, str] | None] = {}
 
     def score_floor(self, model: str, output: str = "scores") -> tuple[float, str] | None:
@@ -150,17 +153,26 @@ class Catalog:
                 out.extend(c for c in self.components(step) if c not in out)
         return out
 
+    def find(self, name: str) -> ModelInfo | None:
+        """A route model's info, or an encoded entry point's (by its name); None."""
+        info = self.models.get(name)
+        if info is None:
+            info = next((e for e in self.entries.values() if e.name == name), None)
+        return info
+
     def get(self, name: str) -> ModelInfo:
-        try:
-            return self.models[name]
-        except KeyError:
+        info = self.find(name)
+        if info is None:
             raise ModelUnavailable(f"model {name!r} is not served by this Triton "
-                                   "(not in its repository)") from None
+                                   "(not in its repository)")
+        return info
 
     @classmethod
-    async def learn(cls, backend: Backend, repository: Path) -> "Catalog":
+    async def learn(cls, backend: Backend, repository: Path, entries: bool = False) -> "Catalog":
         """Ask Triton for each route model (the repository index is an admin API that a
-        hardened Triton restricts); models it does not know are left out, not fatal."""
+        hardened Triton restricts); models it does not know are left out, not fatal.
+        `entries`: also each served model's encoded entry point where the contract gives
+        it one (contract/encoded.py), held to the tensors the rule expects."""
         async def ask(name):   # every model at once: a probe is one round trip, not seven
             try:
                 return name, await backend.metadata(name), await backend.config(name)
@@ -192,7 +204,34 @@ class Catalog:
                   for n, c in configs.items()}
         provenance = {n: p.get("weights_provenance") for n, p in params.items()}
         runtimes = {n: cpu_runtime(p) for n, p in params.items()}
-        return cls(models, tuple(missing), provenance, steps, runtimes, configs)
+        learned = await learn_entries(backend, repository, models) if entries else {}
+        return cls(models, tuple(missing), provenance, steps, runtimes, configs, learned)
+
+
+async def learn_entries(backend: Backend, repository: Path,
+                        models: dict[str, ModelInfo]) -> dict[str, ModelInfo]:
+    """{route model: its `<model>_encoded` info} for the served models the contract's rule
+    gives an entry point that this Triton serves; one that contradicts the rule raises
+    ContractMismatch (a deployment bug, as for the models themselves)."""
+    wanted = {}
+    for name in models:
+        c = contract.load(name, repository)
+        if encoded.has_entry(c):
+            wanted[name] = encoded.entry_contract(c)
+
+    async def ask(name, want):
+        try:
+            return name, want, await backend.metadata(want.name), await backend.config(want.name)
+        except ModelUnavailable:
+            return name, want, None, None
+
+    found = {}
+    for name, want, meta, config in await asyncio.gather(*(ask(n, w) for n, w in wanted.items())):
+        if meta is not None:
+            info = from_triton(meta, config)
+            check(info, want)
+            found[name] = info
+    return found
 
 
 def from_triton(metadata: dict, config: dict) -> ModelInfo:
@@ -247,14 +286,18 @@ def merge(catalogs: list[Catalog]) -> Catalog | None:
     steps: dict[str, tuple[str, ...]] = {}
     runtimes: dict[str, dict | None] = {}
     configs: dict[str, dict] = {}
+    entries: dict[str, ModelInfo] = {}
     for cat in catalogs:
         for name, info in cat.models.items():
             if name not in models or info.max_batch_size < models[name].max_batch_size:
                 models[name] = info
+        for name, info in cat.entries.items():
+            if name not in entries or info.max_batch_size < entries[name].max_batch_size:
+                entries[name] = info
         provenance = {**cat.provenance, **provenance}
         steps = {**cat.steps, **steps}
         runtimes = {**cat.runtimes, **runtimes}
         configs = {**cat.configs, **configs}
     wanted = dict.fromkeys(m for cat in catalogs for m in (*cat.models, *cat.missing))
     missing = tuple(m for m in wanted if m not in models)
-    return Catalog(models, missing, provenance, steps, runtimes, configs)
+    return Catalog(models, missing, provenance, steps, runtimes, configs, entries)

@@ -86,6 +86,13 @@ class GatewaySettings(BaseSettings):
     # of the budget above: /dev/shm pages are the gateway's memory too.
     shm_pool_bytes: int = Field(128 * 1024 * 1024, gt=0)
 
+    # What crosses the wire to Triton for image routes (gateway/forward.py): pixels (the
+    # gateway decodes; frames through shared memory beside Triton, else gRPC), encoded
+    # (the client's JPEG/PNG bytes to `<model>_encoded`, Triton decodes; an endpoint without
+    # the entry points is refused), auto: per endpoint, encoded where it serves the entry
+    # points and frames would not go through shared memory.
+    forward: Literal["pixels", "encoded", "auto"] = "auto"
+
     # Letterbox padding value (uint8) around the resized image.
     pad_value: int = Field(defaults.PAD_VALUE, ge=0, le=255)
 

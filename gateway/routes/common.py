@@ -7,7 +7,7 @@ from fastapi import Depends, Query, Request
 
 from contract.routes import Route
 
-from .. import postprocess
+from .. import forward, postprocess
 from ..admission import reservation_of
 from ..catalog import ModelInfo
 from ..errors import InvalidParameter, NotAcceptable
@@ -88,15 +88,18 @@ def result_limit(value: int | None, info: ModelInfo, output: str, most: int | No
     return value
 
 
-async def frames_for(request: Request, svc: Service, info: ModelInfo) -> Frames:
+async def frames_for(request: Request, svc: Service, info: ModelInfo) -> Frames | forward.Encoded:
     """The request's images read, admitted to the model's capacity (svc.admit), and
-    decoded into `info`'s frames. Get `info` with svc.model() first: a model that is
+    decoded into `info`'s frames, or header-checked to travel encoded (gateway/forward.py;
+    svc.infer_frames takes either). Get `info` with svc.model() first: a model that is
     not served is a 503 before the body is read."""
     s = svc.settings
     reservation = reservation_of(request)
     images = await read_images(request, max_bytes=s.max_body_bytes, max_images=s.max_images,
                                pool=svc.pool, reservation=reservation)
     svc.admit(info.name, reservation)
+    if svc.forwards_encoded(info.name):
+        return await forward.frames(svc, images, reservation)
     return await svc.frames(images, info.frame, info.max_batch_size, reservation)
 
 
