@@ -128,7 +128,10 @@ async def infer(svc, model: str, enc: Encoded, outputs: tuple[str, ...]) -> dict
         out = await svc.infer(entry.name, {encoded.INPUT: batch}, (*outputs, encoded.ORIGINAL_SIZE),
                               capacity_of=model)
     except TritonError as exc:
-        raise decode_error(exc, len(batch), entry.max_batch_size) or exc
+        refused = decode_error(exc, len(batch), entry.max_batch_size)
+        if refused is None:
+            raise
+        raise refused from exc
     enc.size = out.pop(encoded.ORIGINAL_SIZE).reshape(-1, 2).astype(np.float64)
     return out
 

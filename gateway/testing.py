@@ -3,9 +3,10 @@
 It reports the committed contract as its metadata (so the catalog checks pass), returns
 outputs of the right names, dtypes and shapes, and records every call. Tests script it:
 `fail` raises a gateway error on every call, `delay_s` slows calls, `detections` sets
-the boxes a detector "finds" (model-input pixels), `hold` blocks calls until released. `encoded=True` also serves every encoded entry point
-the contract's rule gives (contract/encoded.py): its `original_size` read from each image's
-header, its other outputs those of the model (already "in original pixels").
+the boxes a detector "finds" (model-input pixels), `hold` blocks calls until released.
+`encoded=True` also serves every encoded entry point the contract's rule gives
+(contract/encoded.py): its `original_size` read from each image's header, its other
+outputs those of the model (already "in original pixels").
 """
 from __future__ import annotations
 

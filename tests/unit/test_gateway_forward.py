@@ -13,6 +13,7 @@ import pytest
 
 import contract
 from contract import encoded
+from contract.routes import route_table
 from gateway.errors import TritonError
 from gateway.fleet import Fleet
 from gateway.metrics import Metrics
@@ -29,7 +30,7 @@ JPEG_HDR = {"content-type": "image/jpeg"}
 
 def entry_models() -> tuple[str, ...]:
     """The route models the contract's rule gives an entry point (never a hand list)."""
-    routed = contract.routes.route_table(contract.MODEL_REPOSITORY).models
+    routed = route_table(contract.MODEL_REPOSITORY).models
     return tuple(m for m in routed if encoded.has_entry(contract.load(m)))
 
 
