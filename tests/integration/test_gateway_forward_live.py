@@ -121,8 +121,13 @@ def test_bad_images_are_refused_alike_and_a_cut_jpeg_is_400_from_tritons_decode(
     for body, want in ((b"GIF89a" + b"\0" * 64, (415, "unsupported_media_type")),
                        (cut, (400, "invalid_image"))):
         for mode, gw in pair.items():
+            calls = forward_calls(gw).get(("yolo", mode), 0)
             r = gw.client.post("/v1/detect", content=body, headers={"content-type": "image/jpeg"})
             assert (r.status_code, r.json()["error"]["code"]) == want, (mode, r.text)
+            sent = forward_calls(gw).get(("yolo", mode), 0) - calls
+            # the GIF never leaves the gateway; the cut JPEG's header passes, so the encoded
+            # gateway sends it and Triton's decode step refuses it
+            assert sent == (1 if mode == "encoded" and body is cut else 0), (mode, sent)
             if mode == "encoded" and body is cut:
                 assert "encoded_" not in r.text and "ensemble" not in r.text, r.text
     ok = pair["encoded"].client.post("/v1/detect", content=good, headers={"content-type": "image/jpeg"})
