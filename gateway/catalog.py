@@ -179,8 +179,11 @@ class Catalog:
             except ModelUnavailable:
                 return name, None, None
 
+        names = route_models(repository)
+        wanted = expected_entries(repository, names) if entries else {}
+        answers = await asyncio.gather(*(ask(n) for n in (*names, *(w.name for w in wanted.values()))))
         models, missing, configs = {}, [], {}
-        for name, meta, config in await asyncio.gather(*(ask(n) for n in route_models(repository))):
+        for name, meta, config in answers[:len(names)]:
             if meta is None:
                 missing.append(name)
                 continue
@@ -188,6 +191,11 @@ class Catalog:
             info = from_triton(meta, config)
             check(info, contract.load(name, repository))
             models[name] = info
+        learned = {}
+        for model, (_, meta, config) in zip(wanted, answers[len(names):]):
+            if meta is not None and model in models:
+                learned[model] = from_triton(meta, config)
+                check(learned[model], wanted[model])
         steps: dict[str, tuple[str, ...]] = {}
         todo = list(configs)
         while todo:   # the models pipelines run, for their weights' provenance
@@ -204,34 +212,19 @@ class Catalog:
                   for n, c in configs.items()}
         provenance = {n: p.get("weights_provenance") for n, p in params.items()}
         runtimes = {n: cpu_runtime(p) for n, p in params.items()}
-        learned = await learn_entries(backend, repository, models) if entries else {}
         return cls(models, tuple(missing), provenance, steps, runtimes, configs, learned)
 
 
-async def learn_entries(backend: Backend, repository: Path,
-                        models: dict[str, ModelInfo]) -> dict[str, ModelInfo]:
-    """{route model: its `<model>_encoded` info} for the served models the contract's rule
-    gives an entry point that this Triton serves; one that contradicts the rule raises
-    ContractMismatch (a deployment bug, as for the models themselves)."""
-    wanted = {}
+def expected_entries(repository: Path, models) -> dict[str, contract.ModelContract]:
+    """{route model: what its `<model>_encoded` must declare} for the models the contract's
+    rule gives an entry point (contract/encoded.py). A served entry point that contradicts
+    it raises ContractMismatch (a deployment bug, as for the models themselves)."""
+    out = {}
     for name in models:
         c = contract.load(name, repository)
         if encoded.has_entry(c):
-            wanted[name] = encoded.entry_contract(c)
-
-    async def ask(name, want):
-        try:
-            return name, want, await backend.metadata(want.name), await backend.config(want.name)
-        except ModelUnavailable:
-            return name, want, None, None
-
-    found = {}
-    for name, want, meta, config in await asyncio.gather(*(ask(n, w) for n, w in wanted.items())):
-        if meta is not None:
-            info = from_triton(meta, config)
-            check(info, want)
-            found[name] = info
-    return found
+            out[name] = encoded.entry_contract(c)
+    return out
 
 
 def from_triton(metadata: dict, config: dict) -> ModelInfo:
