@@ -87,8 +87,8 @@ class Endpoint:
                     return EJECTED, ("serves none of the gateway's models "
                                      + ", ".join(route_models(repository)))
                 self.catalog = catalog
-            states = await self.backend.ready(sorted(
-                [*self.catalog.models, *(e.name for e in self.catalog.entries.values())]))
+            states = await self.backend.ready(sorted(   # and the entry points it is sent
+                [*self.catalog.models, *(e.name for m, e in self.catalog.entries.items() if m in self.encoded)]))
             waiting = sorted(m for m, ok in states.items() if not ok)
             if waiting:
                 return EJECTED, "models not ready: " + ", ".join(waiting)

@@ -205,8 +205,9 @@ class Fleet:
         for ep in ready:
             for model in ep.catalog.models:
                 self._serving.setdefault(model, []).append(ep)
-            for model in ep.encoded:   # its entry point, where this endpoint is sent encoded
-                self._serving.setdefault(ep.catalog.entries[model].name, []).append(ep)
+            for model, entry in ep.catalog.entries.items():   # where it is sent encoded
+                if model in ep.encoded:
+                    self._serving.setdefault(entry.name, []).append(ep)
         self._cache_version = self._version
 
     @property
