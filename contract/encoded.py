@@ -13,7 +13,7 @@ INT32 [2] (width, height). serving/encoded.py builds them into every derived rep
 """
 from __future__ import annotations
 
-from . import ModelContract
+from . import ModelContract, mc
 from .facts import facts
 
 SUFFIX = "_encoded"
@@ -44,3 +44,16 @@ def has_entry(c: ModelContract) -> bool:
 def entry_models(contracts: dict[str, ModelContract]) -> tuple[str, ...]:
     """The models that get an encoded entry point, sorted."""
     return tuple(sorted(n for n, c in contracts.items() if has_entry(c)))
+
+
+def entry_contract(c: ModelContract) -> ModelContract:
+    """What `<model>_encoded` must declare, from the model's contract: the input `image`
+    STRING [1], the model's outputs (same names, dtypes, dims; geometric ones in original
+    pixels) plus `original_size` INT32 [2], the model's batch limit. The gateway holds a
+    Triton endpoint's entry point to it; serving/encoded.py generates entries that match."""
+    cfg = mc.ModelConfig(name=entry_name(c.name), platform="ensemble", max_batch_size=c.max_batch_size)
+    cfg.input.add(name=INPUT, data_type=mc.TYPE_STRING, dims=[1])
+    for o in c.config.output:
+        cfg.output.add(name=o.name, data_type=o.data_type, dims=o.dims)
+    cfg.output.add(name=ORIGINAL_SIZE, data_type=mc.TYPE_INT32, dims=[2])
+    return ModelContract(cfg.name, c.path, cfg)

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="Prometheus /metrics port, on the same host (default 8081; 0: none)")
     p.add_argument("--docs", action="store_true", default=None,
                    help="serve /docs, /redoc and /openapi.json (default: off)")
+    p.add_argument("--forward", choices=("pixels", "encoded", "auto"),
+                   help="what crosses the wire for image routes (default auto; docs/gateway.md)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {k: v for k, v in (("triton_grpc", args.triton_grpc), ("host", args.host),
                                    ("port", args.port), ("metrics_port", args.metrics_port),
-                                   ("docs", args.docs)) if v is not None}
+                                   ("docs", args.docs), ("forward", args.forward)) if v is not None}
     from pydantic import ValidationError
 
     try:

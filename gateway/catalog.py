@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import contract
+from contract import encoded
 from contract.routes import RouteTable
 from contract.routes import route_table as _route_table
 
@@ -105,13 +106,15 @@ class Catalog:
                  provenance: dict[str, str | None] | None = None,
                  steps: dict[str, tuple[str, ...]] | None = None,
                  runtimes: dict[str, dict | None] | None = None,
-                 configs: dict[str, dict] | None = None):
+                 configs: dict[str, dict] | None = None,
+                 entries: dict[str, ModelInfo] | None = None):
         self.models = models
         self.missing = missing
         self.provenance = provenance or {}   # route models and their steps -> provenance
         self.steps = steps or {}             # pipeline -> the models it calls
         self.runtimes = runtimes or {}       # route models and their steps -> CPU runtime (cpu profile)
         self.configs = configs or {}         # route models and their steps -> Triton config
+        self.entries = entries or {}         # route model -> its encoded entry point (checked)
         self._floors: dict[tuple[str, str], tuple[float, str] | None] = {}
 
     def score_floor(self, model: str, output: str = "scores") -> tuple[float, str] | None:
@@ -150,25 +153,37 @@ class Catalog:
                 out.extend(c for c in self.components(step) if c not in out)
         return out
 
+    def find(self, name: str) -> ModelInfo | None:
+        """A route model's info, or an encoded entry point's (by its name); None."""
+        info = self.models.get(name)
+        if info is None:
+            info = next((e for e in self.entries.values() if e.name == name), None)
+        return info
+
     def get(self, name: str) -> ModelInfo:
-        try:
-            return self.models[name]
-        except KeyError:
+        info = self.find(name)
+        if info is None:
             raise ModelUnavailable(f"model {name!r} is not served by this Triton "
-                                   "(not in its repository)") from None
+                                   "(not in its repository)")
+        return info
 
     @classmethod
-    async def learn(cls, backend: Backend, repository: Path) -> "Catalog":
+    async def learn(cls, backend: Backend, repository: Path, entries: bool = False) -> "Catalog":
         """Ask Triton for each route model (the repository index is an admin API that a
-        hardened Triton restricts); models it does not know are left out, not fatal."""
+        hardened Triton restricts); models it does not know are left out, not fatal.
+        `entries`: also each served model's encoded entry point where the contract gives
+        it one (contract/encoded.py), held to the tensors the rule expects."""
         async def ask(name):   # every model at once: a probe is one round trip, not seven
             try:
                 return name, await backend.metadata(name), await backend.config(name)
             except ModelUnavailable:
                 return name, None, None
 
+        names = route_models(repository)
+        wanted = expected_entries(repository, names) if entries else {}
+        answers = await asyncio.gather(*(ask(n) for n in (*names, *(w.name for w in wanted.values()))))
         models, missing, configs = {}, [], {}
-        for name, meta, config in await asyncio.gather(*(ask(n) for n in route_models(repository))):
+        for name, meta, config in answers[:len(names)]:
             if meta is None:
                 missing.append(name)
                 continue
@@ -176,6 +191,11 @@ class Catalog:
             info = from_triton(meta, config)
             check(info, contract.load(name, repository))
             models[name] = info
+        learned = {}
+        for model, (_, meta, config) in zip(wanted, answers[len(names):]):
+            if meta is not None and model in models:
+                learned[model] = from_triton(meta, config)
+                check(learned[model], wanted[model])
         steps: dict[str, tuple[str, ...]] = {}
         todo = list(configs)
         while todo:   # the models pipelines run, for their weights' provenance
@@ -192,7 +212,19 @@ class Catalog:
                   for n, c in configs.items()}
         provenance = {n: p.get("weights_provenance") for n, p in params.items()}
         runtimes = {n: cpu_runtime(p) for n, p in params.items()}
-        return cls(models, tuple(missing), provenance, steps, runtimes, configs)
+        return cls(models, tuple(missing), provenance, steps, runtimes, configs, learned)
+
+
+def expected_entries(repository: Path, models) -> dict[str, contract.ModelContract]:
+    """{route model: what its `<model>_encoded` must declare} for the models the contract's
+    rule gives an entry point (contract/encoded.py). A served entry point that contradicts
+    it raises ContractMismatch (a deployment bug, as for the models themselves)."""
+    out = {}
+    for name in models:
+        c = contract.load(name, repository)
+        if encoded.has_entry(c):
+            out[name] = encoded.entry_contract(c)
+    return out
 
 
 def from_triton(metadata: dict, config: dict) -> ModelInfo:
@@ -247,14 +279,18 @@ def merge(catalogs: list[Catalog]) -> Catalog | None:
     steps: dict[str, tuple[str, ...]] = {}
     runtimes: dict[str, dict | None] = {}
     configs: dict[str, dict] = {}
+    entries: dict[str, ModelInfo] = {}
     for cat in catalogs:
         for name, info in cat.models.items():
             if name not in models or info.max_batch_size < models[name].max_batch_size:
                 models[name] = info
+        for name, info in cat.entries.items():
+            if name not in entries or info.max_batch_size < entries[name].max_batch_size:
+                entries[name] = info
         provenance = {**cat.provenance, **provenance}
         steps = {**cat.steps, **steps}
         runtimes = {**cat.runtimes, **runtimes}
         configs = {**cat.configs, **configs}
     wanted = dict.fromkeys(m for cat in catalogs for m in (*cat.models, *cat.missing))
     missing = tuple(m for m in wanted if m not in models)
-    return Catalog(models, missing, provenance, steps, runtimes, configs)
+    return Catalog(models, missing, provenance, steps, runtimes, configs, entries)

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import time
 
+from . import forward
 from .backend import Backend
 from .catalog import Catalog, route_models
 from .errors import ContractMismatch, UpstreamError
@@ -43,7 +44,8 @@ def is_loopback(address: str) -> bool:
 
 
 class Endpoint:
-    def __init__(self, address: str, backend: Backend, shared_memory: tuple[bool, str] = (False, "")):
+    def __init__(self, address: str, backend: Backend, shared_memory: tuple[bool, str] = (False, ""),
+                 forward_setting: str = forward.PIXELS):
         self.address = address
         self.backend = backend
         self.state = CONNECTING
@@ -57,6 +59,9 @@ class Endpoint:
         self.judge = TimeoutJudge()     # how its calls end (the fleet sets the limits)
         self.suspect: str | None = None  # an outlier: the model whose calls timed out
         self.probe_error: str | None = None   # the kind of the last probe's exception
+        self.forward_setting = forward_setting
+        self.encoded: frozenset[str] = frozenset()   # route models sent encoded (gateway/forward.py)
+        self.forward_why = ""
 
     def serves(self, model: str) -> bool:
         return self.state == READY and self.catalog is not None and model in self.catalog.models
@@ -70,6 +75,10 @@ class Endpoint:
             out["models"] = sorted(self.catalog.models)
         if self.use_shm:
             out["shared_memory"] = self.shm_ready
+        if self.catalog is not None:   # what crosses the wire per image model, and why
+            out["forward"] = {m: forward.ENCODED if m in self.encoded else forward.PIXELS
+                              for m, info in sorted(self.catalog.models.items()) if info.frame}
+            out["forward_reason"] = self.forward_why
         return out
 
     async def probe(self, repository, shm_pool_bytes: int, shm_required: bool) -> tuple[str, str]:
@@ -78,21 +87,28 @@ class Endpoint:
         try:
             if self.catalog is None:
                 await self.backend.ready([])          # raises while down
-                catalog = await Catalog.learn(self.backend, repository)
+                catalog = await Catalog.learn(self.backend, repository,
+                                              entries=self.forward_setting != forward.PIXELS)
                 if not catalog.models:
                     return EJECTED, ("serves none of the gateway's models "
                                      + ", ".join(route_models(repository)))
                 self.catalog = catalog
-            states = await self.backend.ready(sorted(self.catalog.models))
+            states = await self.backend.ready(sorted(   # and the entry points it is sent
+                [*self.catalog.models, *(e.name for m, e in self.catalog.entries.items() if m in self.encoded)]))
             waiting = sorted(m for m, ok in states.items() if not ok)
             if waiting:
                 return EJECTED, "models not ready: " + ", ".join(waiting)
             if self.use_shm and not self.shm_ready:
                 await self._shared_memory(shm_pool_bytes, shm_required)
+            encoded, why = forward.decide(self.forward_setting, self.catalog, self.shm_ready, repository)
+            if (encoded, why) != (self.encoded, self.forward_why):
+                log.info("%s: %s images sent encoded (%s)", self.address,
+                         ", ".join(sorted(encoded)) or "no", why)
+            self.encoded, self.forward_why = encoded, why
             return READY, ""
         except ContractMismatch as exc:
             return REFUSED, f"contract mismatch: {exc}"
-        except SharedMemoryUnavailable as exc:
+        except (SharedMemoryUnavailable, forward.ForwardUnavailable) as exc:
             return REFUSED, str(exc)
         except UpstreamError as exc:
             return EJECTED, exc.message

@@ -34,6 +34,7 @@ from . import catalog as catalogs
 from . import retry
 from .backend import Backend
 from .catalog import Catalog
+from .forward import ENCODED
 from .discovery import Discovery
 from .endpoint import CONNECTING, EJECTED, READY, REFUSED, REMOVED, STATES, Endpoint, is_loopback
 from .errors import ModelUnavailable, TritonError, TritonTimeout, TritonUnavailable, UpstreamError
@@ -132,7 +133,8 @@ class Fleet:
         """Discovery's answer: probe the new endpoints, stop routing to the gone ones."""
         for address in addresses:
             if address not in self.endpoints:
-                ep = Endpoint(address, self._connect(address), self._shm_decision(address))
+                ep = Endpoint(address, self._connect(address), self._shm_decision(address),
+                              self.settings.forward)
                 s = self.settings
                 ep.judge = TimeoutJudge(s.outlier_timeouts, s.outlier_timeout_ratio,
                                         s.outlier_window_s)
@@ -151,6 +153,8 @@ class Fleet:
         from .shm import decide
 
         s = self.settings
+        if s.forward == ENCODED:
+            return False, "forward=encoded: images travel encoded, no frames to share"
         if s.shared_memory == "auto" and not is_loopback(address):
             return False, f"auto: {address} is not on loopback"
         local = "127.0.0.1:0" if is_loopback(address) else address
@@ -280,6 +284,9 @@ class Fleet:
         for ep in ready:
             for model in ep.catalog.models:
                 self._serving.setdefault(model, []).append(ep)
+            for model, entry in ep.catalog.entries.items():   # where it is sent encoded
+                if model in ep.encoded:
+                    self._serving.setdefault(entry.name, []).append(ep)
         self._cache_version = self._version
 
     @property
@@ -314,6 +321,18 @@ class Fleet:
             k = random.randrange(len(pool))
             pool = pool[k:] + pool[:k]
         return min(pool, key=_load, default=None)
+
+    def encoded(self, model: str) -> bool:
+        """Whether a request for `model` should travel encoded (gateway/forward.py): yes
+        when every ready endpoint serving it decided so; in a fleet that mixes, when the
+        endpoint the balancer would pick now did."""
+        self._refresh()
+        pool = self._serving.get(model, ())
+        entry = self._catalog.entries.get(model) if self._catalog is not None else None
+        sending = self._serving.get(entry.name, ()) if entry is not None else ()
+        if not sending or len(sending) == len(pool):
+            return bool(sending)
+        return self._pick(model, []) in sending
 
     def _unavailable(self, model: str) -> UpstreamError:
         retry_after = self.settings.retry_after_s
@@ -351,7 +370,7 @@ class Fleet:
             if ep is None:
                 raise self._unavailable(model)
             remaining = deadline - time.monotonic()
-            info = ep.catalog.models.get(model) if ep.catalog else None
+            info = ep.catalog.find(model) if ep.catalog else None
             ep.outstanding += 1
             try:
                 out = await ep.backend.infer(

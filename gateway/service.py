@@ -22,6 +22,7 @@ import imaging
 from .admission import Reservation
 from .backend import Backend
 from .capacity import ModelCapacity
+from . import forward
 from .catalog import Catalog, ModelInfo
 from .errors import GatewayOverloaded, TritonTimeout, TritonUnavailable, UpstreamError
 from .inputs import off_loop
@@ -62,6 +63,7 @@ class Service:
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.capacity: dict[str, ModelCapacity] = {}
+        self.forward_metrics = forward.ForwardMetrics(metrics.registry)
         metrics.watch_capacity(lambda: dict(self.capacity))
 
     @property
@@ -101,6 +103,12 @@ class Service:
         _TICKET.set(taken[0][1])   # _call marks it answered (the handler's task and its children)
         for gate, ticket in taken:
             reservation.defer(functools.partial(gate.leave, ticket))
+
+    def forwards_encoded(self, model: str) -> bool:
+        """Whether this request's images for `model` travel encoded (gateway/forward.py):
+        the fleet's per-endpoint decision."""
+        encoded = getattr(self.backend, "encoded", None)
+        return bool(encoded is not None and encoded(model))
 
     def _gates(self, info: ModelInfo) -> list[tuple[ModelCapacity, bool]]:
         """(gate, judged) of the model and of each model it runs: the route model's gate
@@ -196,7 +204,13 @@ class Service:
                            input_name: str = "images") -> dict[str, np.ndarray]:
         """`infer` on a decoded batch, then its shm slot released: as soon as the
         response arrives, or retired (never reused) when Triton may still be reading it
-        (deadline passed, connection lost, request cancelled)."""
+        (deadline passed, connection lost, request cancelled). Encoded images
+        (gateway/forward.py) go to the model's entry point instead."""
+        if isinstance(frames, forward.Encoded):
+            return await forward.infer(self, model, frames, outputs)
+        info = self.catalog.models.get(model) if self.catalog is not None else None
+        self.forward_metrics.count(model, forward.PIXELS, len(frames.pixels),
+                                   info.max_batch_size if info else 1)
         retire = True
         try:
             out = await self.infer(model, {input_name: frames.pixels}, outputs)
@@ -210,26 +224,27 @@ class Service:
         finally:
             frames.release(retire=retire)
 
-    async def infer(self, model: str, inputs: dict[str, np.ndarray],
-                    outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...],
+                    capacity_of: str | None = None) -> dict[str, np.ndarray]:
         """All rows in as few calls as max_batch_size allows (one when it fits), the
         chunks sent concurrently, the results concatenated in order. When one chunk
         fails (or the request is cancelled) the others are cancelled and awaited before
-        this raises: none runs on, or holds the request's arrays, after its answer."""
+        this raises: none runs on, or holds the request's arrays, after its answer.
+        `capacity_of`: the model whose capacity gate times the calls (an entry point's model)."""
         info = self._info(model)
         n = len(next(iter(inputs.values())))
         step = max(1, info.max_batch_size)
         chunks = [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, n, step)]
-        parts = await all_or_none([self._call(model, c, outputs) for c in chunks])
+        parts = await all_or_none([self._call(model, c, outputs, capacity_of) for c in chunks])
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in outputs}
 
-    async def _call(self, model, inputs, outputs):
+    async def _call(self, model, inputs, outputs, capacity_of=None):
         m = self.metrics
-        m.bytes_to_triton.labels(model).inc(
+        m.bytes_to_triton.labels(model).inc(   # BYTES inputs: counted by gateway/forward.py
             sum(a.nbytes for a in inputs.values() if a.dtype != np.object_))
-        gate = self.capacity.get(model)
+        gate = self.capacity.get(capacity_of or model)
         alone = gate is None or gate.alone
         t0 = time.perf_counter()
         try:
@@ -246,7 +261,7 @@ class Service:
             seconds = time.perf_counter() - t0
             rows = len(next(iter(inputs.values())))
             gate.observe(seconds, alone, rows)
-            for name in self._components(model):   # the frames went through these too
+            for name in self._components(capacity_of or model):   # the frames went through these too
                 component = self.capacity.get(name)
                 if component is not None:
                     component.observe(seconds, False, rows)

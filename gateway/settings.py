@@ -106,6 +106,13 @@ class GatewaySettings(BaseSettings):
     trace_sample_rate: float = Field(1.0, ge=0, le=1, description="share of requests without a "
                                      "traceparent that are traced")
 
+    # What crosses the wire to Triton for image routes (gateway/forward.py): pixels (the
+    # gateway decodes; frames through shared memory beside Triton, else gRPC), encoded
+    # (the client's JPEG/PNG bytes to `<model>_encoded`, Triton decodes; an endpoint without
+    # the entry points is refused), auto: per endpoint, encoded where it serves the entry
+    # points and frames would not go through shared memory.
+    forward: Literal["pixels", "encoded", "auto"] = "auto"
+
     # Letterbox padding value (uint8) around the resized image.
     pad_value: int = Field(defaults.PAD_VALUE, ge=0, le=255)
 

@@ -4,6 +4,9 @@ It reports the committed contract as its metadata (so the catalog checks pass), 
 outputs of the right names, dtypes and shapes, and records every call. Tests script it:
 `fail` raises a gateway error on every call, `delay_s` slows calls, `detections` sets
 the boxes a detector "finds" (model-input pixels), `hold` blocks calls until released.
+`encoded=True` also serves every encoded entry point the contract's rule gives
+(contract/encoded.py): its `original_size` read from each image's header, its other
+outputs those of the model (already "in original pixels").
 """
 from __future__ import annotations
 
@@ -15,15 +18,21 @@ import numpy as np
 from google.protobuf import json_format
 
 import contract
+import imaging
+from contract import encoded as entries
 
 from .errors import ModelUnavailable, TritonUnavailable
 
 
 class FakeBackend:
     def __init__(self, repository: Path = contract.MODEL_REPOSITORY,
-                 models: tuple[str, ...] | None = None, overrides: dict | None = None):
+                 models: tuple[str, ...] | None = None, overrides: dict | None = None,
+                 encoded: bool = False):
         all_models = contract.load_all(repository)
         self.contracts = {n: c for n, c in all_models.items() if models is None or n in models}
+        if encoded:
+            self.contracts.update({e.name: e for e in (
+                entries.entry_contract(c) for c in list(self.contracts.values()) if entries.has_entry(c))})
         self.overrides = overrides or {}          # model -> metadata dict replacing the real one
         self.calls: list[tuple[str, int]] = []    # (model, batch size) per infer call
         self.deadlines: list[tuple] = []          # (timeout_s, queue_timeout_us) per call
@@ -69,7 +78,12 @@ class FakeBackend:
             arr = inputs[spec.name]
             assert arr.shape[1:] == spec.dims and arr.dtype == spec.dtype, (spec, arr.shape)
         self.calls.append((model, n))
-        return {name: self._output(c.output(name), n) for name in outputs}
+        out = {name: self._output(c.output(name), n) for name in outputs}
+        if entries.ORIGINAL_SIZE in out:
+            out[entries.ORIGINAL_SIZE] = np.array(
+                [imaging.read_header(d, max_pixels=1 << 40, max_side=1 << 20).size
+                 for d in inputs[entries.INPUT][:, 0]], np.int32).reshape(n, 2)
+        return out
 
     async def close(self):
         self.closed = True

@@ -5,7 +5,8 @@ Pure (numpy, cv2, simplejpeg only). Every entry point either returns or raises a
 `ImagingError` (imaging.errors) with a message for the client; the work each does is
 bounded before it starts:
 
-* `read_header` (bounded header walk, pixel limits) -> `ImageHeader`;
+* `read_header` (bounded header walk, pixel limits) -> `ImageHeader`; `check`: what a
+  decode judges before allocating (for bytes handed on undecoded);
 * `plan_letterbox` -> `Letterbox`; `decode_cost(header, box, len(data))`: the bytes the
   decode will hold, to charge before running it;
 * `decode_into` (decode + letterbox into a frame slot) or `decode` (RGB, oriented);
@@ -18,7 +19,7 @@ A per-item caller (a Triton python-backend step) calls `letterbox(data, w, h, ..
 into that item's error (InvalidArgument), leaving the others.
 """
 from .cost import decode_cost, jpeg_scaled_size
-from .decode import MAX_SCANS, decode, decode_into, letterbox
+from .decode import MAX_SCANS, check, decode, decode_into, letterbox
 from .errors import (CorruptImage, ImageTooComplex, ImageTooLarge, ImagingError,
                      UnsupportedImage)
 from .handoff import admit
@@ -27,7 +28,7 @@ from .header import JPEG_MAGIC, PNG_MAGIC, ImageHeader, read_header, sniff
 
 __all__ = [
     "CorruptImage", "ImageHeader", "admit", "ImageTooComplex", "ImageTooLarge", "ImagingError",
-    "JPEG_MAGIC", "Letterbox", "MAX_SCANS", "PNG_MAGIC", "UnsupportedImage", "decode",
+    "JPEG_MAGIC", "Letterbox", "MAX_SCANS", "PNG_MAGIC", "UnsupportedImage", "check", "decode",
     "decode_cost", "decode_into", "jpeg_scaled_size", "letterbox", "plan_letterbox", "read_header",
     "sniff", "to_original",
 ]

@@ -41,6 +41,15 @@ def check_jpeg(data, header: ImageHeader) -> None:
                               "(baseline, or a standard progressive script)")
 
 
+def check(data, header: ImageHeader) -> None:
+    """The checks a decode makes before allocating anything (libjpeg's reading of the header
+    against `header`, a progressive JPEG's scan count), alone: for a caller that hands the
+    bytes to a decoder elsewhere (the gateway forwarding them to Triton's decode step),
+    so it answers the same errors without decoding."""
+    if header.kind == "jpeg":
+        check_jpeg(data, header)
+
+
 def _orient(img: np.ndarray, orientation: int) -> np.ndarray:
     """Apply EXIF orientation to stored pixels (matches PIL.ImageOps.exif_transpose)."""
     if orientation == 1:

@@ -7,7 +7,7 @@ from fastapi import Depends, Query, Request
 
 from contract.routes import Route
 
-from .. import postprocess, tracing
+from .. import forward, postprocess, tracing
 from ..admission import reservation_of
 from ..catalog import ModelInfo
 from ..errors import InvalidParameter, NotAcceptable
@@ -88,10 +88,12 @@ def result_limit(value: int | None, info: ModelInfo, output: str, most: int | No
     return value
 
 
-async def frames_for(request: Request, svc: Service, info: ModelInfo) -> Frames:
+async def frames_for(request: Request, svc: Service, info: ModelInfo) -> Frames | forward.Encoded:
     """The request's images read, admitted to the capacity of the model and of the models
-    it runs, one place per image (svc.admit), and decoded into `info`'s frames. Get `info` with svc.model() first: a model that is
-    not served is a 503 before the body is read."""
+    it runs, one place per image (svc.admit), and decoded into `info`'s frames, or
+    header-checked to travel encoded (gateway/forward.py; svc.infer_frames takes either).
+    Get `info` with svc.model() first: a model that is not served is a 503 before the body
+    is read."""
     s = svc.settings
     reservation = reservation_of(request)
     with tracing.span("read_body"):
@@ -99,6 +101,9 @@ async def frames_for(request: Request, svc: Service, info: ModelInfo) -> Frames:
                                    pool=svc.pool, reservation=reservation)
     with tracing.span("admission", model=info.name):
         svc.admit(info.name, reservation, len(images))
+    if svc.forwards_encoded(info.name):
+        with tracing.span("check", images=len(images)):
+            return await forward.frames(svc, images, reservation)
     with tracing.span("decode", images=len(images)):
         return await svc.frames(images, info.frame, info.max_batch_size, reservation)
 

@@ -32,8 +32,9 @@ BUDGET = 512 * MiB
 @pytest.fixture(scope="module")
 def gateway(served, tmp_path_factory):
     served.need("yolo")
+    # forward=pixels: these bound the gateway's own decoder (encoded bytes: test_gateway_forward_live)
     gw = Gateway(served.server.grpc_url, tmp_path_factory.mktemp("crafted") / "gateway.log",
-                 memory_budget_bytes=BUDGET)
+                 memory_budget_bytes=BUDGET, forward="pixels")
     try:
         yield gw.wait_ready()
     finally:

@@ -248,8 +248,10 @@ def test_deadline_is_a_504(served, gateways, astronaut):
 def _gateway_with(served, tmp_path_factory, shared_memory: str):
     factory = GatewayFactory(tmp_path_factory.mktemp(f"gw_{shared_memory}"))
     try:
+        # forward=pixels: frames through shared memory vs over the wire (auto would send the
+        # off gateway's images encoded)
         yield factory.start(served.server.grpc_url, shared_memory=shared_memory,
-                            triton_admin_key=served.server.admin_key)
+                            triton_admin_key=served.server.admin_key, forward="pixels")
     finally:
         factory.stop_all()
 

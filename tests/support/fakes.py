@@ -52,8 +52,8 @@ class Registry:
 class ShmFake(FakeBackend):
     """The fake Triton with a real slot pool, recording whether inputs lay in a slot."""
 
-    def __init__(self, pool_bytes=1 << 26):
-        super().__init__()
+    def __init__(self, pool_bytes=1 << 26, **kw):
+        super().__init__(**kw)
         self.pool = shm.SlotPool(pool_bytes, Registry().register)
         self.in_slot: list[bool] = []
 
