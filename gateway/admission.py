@@ -307,7 +307,14 @@ class _Call:
         self.received += chunk
         if self.received > self.a.request_limit:
             raise PayloadTooLarge(f"body exceeds the limit of {self.a.request_limit} bytes")
-        self.reservation.charge(chunk, "the body as it arrives")
+        try:
+            self.reservation.charge(chunk, "the body as it arrives")
+        except GatewayOverloaded:
+            # given back now, not when the handler has unwound: uploads that filled the
+            # budget together would otherwise all be refused together, none completing
+            self.reservation.close()
+            self.a.metrics.shed.labels("memory").inc()
+            raise
         if not message.get("more_body", False):
             if not self.placed:
                 self.place()

@@ -126,7 +126,8 @@ def test_idle_uploads_hold_no_place_and_get_408_while_others_are_served(gw):
     t0 = time.monotonic()
     try:
         with ThreadPoolExecutor(IN_FLIGHT) as pool:
-            statuses = list(pool.map(lambda _: detect(gw), range(2 * IN_FLIGHT)))
+            statuses = list(pool.map(lambda i: detect(gw, f"127.0.0.{20 + i % 4}"),
+                                     range(2 * IN_FLIGHT)))
         in_use = gauge(gw, "memory_in_use_bytes")
         assert statuses == [200] * len(statuses), statuses
         assert in_use < 1_000_000, f"idle uploads hold {in_use} bytes of the budget"
