@@ -221,3 +221,45 @@ def test_per_client_connection_default_carries_a_proxy_at_full_load():
     assert s.connections_per_client == 2 * s.in_flight_limit
     assert GatewaySettings(max_connections_per_client=0).connections_per_client == 0
     assert s.body_timeout_s == 30
+
+
+def test_uploads_that_fill_the_budget_together_are_not_all_refused():
+    """24 uploads fed in lockstep, over twice what the budget holds: the ones refused give
+    their memory back at once, so some complete (200) instead of all meeting the full
+    budget together (503 for everyone)."""
+    import numpy as np
+    import simplejpeg
+
+    body = simplejpeg.encode_jpeg(np.random.default_rng(0).integers(0, 255, (480, 640, 3),
+                                                                    np.uint8), quality=95)
+    budget = 6 * MiB
+    app = app_with(memory_budget_bytes=budget, max_body_bytes=2 * MiB)
+
+    async def go():
+        stop = await started(app)
+        calls = [Call(app, len(body)) for _ in range(24)]
+        tasks = [c.run() for c in calls]
+        sent = [0] * len(calls)
+        step = 64 * 1024
+        while any(s < len(body) and c.status is None for s, c in zip(sent, calls)):
+            for i, c in enumerate(calls):
+                if c.status is None and sent[i] < len(body):
+                    piece = body[sent[i]:sent[i] + step]
+                    sent[i] += len(piece)
+                    c.feed(piece, more=sent[i] < len(body))
+            await asyncio.gather(*(consumed(c) for c in calls))
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        text = metrics_text(app)
+        await stop()
+        return [c.status for c in calls], text
+
+    statuses, text = run(go())
+    assert 24 * len(body) > 2 * budget
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) >= 2 and statuses.count(503) >= 1, statuses
+    assert "visionserve_gateway_memory_in_use_bytes 0.0" in text
+
+
+async def consumed(call: Call) -> None:
+    """Until the app has taken every chunk fed (or answered)."""
+    assert await eventually(lambda: call.inbox.empty() or call.status is not None, 5)
