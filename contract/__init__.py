@@ -49,7 +49,7 @@ VARIABLE_DIM_OUTPUT_DIVISOR = "variable_dim_output_divisor"
 # Triton TYPE_* -> numpy dtype (TYPE_STRING is object/bytes).
 _NP_DTYPES = {
     mc.TYPE_UINT8: np.uint8, mc.TYPE_INT8: np.int8, mc.TYPE_INT32: np.int32,
-    mc.TYPE_INT64: np.int64, mc.TYPE_FP16: np.float16, mc.TYPE_FP32: np.float32,
+    mc.TYPE_INT64: np.int64, mc.TYPE_FP16: np.float16, mc.TYPE_FP32: np.float32, mc.TYPE_FP64: np.float64,
     mc.TYPE_BOOL: np.bool_, mc.TYPE_STRING: np.object_,
 }
 

@@ -22,3 +22,24 @@ GATEWAY_URL = f"http://{HOST}:{GATEWAY_PORT}"
 # header on HTTP; over gRPC the same key travels as metadata with Triton's prefix.
 ADMIN_HEADER = "admin-key"
 GRPC_ADMIN_METADATA = f"triton-grpc-protocol-{ADMIN_HEADER}"
+
+# Image limits, judged from the header before any decoding: the gateway's defaults
+# (max_image_pixels, max_image_side) and the parameters of Triton's encoded-image decode
+# step (serving/encoded.py writes them into its config) both come from here.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_SIDE = 16384
+PAD_VALUE = 0                      # letterbox padding (uint8) around the resized image
+
+# OTLP/HTTP traces (the gateway's `otlp_endpoint`, `python -m serving --trace-otlp`): a
+# collector's base URL gets the signal path OTLP defines; a URL with a path is kept.
+OTLP_TRACES_PATH = "/v1/traces"
+
+
+def otlp_traces_url(url: str) -> str:
+    """`http://collector:4318` -> `http://collector:4318/v1/traces`; a path is kept."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"an OTLP/HTTP endpoint is an http(s):// URL, got {url!r}")
+    return url if parts.path not in ("", "/") else url.rstrip("/") + OTLP_TRACES_PATH

@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import REPO_ROOT, ModelContract, load_all
+from . import REPO_ROOT, ModelContract, encoded, load_all
 from .facts import facts
 from .routes import from_contracts
 
@@ -84,7 +84,21 @@ def models(contracts: dict[str, ModelContract]) -> str:
     return "\n".join(out) + "\n"
 
 
-SECTIONS = {"interface": interface, "routes": routes, "models": models}
+def encoded_entries(contracts: dict[str, ModelContract]) -> str:
+    """The encoded entry points (contract/encoded.py) and what each maps to original pixels."""
+    out = ["| entry point (input `image` BYTES [1]) | calls | frame | outputs in original pixels | other outputs |",
+           "|---|---|---|---|---|"]
+    for m in encoded.entry_models(contracts):
+        c = contracts[m]
+        h, w = encoded.frame(c)
+        geometry = facts(c).geometry_outputs
+        rest = [o.name for o in c.outputs if o.name not in geometry] + [encoded.ORIGINAL_SIZE]
+        out.append(f"| `{encoded.entry_name(m)}` | `{m}` | {w}x{h} | {', '.join(f'`{g}`' for g in geometry) or '-'} "
+                   f"| {', '.join(f'`{r}`' for r in rest)} |")
+    return "\n".join(out) + "\n"
+
+
+SECTIONS = {"interface": interface, "routes": routes, "models": models, "encoded": encoded_entries}
 DOCS = ("README.md", "docs/*.md")
 
 

@@ -18,6 +18,11 @@ Parameters (strings, all optional):
   cpu_f32_only             why this graph never runs in bf16 on the CPU ("" = it may)
   gpu_ceiling              the torch builder perf/ceiling_models.py times for this network
                            (absent: the exported ONNX graph in ONNX Runtime's GPU providers)
+  geometry_outputs         the outputs in input-frame pixels, comma-separated
+                           ("boxes,landmarks"): FP32 tensors whose last dim holds interleaved
+                           x,y pairs (boxes x1,y1,x2,y2 [K,4], landmarks [K,5,2], polygons
+                           [K,4,2]). The encoded entry point (contract/encoded.py) maps exactly
+                           these back to the original image's pixels; absent: none
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ CPU_PREFER_RUNTIME = "cpu_prefer_runtime"
 CPU_PREFER_RUNTIME_WHY = "cpu_prefer_runtime_why"
 CPU_F32_ONLY = "cpu_f32_only"
 GPU_CEILING = "gpu_ceiling"
+GEOMETRY_OUTPUTS = "geometry_outputs"
 # OpenVINO is the cpu profile's default: the one runtime a graph can prefer instead is ONNX Runtime
 CPU_RUNTIMES = ("onnxruntime",)
 
@@ -48,6 +54,7 @@ class ServingFacts:
     cpu_prefer_runtime_why: str
     cpu_f32_only: str
     gpu_ceiling: str | None
+    geometry_outputs: tuple[str, ...] = ()
 
 
 def facts(c: ModelContract) -> ServingFacts:
@@ -74,7 +81,23 @@ def facts(c: ModelContract) -> ServingFacts:
     if p(ROUTE_CHOICE) and not p(ROUTE):
         raise ContractError(f"{c.path}: {ROUTE_CHOICE} without a {ROUTE}")
     return ServingFacts(c.name, p(ROUTE) or None, p(ROUTE_CHOICE) or c.name, default == "true", threshold,
-                        runtime, p(CPU_PREFER_RUNTIME_WHY), p(CPU_F32_ONLY), p(GPU_CEILING) or None)
+                        runtime, p(CPU_PREFER_RUNTIME_WHY), p(CPU_F32_ONLY), p(GPU_CEILING) or None,
+                        geometry_outputs(c))
+
+
+def geometry_outputs(c: ModelContract) -> tuple[str, ...]:
+    """The model's outputs in frame pixels (GEOMETRY_OUTPUTS); ContractError when one is not
+    an FP32 output of the model with x,y pairs in its last dim."""
+    names = tuple(n.strip() for n in c.parameter(GEOMETRY_OUTPUTS, "").split(",") if n.strip())
+    outputs = {o.name: o for o in c.outputs}
+    for n in names:
+        o = outputs.get(n)
+        if o is None or o.triton_dtype != "FP32" or not o.dims or o.dims[-1] < 2 or o.dims[-1] % 2:
+            raise ContractError(f"{c.path}: {GEOMETRY_OUTPUTS} names {n!r}, which is not an FP32 output "
+                                "whose last dim holds x,y pairs")
+    if len(set(names)) != len(names):
+        raise ContractError(f"{c.path}: {GEOMETRY_OUTPUTS} names an output twice ({', '.join(names)})")
+    return names
 
 
 def pipelines(contracts: dict[str, ModelContract]) -> tuple[str, ...]:

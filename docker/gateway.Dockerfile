@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# The JPEG gateway: slim, multi-stage, non-root; no compiler and no torch in the final stage.
+# The JPEG gateway: slim, multi-stage, non-root; no compiler, no torch, no inference runtime.
 #
 #   docker build -f docker/gateway.Dockerfile -t visionserve-gateway .
 #   docker run --rm -p 8080:8080 -e VISIONSERVE_GATEWAY_TRITON_GRPC=triton:8001 visionserve-gateway
@@ -14,12 +14,13 @@ ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml ./
-COPY docker/requirements.py docker/
-# Base dependencies only (no export extra: no torch); all are manylinux wheels.
-RUN python docker/requirements.py > /tmp/requirements.txt \
+COPY pyproject.toml constraints.txt ./
+COPY deploy/requirements.py deploy/
+# The `gateway` extra alone (what gateway/ imports: no ONNX Runtime, OpenVINO or torch),
+# pinned by constraints.txt; all are manylinux wheels.
+RUN python deploy/requirements.py --only gateway > /tmp/requirements.txt \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+    && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:${PATH} PYTHONPATH=/app PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
@@ -29,8 +30,11 @@ RUN groupadd --system --gid 10001 visionserve \
        --shell /usr/sbin/nologin visionserve
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY serving/ serving/
+# The project code the gateway imports, and nothing else: one line per package
+# (tests/unit/test_deploy_docker.py walks gateway/'s imports and checks these lines cover them).
 COPY gateway/ gateway/
+COPY contract/ contract/
+COPY imaging/ imaging/
 COPY model_repository/ model_repository/
 USER 10001:10001
 # 8080: the API; 8081: /metrics only (VISIONSERVE_GATEWAY_METRICS_PORT), not for clients.

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
     from .metrics import MetricsServer
     from .protocol import bounded_httptools
+    from .routes.system import admin_view
     from .settings import GatewaySettings
 
     overrides = {k: v for k, v in (("triton_grpc", args.triton_grpc), ("host", args.host),
@@ -47,8 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
-    metrics = (MetricsServer(app.state.metrics, settings.host, settings.metrics_port)
+    from .auth import ApiKeysError
+
+    try:
+        app = create_app(settings)
+    except ApiKeysError as exc:   # keys were asked for and cannot be had: never run without
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    metrics = (MetricsServer(app.state.metrics, settings.host, settings.metrics_port,
+                             detail=admin_view(app))
                if settings.metrics_port else None)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             loop="uvloop", http=bounded_httptools(settings, app.state.metrics),

@@ -12,7 +12,9 @@ an API-key check) are given to every route but the probes, as route dependencies
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 from typing import Sequence
 
@@ -25,13 +27,14 @@ import imaging
 from .admission import Admission, MemoryBudget
 from .backend import Backend
 from .catalog import route_table
-from .errors import GatewayError, from_imaging
+from .errors import GatewayError, GatewayOverloaded, UpstreamError, from_imaging
 from .fleet import Fleet
-from .metrics import Metrics
+from .metrics import UNMATCHED, Metrics
 from .responses import JSON
 from .routes import probes, routers
 from .service import Service, decoding_bytes
 from .settings import GatewaySettings
+from . import tracing
 
 log = logging.getLogger("visionserve.gateway")
 
@@ -50,12 +53,15 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         fleet = Fleet(settings, metrics, connect=connect)
         svc = Service(settings, fleet, metrics)
         app.state.service = svc
+        app.state.loop = asyncio.get_running_loop()   # the admin view reads state on it
         try:
             await fleet.start()
             yield
         finally:
             svc.close()
             await fleet.close()
+            if settings.otlp_endpoint:
+                tracing.shutdown()   # the spans still batched leave now
 
     docs = settings.docs
     app = FastAPI(title="visionserve gateway", version="0.1.0", lifespan=lifespan,
@@ -80,7 +86,42 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
                        retry_after=settings.retry_after_s, body_timeout_s=settings.body_timeout_s,
                        templates=lambda: _templates(app, (probe_router, *api)),
                        exempt=frozenset(r.path for r in probe_router.routes))
+    if settings.api_keys_file is not None:
+        _require_keys(app, settings, metrics, (probe_router, *api))
+    if settings.otlp_endpoint:
+        tracing.configure(settings.otlp_endpoint, settings.trace_sample_rate)
+    if tracing.enabled():   # outermost: the request's span covers admission too
+        app.add_middleware(tracing.TracingMiddleware,
+                           exempt=frozenset(r.path for r in probe_router.routes))
     return app
+
+
+def _require_keys(app: FastAPI, settings: GatewaySettings, metrics: Metrics, mounted) -> None:
+    """API keys from `api_keys_file` in front of everything but the probes and the docs
+    (off unless `docs`); raises ApiKeysError (start-up fails) when the file is unusable."""
+    from .auth import ApiKeyAuth, ApiKeys, secure_openapi
+
+    keys = ApiKeys(settings.api_keys_file)
+    probes_ = frozenset(r.path for r in mounted[0].routes)
+    docs = frozenset(p for p in (app.docs_url, app.redoc_url, app.openapi_url,
+                                 app.swagger_ui_oauth2_redirect_url) if p)
+    known: dict[str, str] = {}
+
+    def label(scope) -> str:
+        if not known:
+            known.update(_templates(app, mounted))
+        return known.get(scope["path"], UNMATCHED)
+
+    # added last: the outermost middleware, so a request without a key holds nothing
+    app.add_middleware(ApiKeyAuth, keys=keys, metrics=metrics, exempt=probes_ | docs, label=label)
+    build = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            app.openapi_schema = secure_openapi(build(), probes_)
+        return app.openapi_schema
+    app.openapi = openapi
+    log.info("API keys required (%d from %s)", len(keys.keys), settings.api_keys_file)
 
 
 def decode_headroom(settings: GatewaySettings) -> int:
@@ -117,9 +158,34 @@ def _error(status: int, code: str, message: str, headers=None) -> JSON:
                 headers=headers)
 
 
+class _ErrorLog:
+    """Upstream errors' details (Triton's words, endpoints) go to the log, not to the
+    client: at most one line per code per second, with how many were left out, so an
+    outage or an overload does not flood the log."""
+
+    def __init__(self, every_s: float = 1.0):
+        self.every_s = every_s
+        self.last: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, exc: UpstreamError) -> None:
+        now = time.monotonic()
+        at, skipped = self.last.get(exc.code, (-self.every_s, 0))
+        if now - at < self.every_s:
+            self.last[exc.code] = (at, skipped + 1)
+            return
+        self.last[exc.code] = (now, 0)
+        log.log(logging.INFO if isinstance(exc, GatewayOverloaded) else logging.WARNING,
+                "%s %d: %s%s", exc.code, exc.status, exc.message,
+                f" (and {skipped} more in the last {now - at:.0f} s)" if skipped else "")
+
+
 def _install_error_handlers(app: FastAPI) -> None:
+    upstream = _ErrorLog()
+
     @app.exception_handler(GatewayError)
     async def gateway_error(_, exc: GatewayError):
+        if isinstance(exc, UpstreamError):
+            upstream(exc)
         return JSON(exc.body(), status_code=exc.status, headers=exc.headers())
 
     @app.exception_handler(imaging.ImagingError)
@@ -142,4 +208,4 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def bug(_, exc: Exception):
         log.exception("unhandled error (a gateway bug)")
-        return _error(500, "internal_error", f"internal error: {type(exc).__name__}")
+        return _error(500, "internal_error", "internal error")

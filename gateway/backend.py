@@ -16,6 +16,7 @@ import numpy as np
 
 from contract import defaults
 
+from . import tracing
 from .errors import ModelUnavailable, TritonError, TritonOverloaded, TritonTimeout, TritonUnavailable, UpstreamError
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ class TritonBackend:
         # request_serializer=None: the request is already wire bytes (see _request)
         self._model_infer = _AgainAfterGoaway(self._channel.unary_unary(
             "/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
-            response_deserializer=service_pb2.ModelInferResponse.FromString))
+            response_deserializer=service_pb2.ModelInferResponse.FromString), traced=True)
 
     def _request(self, model, inputs, outputs, shared=None, queue_timeout_us=None) -> bytes:
         """`shared`: {input name: (slot, offset)} for inputs lying in leased slots."""
@@ -204,6 +205,8 @@ class TritonBackend:
             raise translate(exc, model, self._retry_after) from exc
         if self._metrics is not None:
             self._metrics.input_path.labels(model, path).inc()
+        # traces are operator data: the endpoint's address is useful there (the last try's)
+        tracing.annotate(**{"server.address": self.url, "visionserve.input_path": path})
         return _outputs(response, outputs)
 
     async def _wire_request(self, model, inputs, outputs, queue_timeout_us) -> bytes:
@@ -348,12 +351,16 @@ class _AgainAfterGoaway:
     same request (inference is idempotent; shm slots stay leased) goes there. Not a
     retry elsewhere: the endpoint is not down. A second failure is raised as it came."""
 
-    def __init__(self, method):
+    def __init__(self, method, traced: bool = False):
         import grpc
 
-        self._method, self._rpc_error = method, grpc.RpcError
+        self._method, self._rpc_error, self._traced = method, grpc.RpcError, traced
 
     async def __call__(self, request, *, timeout=None, **kw):
+        if self._traced and "metadata" not in kw:
+            # the W3C traceparent of the current (sampled) span: Triton's OpenTelemetry
+            # mode makes its request span a child of it (gateway/tracing.py)
+            kw["metadata"] = tracing.grpc_metadata()
         start = time.monotonic()
         try:
             return await self._method(request, timeout=timeout, **kw)

@@ -3,9 +3,11 @@
 States:
   connecting  discovered, not probed successfully yet
   ready       live, every model it serves ready, metadata matching the contract: routed to
-  ejected     a probe or a request failed (down, draining, models not ready): not routed,
-              probed back with exponential backoff; its catalog is learned again on return
-              (a restarted Triton may serve another repository)
+  ejected     a probe or a request failed (down, draining, models not ready), or its calls
+              time out while its health check passes (an outlier: gateway/outlier.py): not
+              routed, probed back with exponential backoff (an outlier also with one real
+              inference); its catalog is learned again on return (a restarted Triton may
+              serve another repository)
   refused     it serves a different contract (ContractMismatch) or refused the shared
               memory that shared_memory=on requires: never routed, logged as an error,
               shown in /readyz, probed again slowly in case it is fixed
@@ -20,6 +22,7 @@ import time
 from .backend import Backend
 from .catalog import Catalog, route_models
 from .errors import ContractMismatch, UpstreamError
+from .outlier import TimeoutJudge
 from .shm import SharedMemoryUnavailable
 
 log = logging.getLogger("visionserve.gateway.endpoint")
@@ -51,6 +54,9 @@ class Endpoint:
         self.generation = 0             # bumped on every state change
         self.use_shm, self.shm_why = shared_memory
         self.shm_ready = False
+        self.judge = TimeoutJudge()     # how its calls end (the fleet sets the limits)
+        self.suspect: str | None = None  # an outlier: the model whose calls timed out
+        self.probe_error: str | None = None   # the kind of the last probe's exception
 
     def serves(self, model: str) -> bool:
         return self.state == READY and self.catalog is not None and model in self.catalog.models

@@ -6,6 +6,12 @@ caught, never raised themselves. 404/405 (and 401/403 from an app's own dependen
 come from Starlette's HTTPException, answered in the same body by the app's handler.
 Anything else is a bug and answers 500 `internal_error`. Every error body is
 `{"error": {"code": ..., "message": ...}}`.
+
+What a body says is written for an anonymous client: a `ClientError`'s message is about
+the client's own request; an `UpstreamError`'s body carries only its class's `public`
+text, never the message it was raised with (Triton's own words, endpoint addresses and
+states, in-flight counts): that `message` is the error's detail, for the gateway's logs,
+its retries and ejections, and the admin readiness view (docs/gateway.md, Errors).
 """
 from __future__ import annotations
 
@@ -96,37 +102,53 @@ class InvalidParameter(ClientError):
     status, code = 422, "invalid_parameter"
 
 
+class NotAcceptable(ClientError):
+    """The Accept header excludes every format the gateway answers in."""
+    status, code = 406, "not_acceptable"
+
+
 class UpstreamError(GatewayError):
-    """Triton or capacity trouble; the same request may succeed later."""
+    """Triton or capacity trouble; the same request may succeed later. `message` is the
+    detail (logged); the body says `public`."""
     status = 503
     code = "upstream_error"
+    public = "the service cannot answer this request now; retry later"
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.public}}
 
 
 class TritonUnavailable(UpstreamError):
     status, code = 503, "triton_unavailable"
+    public = "no model server is reachable now; retry later"
 
 
 class ModelUnavailable(UpstreamError):
     status, code = 503, "model_unavailable"
+    public = "the model this route runs is not available now; retry later"
 
 
 class TritonTimeout(UpstreamError):
     status, code = 504, "triton_timeout"
+    public = "the model did not answer within the gateway's deadline"
 
 
 class TritonOverloaded(UpstreamError):
     """Triton's dynamic batcher rejected the request (queue full / queue timeout)."""
     status, code = 429, "triton_overloaded"
+    public = "the model's queue is full; retry later"
 
 
 class GatewayOverloaded(UpstreamError):
     """The gateway's own in-flight limit is reached: shed instead of queueing."""
     status, code = 503, "gateway_overloaded"
+    public = "the gateway is at capacity; retry later"
 
 
 class TritonError(UpstreamError):
     """Triton answered with an error that is not one of the above (a server-side failure)."""
     status, code = 502, "triton_error"
+    public = "the model server failed to process the request"
 
 
 class ContractMismatch(RuntimeError):

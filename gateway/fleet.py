@@ -11,7 +11,11 @@ The Service calls `Fleet` as it called one backend (infer, lease, catalog). Insi
   flight (ties broken at random), the first call of a shared-memory request to the
   endpoint whose slot holds its pixels;
 - a call that failed before Triton took it is retried on another endpoint within the
-  remaining deadline and the retry budget (gateway/retry.py); the endpoint is ejected.
+  remaining deadline and the retry budget (gateway/retry.py); the endpoint is ejected;
+- an endpoint whose calls time out while its health check passes (a hung Triton) is
+  ejected as an outlier (gateway/outlier.py) and probed back with a real inference;
+- a probe that raises what nobody foresaw is logged and counts as a failed probe: the
+  watch goes on (a dead watch would leave its endpoint in its last state for good).
 
 `balancer="pick_first"` / `"round_robin"` keep ONE gRPC channel over the whole target
 with gRPC's own policy (what the gateway did before; for a service mesh that balances
@@ -32,7 +36,8 @@ from .backend import Backend
 from .catalog import Catalog
 from .discovery import Discovery
 from .endpoint import CONNECTING, EJECTED, READY, REFUSED, REMOVED, STATES, Endpoint, is_loopback
-from .errors import ModelUnavailable, TritonUnavailable, UpstreamError
+from .errors import ModelUnavailable, TritonError, TritonTimeout, TritonUnavailable, UpstreamError
+from .outlier import TimeoutJudge, probe_inputs
 from .settings import GatewaySettings
 from .target import Target, parse
 
@@ -55,6 +60,14 @@ class FleetMetrics:
                                "the error of the failed attempt", ("code",), registry=registry)
         self.budget_exhausted = Counter(p + "retry_budget_exhausted_total",
                                         "retries refused by the retry budget", registry=registry)
+        self.outliers = Counter(p + "outlier_ejections_total", "endpoints ejected because "
+                                "their calls time out while their health check passes",
+                                registry=registry)
+        self.outliers_kept = Counter(p + "outlier_kept_total", "outliers left in rotation: "
+                                     "no other ready endpoint serves the model, or half of "
+                                     "the endpoints are out already", registry=registry)
+        self.probe_errors = Counter(p + "probe_errors_total", "health probes that raised an "
+                                    "unexpected exception", registry=registry)
 
 
 class Fleet:
@@ -120,6 +133,9 @@ class Fleet:
         for address in addresses:
             if address not in self.endpoints:
                 ep = Endpoint(address, self._connect(address), self._shm_decision(address))
+                s = self.settings
+                ep.judge = TimeoutJudge(s.outlier_timeouts, s.outlier_timeout_ratio,
+                                        s.outlier_window_s)
                 self.endpoints[address] = ep
                 self._spawn(self._watch(ep))
         for address in [a for a in self.endpoints if a not in addresses]:
@@ -152,8 +168,7 @@ class Fleet:
         backoff = BACKOFF_MIN_S
         while ep.state != REMOVED:
             generation = ep.generation
-            state, reason = await ep.probe(s.contract_repository, s.shm_pool_bytes,
-                                           s.shared_memory == "on")
+            state, reason = await self._probe(ep)
             if ep.generation == generation and ep.state != REMOVED:   # no newer verdict
                 self._set(ep, state, reason)
             if all(e.state != CONNECTING for e in self.endpoints.values()):
@@ -164,6 +179,45 @@ class Fleet:
                 delay = s.probe_backoff_max_s if ep.state == REFUSED else backoff
                 backoff = min(backoff * 2, s.probe_backoff_max_s)
             await asyncio.sleep(delay)
+
+    async def _probe(self, ep: Endpoint) -> tuple[str, str]:
+        """The endpoint's health, and for an outlier its calls; an exception nobody
+        foresaw (a bug, a malformed answer) is a failed probe, logged with its traceback
+        once per kind, and the watch probes again after its backoff."""
+        s = self.settings
+        try:
+            state, reason = await ep.probe(s.contract_repository, s.shm_pool_bytes,
+                                           s.shared_memory == "on")
+            if state == READY and ep.suspect is not None:
+                state, reason = await self._probe_calls(ep)
+        except Exception as exc:
+            self.metrics.probe_errors.inc()
+            kind = type(exc).__name__
+            log.log(logging.DEBUG if kind == ep.probe_error else logging.ERROR,
+                    "probing Triton endpoint %s raised %s; probing again", ep.address, kind,
+                    exc_info=kind != ep.probe_error)
+            ep.probe_error = kind
+            return EJECTED, f"the probe failed unexpectedly ({kind})"
+        ep.probe_error = None
+        return state, reason
+
+    async def _probe_calls(self, ep: Endpoint) -> tuple[str, str]:
+        """An outlier's way back: one real inference of the model whose calls timed out,
+        answered within the request deadline (its health check passed all along)."""
+        model = ep.suspect
+        info = ep.catalog.models.get(model) if ep.catalog else None
+        if info is not None:
+            timeout = self.settings.triton_timeout_s
+            try:
+                await ep.backend.infer(model, probe_inputs(info), info.output_names[:1],
+                                       timeout_s=timeout,
+                                       queue_timeout_us=info.triton_timeout_us(timeout))
+            except UpstreamError as exc:
+                if type(exc) is not TritonError:   # the model ran and refused zeros: it runs
+                    return EJECTED, f"calls to {model} time out; probe call: {exc.code}"
+        ep.suspect = None
+        ep.judge.reset()
+        return READY, ""
 
     def _set(self, ep: Endpoint, state: str, reason: str) -> None:
         if (state, reason) == (ep.state, ep.reason):
@@ -182,6 +236,31 @@ class Fleet:
     def eject(self, ep: Endpoint, reason: str) -> None:
         if ep.state == READY and not self.legacy:
             self._set(ep, EJECTED, reason)
+
+    def _judge(self, ep: Endpoint, model: str, exc: UpstreamError, fair: bool) -> None:
+        """Count how a failed call ended (gateway/outlier.py); eject an outlier unless
+        no other ready endpoint serves the model or half of the endpoints are out as
+        outliers already (a fleet that is slow everywhere is overloaded, not sick)."""
+        if type(exc) is TritonError:
+            ep.judge.answered()
+            return
+        if not isinstance(exc, TritonTimeout) or not fair:
+            return
+        why = ep.judge.timed_out()
+        if why is None or ep.state != READY or self.legacy:
+            return
+        others = [e for e in self.endpoints.values() if e is not ep and e.serves(model)]
+        out = sum(e.suspect is not None for e in self.endpoints.values())
+        if not others or out >= max(1, len(self.endpoints) // 2):
+            self.metrics.outliers_kept.inc()
+            log.log(logging.WARNING if ep.judge.in_a_row == ep.judge.limit else logging.DEBUG,
+                    "Triton endpoint %s: %s (%s), kept in rotation: %s", ep.address, why, model,
+                    "no other ready endpoint serves it" if not others
+                    else f"{out} endpoints are out as outliers already")
+            return
+        ep.suspect = model
+        self.metrics.outliers.inc()
+        self._set(ep, EJECTED, f"{why} ({model}) while its health check passes")
 
     def _changed(self) -> None:
         self._version += 1
@@ -275,10 +354,15 @@ class Fleet:
             info = ep.catalog.models.get(model) if ep.catalog else None
             ep.outstanding += 1
             try:
-                return await ep.backend.infer(
+                out = await ep.backend.infer(
                     model, inputs, outputs, timeout_s=remaining,
                     queue_timeout_us=info.triton_timeout_us(remaining) if info else None)
+                ep.judge.answered()
+                return out
             except UpstreamError as exc:
+                # a timeout counts against the endpoint only when the call had most of
+                # the deadline (not a retry's remnant)
+                self._judge(ep, model, exc, fair=remaining >= 0.5 * timeout_s)
                 act = retry.action(exc)
                 if act.eject:
                     self.eject(ep, exc.message)

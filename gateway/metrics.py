@@ -65,6 +65,10 @@ class Metrics:
                                      "image batches sent over the wire although shared memory "
                                      "is on, by reason", ("reason",), registry=r)
         self.images = Counter(p + "images_total", "images decoded", ("format",), registry=r)
+        self.api_key_requests = Counter(p + "api_key_requests_total",
+                                        "requests by the label of their API key (api_keys_file; "
+                                        'key="" : none or a wrong one, 401) and status',
+                                        ("key", "status"), registry=r)
         self._pools: list[Callable[[], dict]] = []
         self._capacity: Callable[[], dict] | None = None
         r.register(_PoolCollector(self))
@@ -140,16 +144,59 @@ class _CapacityCollector(_ScrapeTimeCollector):
 
 
 class MetricsServer:
-    """Prometheus text on its own port, served from a daemon thread (a scrape never
-    waits for, or delays, the event loop)."""
+    """Prometheus text (`/metrics`) and the admin readiness view (`/readyz`) on their own
+    port, served from daemon threads (a scrape never waits for, or delays, the event
+    loop). The port is for the cluster's inside only (Prometheus, operators): it is
+    never exposed and needs no key, so what only operators may see lives here.
 
-    def __init__(self, metrics: Metrics, host: str, port: int):
-        from prometheus_client import start_wsgi_server
+    `detail()`: (ready, body) of the admin view, or None while the app is starting."""
 
-        self.httpd, self.thread = start_wsgi_server(port, addr=host, registry=metrics.registry)
-        log.info("metrics on http://%s:%d/metrics", host, port)
+    def __init__(self, metrics: Metrics, host: str, port: int,
+                 detail: Callable[[], tuple[bool, dict] | None] | None = None):
+        import socket
+        from socketserver import ThreadingMixIn
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+        from prometheus_client import make_wsgi_app
+
+        class Server(ThreadingMixIn, WSGIServer):
+            daemon_threads = True
+            address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                flags=socket.AI_PASSIVE)[0][0]
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        scrape = make_wsgi_app(metrics.registry)
+
+        def app(environ, start_response):
+            if environ.get("PATH_INFO") == "/readyz" and detail is not None:
+                return _detail_view(detail, start_response)
+            return scrape(environ, start_response)
+
+        import threading
+
+        self.httpd = make_server(host, port, app, Server, handler_class=Quiet)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        log.info("metrics on http://%s:%d/metrics (admin readiness: /readyz)", host, port)
 
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)
+
+
+def _detail_view(detail, start_response):
+    import orjson
+
+    try:
+        got = detail()
+    except Exception as exc:   # the event loop did not answer in time, or a bug: say so
+        got = False, {"ready": False, "reason": f"no readiness detail: {type(exc).__name__} {exc}"}
+    ready, body = got if got is not None else (False, {"ready": False, "reason": "starting"})
+    data = orjson.dumps(body, option=orjson.OPT_INDENT_2)
+    start_response("200 OK" if ready else "503 Service Unavailable",
+                   [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]

@@ -66,10 +66,12 @@ def objects(boxes, scores, classes, count, frames, threshold, limit) -> list[lis
 
 
 def faces(boxes, scores, landmarks, embeddings, count, frames, threshold, limit,
-          with_embeddings=True) -> list[list[dict]]:
+          with_embeddings=True, vectors=np.ndarray.tolist) -> list[list[dict]]:
+    """`vectors`: the kept [M, D] embeddings -> M leaves of the answer's encoding
+    (gateway/responses.py), all at once."""
     kept = _Kept(keep_mask(count, scores, threshold, limit), frames)
     n = sum(kept.counts)
-    embs = kept.rows(embeddings).tolist() if with_embeddings else [None] * n
+    embs = vectors(kept.rows(embeddings)) if with_embeddings else [None] * n
     return kept.split([{"score": s, "box": b, "landmarks": lm, "embedding": e}
                        for s, b, lm, e in zip(_r(kept.rows(scores), 4), kept.points(boxes),
                                               kept.points(landmarks), embs)])

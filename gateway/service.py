@@ -8,6 +8,7 @@ per-model capacity (gateway/capacity.py) and the metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from contextvars import ContextVar
@@ -25,13 +26,15 @@ from .catalog import Catalog, ModelInfo
 from .errors import GatewayOverloaded, TritonTimeout, TritonUnavailable, UpstreamError
 from .inputs import off_loop
 from .metrics import Metrics
-from .responses import JSON, dumps, rendered
+from .responses import JSON_FLOAT, Answer
 from .settings import GatewaySettings
+from . import tracing
 
 # The capacity ticket of the request being handled (set by Service.admit).
 _TICKET: ContextVar = ContextVar("visionserve_capacity_ticket", default=None)
 # Answers whose Triton outputs are larger than this are built and serialised in the
-# pool (16 images of faces with embeddings are ~5 MB of JSON: ~10 ms of CPU).
+# pool, in every format (16 group photos, 288 faces: 3.1 MB and ~8 ms of CPU as JSON
+# floats, 0.65 MB and ~0.6 ms as msgpack: make bench-answers).
 RENDER_INLINE_BYTES = 1024 * 1024
 
 
@@ -73,39 +76,68 @@ class Service:
         return catalog.get(name)
 
     def model(self, name: str) -> ModelInfo:
-        """The served model's info; a model at capacity sheds the request now (503 +
-        Retry-After), before its body is read (gateway/capacity.py)."""
+        """The served model's info; a model (or a model its pipeline runs) with no room
+        for one more frame sheds the request now (503 + Retry-After), before its body is
+        read (gateway/capacity.py)."""
         info = self._info(name)
-        if self._gate(info).full():
+        if any(gate.full() for gate, judged in self._gates(info) if judged):
             raise self._shed(info)
         return info
 
-    def admit(self, name: str, reservation: Reservation) -> None:
-        """Take a place in the model's capacity for this request, or shed it (503 +
+    def admit(self, name: str, reservation: Reservation, frames: int = 1) -> None:
+        """Take `frames` places in the capacity of the model and of every model it runs
+        (a pipeline's components, from the catalog), or shed the request (503 +
         Retry-After). Called once the body is in, before decoding: a slow upload does
         not hold a place while Triton could be working."""
         info = self._info(name)
-        gate = self._gate(info)
-        ticket = gate.enter()
-        if ticket is None:
-            raise self._shed(info)
-        _TICKET.set(ticket)   # _call marks it answered (the handler's task and its children)
-        reservation.defer(lambda: gate.leave(ticket))
+        taken = []
+        for gate, judged in self._gates(info):
+            ticket = gate.enter(frames, force=not judged)
+            if ticket is None:
+                for g, t in taken:
+                    g.leave(t)
+                raise self._shed(info)
+            taken.append((gate, ticket))
+        _TICKET.set(taken[0][1])   # _call marks it answered (the handler's task and its children)
+        for gate, ticket in taken:
+            reservation.defer(functools.partial(gate.leave, ticket))
 
-    def _gate(self, info: ModelInfo) -> ModelCapacity:
-        gate = self.capacity.get(info.name)
+    def _gates(self, info: ModelInfo) -> list[tuple[ModelCapacity, bool]]:
+        """(gate, judged) of the model and of each model it runs: the route model's gate
+        always judges; a component's only once its own calls were timed (a route calls
+        it directly): until then the pipeline's measured gate bounds it."""
+        gates = [(self._gate(info.name, info.max_batch_size, info.queue_timeout_s), True)]
+        for name in self._components(info.name):
+            gate = self.capacity.get(name) or self._gate(name, *self._batching(name))
+            gates.append((gate, gate.measured))
+        return gates
+
+    def _components(self, name: str) -> list[str]:
+        catalog = self.catalog
+        return catalog.components(name) if catalog is not None else []
+
+    def _batching(self, name: str) -> tuple[int, float | None]:
+        """max_batch_size and queue timeout of a model the routes do not call directly,
+        from the config its pipeline's endpoint reported."""
+        config = self.catalog.configs.get(name, {}) if self.catalog is not None else {}
+        policy = config.get("dynamic_batching", {}).get("default_queue_policy", {})
+        timeout_us = int(policy.get("default_timeout_microseconds", 0))
+        return int(config.get("max_batch_size", 0)), (timeout_us / 1e6 if timeout_us else None)
+
+    def _gate(self, name: str, max_batch: int, queue_timeout_s: float | None) -> ModelCapacity:
+        gate = self.capacity.get(name)
         if gate is None:
-            gate = self.capacity[info.name] = ModelCapacity(info.max_batch_size,
-                                                            info.queue_timeout_s)
+            gate = self.capacity[name] = ModelCapacity(max_batch, queue_timeout_s,
+                                                       deadline_s=self.settings.triton_timeout_s)
         return gate
 
     def _shed(self, info: ModelInfo) -> GatewayOverloaded:
         self.metrics.shed.labels("capacity").inc()
-        gate = self.capacity[info.name]
         return GatewayOverloaded(
-            f"{info.name} has {gate.in_flight} requests in flight: what Triton finishes in "
-            "a request time and two batches waiting; retry later",
-            retry_after=self.settings.retry_after_s)
+            f"{info.name} is at capacity ("
+            + ", ".join(f"{n} {self.capacity[n].in_flight}/{self.capacity[n].limit} frames"
+                        for n in (info.name, *self._components(info.name)) if n in self.capacity)
+            + ")", retry_after=self.settings.retry_after_s)
 
     async def frames(self, images: list, frame_hw: tuple[int, int], max_batch: int = 0,
                      reservation: Reservation | None = None) -> Frames:
@@ -181,12 +213,14 @@ class Service:
     async def infer(self, model: str, inputs: dict[str, np.ndarray],
                     outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         """All rows in as few calls as max_batch_size allows (one when it fits), the
-        chunks sent concurrently, the results concatenated in order."""
+        chunks sent concurrently, the results concatenated in order. When one chunk
+        fails (or the request is cancelled) the others are cancelled and awaited before
+        this raises: none runs on, or holds the request's arrays, after its answer."""
         info = self._info(model)
         n = len(next(iter(inputs.values())))
         step = max(1, info.max_batch_size)
         chunks = [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, n, step)]
-        parts = await asyncio.gather(*(self._call(model, c, outputs) for c in chunks))
+        parts = await all_or_none([self._call(model, c, outputs) for c in chunks])
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in outputs}
@@ -199,8 +233,10 @@ class Service:
         alone = gate is None or gate.alone
         t0 = time.perf_counter()
         try:
-            out = await self.backend.infer(model, inputs, outputs,
-                                           timeout_s=self.settings.triton_timeout_s)
+            with tracing.span(f"triton {model}", "client", model=model,
+                              batch=len(next(iter(inputs.values())))):
+                out = await self.backend.infer(model, inputs, outputs,
+                                               timeout_s=self.settings.triton_timeout_s)
         except UpstreamError as exc:
             m.triton_errors.labels(model, exc.code).inc()
             raise
@@ -208,19 +244,27 @@ class Service:
             m.triton.labels(model).observe(time.perf_counter() - t0)
         if gate is not None:   # an answer: how long one execution (and any wait) took
             seconds = time.perf_counter() - t0
-            gate.observe(seconds, alone)
+            rows = len(next(iter(inputs.values())))
+            gate.observe(seconds, alone, rows)
+            for name in self._components(model):   # the frames went through these too
+                component = self.capacity.get(name)
+                if component is not None:
+                    component.observe(seconds, False, rows)
             ticket = _TICKET.get()
             if ticket is not None:
                 ticket.answered(seconds)
         return out
 
-    async def render(self, build, outputs: dict[str, np.ndarray]):
-        """The JSON answer `build()` makes: built and serialised in the pool when the
-        Triton outputs it comes from are large, inline otherwise."""
+    async def render(self, build, outputs: dict[str, np.ndarray], answer: Answer = JSON_FLOAT):
+        """The answer `build(answer.vectors)` makes, serialised in the negotiated encoding
+        (gateway/responses.py): built and serialised in the pool when the Triton outputs
+        it comes from are large, inline otherwise."""
         weight = sum(a.nbytes for a in outputs.values() if a.dtype != np.object_)
-        if weight <= RENDER_INLINE_BYTES:
-            return JSON(build())
-        return rendered(await asyncio.wrap_future(self.pool.submit(lambda: dumps(build()))))
+        with tracing.span("render", inline=weight <= RENDER_INLINE_BYTES):
+            if weight <= RENDER_INLINE_BYTES:
+                return answer.response(build(answer.vectors))
+            return answer.rendered(await asyncio.wrap_future(
+                self.pool.submit(lambda: answer.dumps(build(answer.vectors)))))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -243,6 +287,47 @@ def decoding_bytes(costs: list[int], frame_hw, threads: int, on_heap: bool) -> i
     fh, fw = frame_hw
     frames = 2 * len(costs) * fh * fw * 3 if on_heap else 0
     return frames + sum(sorted(costs, reverse=True)[:threads])
+
+
+async def all_or_none(coros: list) -> list:
+    """The results of `coros` in order, run concurrently; on the first failure the
+    others are cancelled and awaited (asyncio.TaskGroup's semantics, on Python 3.10 too)
+    and that failure is raised as itself, not as an ExceptionGroup (the error handlers
+    map gateway errors to answers). One coroutine runs inline."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        await _end_all(tasks)
+        raise
+    failed = [t.exception() for t in tasks if t.done() and not t.cancelled()
+              and t.exception() is not None]
+    if failed:
+        if await _end_all(tasks):
+            raise asyncio.CancelledError()
+        raise failed[0]          # the earliest chunk, in request order, that failed
+    return [t.result() for t in tasks]
+
+
+async def _end_all(tasks) -> bool:
+    """Cancel the tasks not done and await every one (however often this task is
+    cancelled meanwhile); True when it was."""
+    for t in tasks:
+        t.cancel()
+    cancelled = False
+    running = [t for t in tasks if not t.done()]
+    while running:
+        try:
+            await asyncio.wait(running)
+        except asyncio.CancelledError:
+            cancelled = True
+        running = [t for t in running if not t.done()]
+    for t in tasks:              # retrieved: no "exception never retrieved" noise
+        if not t.cancelled():
+            t.exception()
+    return cancelled
 
 
 async def settle(futures, timeout_s: float, late) -> None:

@@ -28,13 +28,18 @@ class GatewaySettings(BaseSettings):
     # /docs, /redoc and /openapi.json: off unless asked for (they describe every route
     # and limit to whoever can reach the API port).
     docs: bool = False
+    # API keys (gateway/auth.py): a file of `label:key` lines (`#` comments). Set: every
+    # route but /healthz and /readyz requires `Authorization: Bearer <key>` or
+    # `X-API-Key: <key>` (401 `unauthorized`), the file re-read when it changes; a file
+    # that cannot be read or holds no key stops start-up. Unset: no key required.
+    api_keys_file: Path | None = None
     # The committed contract the Triton metadata is checked against at start-up.
     contract_repository: Path = MODEL_REPOSITORY
 
     # Request limits (client mistakes beyond these are 413 / 422, never 500).
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
-    max_image_pixels: int = Field(40_000_000, gt=0, description="judged from the header")
-    max_image_side: int = Field(16384, gt=0)
+    max_image_pixels: int = Field(defaults.MAX_IMAGE_PIXELS, gt=0, description="judged from the header")
+    max_image_side: int = Field(defaults.MAX_IMAGE_SIDE, gt=0)
     max_images: int = Field(16, gt=0, description="images (or texts) per request")
     max_text_chars: int = Field(1000, gt=0)
     # The request line and headers together (uvicorn's httptools parser has no limit of
@@ -85,6 +90,13 @@ class GatewaySettings(BaseSettings):
     probe_backoff_max_s: float = Field(5.0, gt=0, description="longest wait between probes "
                                        "of an ejected endpoint")
     retry_budget_ratio: float = Field(0.1, ge=0, le=1, description="retries per request, at most")
+    # Outlier ejection (gateway/outlier.py): an endpoint whose calls time out while its
+    # health check passes (a hung Triton) is ejected after this many timed-out calls in a
+    # row, or as many making up `outlier_timeout_ratio` of its calls within
+    # `outlier_window_s`; probed back with a real inference. 0: off.
+    outlier_timeouts: int = Field(3, ge=0, description="timed-out calls that eject an endpoint")
+    outlier_timeout_ratio: float = Field(0.5, gt=0, le=1)
+    outlier_window_s: float = Field(30.0, gt=0)
 
     # Image tensors through system shared memory when beside Triton (gateway/shm.py).
     # auto: when the Triton host is loopback AND an admin key is configured; on: required
@@ -98,8 +110,16 @@ class GatewaySettings(BaseSettings):
     # of the budget above: /dev/shm pages are the gateway's memory too.
     shm_pool_bytes: int = Field(128 * 1024 * 1024, gt=0)
 
+    # OpenTelemetry traces (gateway/tracing.py): off unless set. An OTLP/HTTP collector
+    # (`http://collector:4318`, or a full `.../v1/traces` URL); spans are exported in
+    # protobuf batches from a background thread. Requests with a W3C `traceparent` follow
+    # its sampled flag; others are sampled at `trace_sample_rate`.
+    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP collector for traces (off when unset)")
+    trace_sample_rate: float = Field(1.0, ge=0, le=1, description="share of requests without a "
+                                     "traceparent that are traced")
+
     # Letterbox padding value (uint8) around the resized image.
-    pad_value: int = Field(0, ge=0, le=255)
+    pad_value: int = Field(defaults.PAD_VALUE, ge=0, le=255)
 
     # What one in-flight request is assumed to hold when max_in_flight is not set: a
     # 640x640 RGB frame (1.2 MB) and its JPEG body (~0.8 MB at most for a phone photo
@@ -124,6 +144,14 @@ class GatewaySettings(BaseSettings):
         """The most one request may hold: its body limit, and never more than the budget
         (a request that could never fit is a 413, not a 503 to retry)."""
         return min(self.max_body_bytes, self.memory_budget_bytes)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        defaults.otlp_traces_url(value)   # an http(s) URL, else a ValueError saying so
+        return value
 
     @field_validator("triton_grpc")
     @classmethod

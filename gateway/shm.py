@@ -138,6 +138,7 @@ class SlotPool:
         self._on_fallback = on_fallback
         self._reclaim_every_s = reclaim_every_s
         self._reclaimer: asyncio.Task | None = None
+        self._evictions: set[asyncio.Task] = set()   # run to the end even if their lease is cancelled
 
     # -- leasing ---------------------------------------------------------------------
     async def lease(self, frame_hw: tuple[int, int], max_batch: int, n: int) -> Lease | None:
@@ -158,9 +159,9 @@ class SlotPool:
             if evict is None:
                 self.fallback("pool_full")
                 return None
-            for old in evict:
-                await self._drop(old)
             try:
+                if evict:
+                    await self._evict(evict)
                 slot = await self._create(key)
             except BaseException as exc:   # /dev/shm full, registration refused: the wire
                 with self._lock:
@@ -196,6 +197,20 @@ class SlotPool:
             self.slots.remove(slot)
             self._bytes -= slot.capacity
         return victims
+
+    async def _evict(self, victims: list[Slot]) -> None:
+        """Unregister and destroy `victims` (already out of the accounting) to the end,
+        whatever happens to the caller: a lease cancelled midway (client gone) must not
+        leave slots registered with Triton, mapped here and in /dev/shm, that no count
+        knows of. The caller's reservation is released by the caller."""
+        task = asyncio.get_running_loop().create_task(self._drop_all(victims))
+        self._evictions.add(task)
+        task.add_done_callback(self._evictions.discard)
+        await asyncio.shield(task)
+
+    async def _drop_all(self, victims: list[Slot]) -> None:
+        for slot in victims:
+            await self._drop(slot)
 
     async def _drop(self, slot: Slot) -> None:
         if self._unregister is not None and slot.registered:
@@ -337,6 +352,8 @@ class SlotPool:
             except asyncio.CancelledError:
                 pass
             self._reclaimer = None
+        if self._evictions:
+            await asyncio.gather(*self._evictions, return_exceptions=True)
         unregister = unregister or self._unregister
         with self._lock:
             slots, self.slots = self.slots, []

@@ -2,7 +2,9 @@
 a caller charges to its memory budget before the decoder runs (and refuses by).
 
 Measured on libjpeg-turbo (simplejpeg) and OpenCV's libpng, peak RSS over the decode
-(tests/unit/test_imaging_cost.py holds every term to a measurement):
+(tests/unit/test_imaging_cost.py holds every term to a measurement, taken with transparent
+huge pages off: where THP is on, a large allocation may fault up to 2 MiB more, which the
+budget's slack covers):
 
 * JPEG: its DCT-scaled output (3 bytes per pixel; none when libjpeg-turbo writes
   straight into the frame), a CMYK/YCCK intermediate (4), an EXIF-rotated copy (3),

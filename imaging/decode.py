@@ -25,7 +25,7 @@ cv2.setNumThreads(1)  # decode threads are the parallelism; cv2's own pool would
 cv2.setLogLevel(2)   # LOG_LEVEL_ERROR
 
 
-def _check_jpeg(data, header: ImageHeader) -> None:
+def check_jpeg(data, header: ImageHeader) -> None:
     """Before libjpeg allocates anything: its own reading of the header (up to the first
     scan, which imaging.jpeg found within its bounds) must agree with the one the cost
     was charged from, and a progressive JPEG's scans are counted."""
@@ -76,7 +76,7 @@ def decode(data, header: ImageHeader, min_w: int = 0, min_h: int = 0) -> np.ndar
     """Decode to RGB uint8 HWC, oriented. JPEGs at least 2x larger than (min_w, min_h)
     (displayed size) are downscaled in the DCT domain, never below that size."""
     if header.kind == "jpeg":
-        _check_jpeg(data, header)
+        check_jpeg(data, header)
         if header.transposed:
             min_w, min_h = min_h, min_w
         return _orient(_jpeg(data, header, min_w, min_h), header.orientation)
@@ -93,10 +93,10 @@ def decode_into(data, header: ImageHeader, box: Letterbox, out: np.ndarray,
         _fit(_png_bgr(data), target, box)
         cv2.cvtColor(target, cv2.COLOR_BGR2RGB, dst=target)
     elif writes_in_place(header, box) and out.flags.c_contiguous:
-        _check_jpeg(data, header)
+        check_jpeg(data, header)
         _jpeg(data, header, box.new_w, box.new_h, buffer=out[:box.new_h])
     else:
-        _check_jpeg(data, header)
+        check_jpeg(data, header)
         img = _orient(_jpeg(data, header, *stored_target(header, box)), header.orientation)
         _fit(img, target, box)
     if box.new_h < out.shape[0]:

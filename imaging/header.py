@@ -35,6 +35,7 @@ class ImageHeader:
     buffered: bool = False
     channels: int = 3      # PNG: samples per pixel (palette: 1)
     bit_depth: int = 8
+    data_at: int = 0       # JPEG: its first scan (the image data) starts at or after this offset
 
     @property
     def transposed(self) -> bool:
@@ -54,7 +55,8 @@ def read_header(data, *, max_pixels: int, max_side: int) -> ImageHeader:
         raise UnsupportedImage("not a JPEG or PNG image (unrecognised magic bytes)")
     if kind == "jpeg":
         j = jpeg.read(data)
-        header = ImageHeader("jpeg", j.width, j.height, j.orientation, j.sampling, j.buffered)
+        header = ImageHeader("jpeg", j.width, j.height, j.orientation, j.sampling, j.buffered,
+                             data_at=j.data_at)
     else:
         p = png.read(data)
         header = ImageHeader("png", p.width, p.height, channels=p.channels,

@@ -40,6 +40,7 @@ class JpegInfo:
     sampling: tuple[tuple[int, int], ...]   # (h, v) sampling factors per component
     buffered: bool                          # the whole image's coefficients are kept
     orientation: int                        # EXIF 1..8
+    data_at: int = 0                        # no entropy-coded data before this offset
 
 
 def read(data) -> JpegInfo:
@@ -56,7 +57,7 @@ def read(data) -> JpegInfo:
                 raise CorruptImage("corrupt or truncated JPEG: no frame header within the "
                                    f"first {PREFIX_BYTES} bytes")
             # the first scan header is past the bounds: assume the costlier decode
-            return _info(frame, None, orientation)
+            return _info(frame, None, orientation, pos)
         if data[pos] != 0xFF:
             raise CorruptImage(f"corrupt JPEG: expected a marker at byte {pos}")
         pos = _FILL.match(data, pos, end).end() - 1     # the last 0xFF of a fill run
@@ -79,7 +80,7 @@ def read(data) -> JpegInfo:
         elif marker == 0xDA:
             if frame is None:
                 raise CorruptImage("corrupt JPEG: a scan before the frame header")
-            return _info(frame, data[body] if body < len(data) else None, orientation)
+            return _info(frame, data[body] if body < len(data) else None, orientation, pos)
         pos += 2 + length
         segments += 1
         if segments > MAX_SEGMENTS:
@@ -106,11 +107,11 @@ def _frame(marker: int, seg) -> tuple:
     return width, height, sampling, marker in _PROGRESSIVE
 
 
-def _info(frame, scan_components: int | None, orientation: int) -> JpegInfo:
+def _info(frame, scan_components: int | None, orientation: int, data_at: int) -> JpegInfo:
     width, height, sampling, progressive = frame
     # a sequential scan without every component: libjpeg buffers the whole image
     multi_scan = scan_components is None or scan_components < len(sampling)
-    return JpegInfo(width, height, sampling, progressive or multi_scan, orientation or 1)
+    return JpegInfo(width, height, sampling, progressive or multi_scan, orientation or 1, data_at)
 
 
 def exif_orientation(tiff: bytes) -> int:

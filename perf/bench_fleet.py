@@ -25,6 +25,7 @@ import io
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from .processes import BenchError, http_load, start_process, stop_process, wait_
 
 WORK = REPO_ROOT / "build" / "bench-fleet"
 MODEL, ROUTE = "mobileclip_image", "/v1/embed/image"
+WARMUP_S = 1.5
 BALANCERS = ("pick_first", "round_robin", "least_outstanding")
 # ~23 img/s per replica at batch 8: low enough that the gateway and the load generator
 # (Python, on this machine's 2 shared cores) are never what limits 3 replicas
@@ -54,10 +56,11 @@ def _jpeg() -> bytes:
     return buf.getvalue()
 
 
-def measure(replicas: Replicas, hosts: list[str], balancer: str, seconds: float) -> dict:
+def measure(replicas: Replicas, hosts: list[str], balancer: str, seconds: float,
+            warmup_s: float = WARMUP_S, work: Path = WORK) -> dict:
     target = "ipv4:" + ",".join(replicas.address(h) for h in hosts)
     port = free_port()
-    log = WORK / f"gateway-{balancer}-{len(hosts)}.log"
+    log = work / f"gateway-{balancer}-{len(hosts)}.log"
     proc = start_process([sys.executable, "-m", "gateway", "--triton-grpc", target, "--host",
                    "127.0.0.1", "--port", str(port)], log,
                   VISIONSERVE_GATEWAY_BALANCER=balancer, VISIONSERVE_GATEWAY_DECODE_THREADS="1")
@@ -65,7 +68,7 @@ def measure(replicas: Replicas, hosts: list[str], balancer: str, seconds: float)
     try:
         wait_http(base + "/readyz", proc)
         data, c = _jpeg(), CONCURRENCY_PER_REPLICA * len(hosts)
-        asyncio.run(http_load(base + ROUTE, data, c, 1.5, 0))          # warm-up
+        asyncio.run(http_load(base + ROUTE, data, c, warmup_s, 0))     # warm-up
         before = {h: replicas.success(h, MODEL) for h in hosts}
         latencies, errors, wall = asyncio.run(http_load(base + ROUTE, data, c, seconds, 0))
         served = {h: replicas.success(h, MODEL) - before[h] for h in hosts}
@@ -92,19 +95,20 @@ def combine(rounds: list[dict]) -> dict:
             "share": {h: served[h] / total for h in served}}
 
 
-def run(seconds: float, max_replicas: int = 3, rounds: int = 2) -> dict:
-    WORK.mkdir(parents=True, exist_ok=True)
+def run(seconds: float, max_replicas: int = 3, rounds: int = 2, warmup_s: float = WARMUP_S,
+        work: Path = WORK) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
     hosts = loopback_hosts(max_replicas)
     # the queue holds requests (no 200 ms shedding): an overloaded replica shows as
     # latency and lost throughput, not as a storm of 429s
     standin = {MODEL: {"batch_ms": BATCH_MS, "image_ms": IMAGE_MS, "queue_timeout_us": 0}}
     raw: dict[tuple[str, int], list[dict]] = {}
-    with Replicas(WORK / "replicas", standin, hosts) as replicas:
+    with Replicas(work / "replicas", standin, hosts) as replicas:
         replicas.start_all()
         for r in range(rounds):
             for balancer in BALANCERS:
                 for k in range(1, max_replicas + 1):
-                    m = measure(replicas, hosts[:k], balancer, seconds)
+                    m = measure(replicas, hosts[:k], balancer, seconds, warmup_s, work)
                     raw.setdefault((balancer, k), []).append(m)
                     print(f"  round {r + 1}: {balancer:<18} replicas={k} {m['img_s']:7.1f} img/s",
                           flush=True)
@@ -112,7 +116,7 @@ def run(seconds: float, max_replicas: int = 3, rounds: int = 2) -> dict:
     print()
     for p in points:
         print(_line(p))
-    return report(points, max_replicas)
+    return report(points, max_replicas, work)
 
 
 def _line(p: dict) -> str:
@@ -122,25 +126,28 @@ def _line(p: dict) -> str:
             f"p95 {p['p95_ms']:7.1f}  p99 {p['p99_ms']:7.1f} ms  share {share}")
 
 
-def report(points: list[dict], k: int) -> dict:
+def report(points: list[dict], k: int, work: Path = WORK) -> dict:
     by = {(p["balancer"], p["replicas"]): p for p in points}
     summary = {}
     print(f"\nscaling efficiency img/s({k}) / ({k} x img/s(1)); target >= {TARGET} for the fleet:")
     for b in BALANCERS:
         if (b, 1) in by and (b, k) in by:
+            if by[(b, 1)]["img_s"] <= 0:      # nothing served: say so, do not divide by it
+                print(f"  {b:<18} n/a: no image served with 1 replica")
+                continue
             eff = by[(b, k)]["img_s"] / (k * by[(b, 1)]["img_s"])
             summary[b] = eff
             verdict = ("met" if eff >= TARGET else "NOT met") if b == "least_outstanding" else ""
             print(f"  {b:<18} {eff:5.2f}  {verdict}")
-    if ("pick_first", k) in by and ("least_outstanding", k) in by:
+    if ("pick_first", k) in by and ("least_outstanding", k) in by and by[("pick_first", k)]["img_s"] > 0:
         gain = by[("least_outstanding", k)]["img_s"] / by[("pick_first", k)]["img_s"]
         print(f"  least_outstanding / pick_first at {k} replicas: {gain:.2f}x throughput")
     out = {"points": points, "efficiency": summary, "target": TARGET,
            "standin": {"model": MODEL, "batch_ms": BATCH_MS, "image_ms": IMAGE_MS,
                        "clients_per_replica": CONCURRENCY_PER_REPLICA},
            "command": "make bench-fleet"}
-    (WORK / "report.json").write_text(json.dumps(out, indent=2))
-    print(f"report: {WORK / 'report.json'}")
+    (work / "report.json").write_text(json.dumps(out, indent=2))
+    print(f"report: {work / 'report.json'}")
     return out
 
 
@@ -149,13 +156,15 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="measured window per point")
     p.add_argument("--replicas", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per point")
+    p.add_argument("--warmup", type=float, default=WARMUP_S, help="seconds of load before each point")
+    p.add_argument("--work", type=Path, default=WORK, help="replica repositories, logs, report.json")
     args = p.parse_args(argv)
     print(f"stand-in {MODEL}: {BATCH_MS:g} ms + {IMAGE_MS:g} ms/image per batch; "
           f"{CONCURRENCY_PER_REPLICA} clients per replica; {args.seconds:g} s per point, "
           f"{args.rounds} rounds", flush=True)
     t0 = time.monotonic()
     try:
-        run(args.seconds, args.replicas, args.rounds)
+        run(args.seconds, args.replicas, args.rounds, args.warmup, args.work)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

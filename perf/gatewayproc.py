@@ -48,9 +48,17 @@ class Gateway:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def readiness(self) -> dict:
+        """The admin readiness view (the metrics port's /readyz: endpoints' addresses,
+        states, reasons); a gateway that predates it listed them on the API's /readyz."""
+        r = httpx.get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=5)
+        if r.headers.get("content-type", "").startswith("application/json"):
+            return r.json()
+        return self.client.get("/readyz", timeout=5).json()
+
     def endpoints(self) -> dict[str, str]:
-        """{address: state} from /readyz."""
-        return {e["address"]: e["state"] for e in self.client.get("/readyz", timeout=5).json()["endpoints"]}
+        """{address: state} from the admin readiness view."""
+        return {e["address"]: e["state"] for e in self.readiness()["endpoints"]}
 
     def wait_ready(self, timeout_s=120.0):
         deadline = time.monotonic() + timeout_s

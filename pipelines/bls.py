@@ -7,9 +7,27 @@ Only importable inside Triton's python backend (it needs triton_python_backend_u
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
+
+# The trace of the request a pipeline is executing (Triton's OpenTelemetry mode): its step
+# calls are passed it, so they appear as children of that request in the same trace.
+# Triton traces a BLS call only when given its parent's trace (docs: "Tracing for BLS
+# models"); a batch of several requests runs its steps once, under the first one's trace.
+_trace = None
+
+
+@contextmanager
+def traced(requests):
+    """Step calls made inside belong to the trace of `requests[0]`."""
+    global _trace
+    _trace = requests[0].trace() if requests and hasattr(requests[0], "trace") else None
+    try:
+        yield
+    finally:
+        _trace = None
 
 
 class StepError(RuntimeError):
@@ -27,6 +45,8 @@ def call(model: str, inputs: dict, outputs: Sequence[str]) -> dict[str, np.ndarr
     kwargs = {}
     if hasattr(pb_utils, "PreferredMemory"):
         kwargs["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+    if _trace is not None:
+        kwargs["trace"] = _trace
     request = pb_utils.InferenceRequest(
         model_name=model, requested_output_names=list(outputs),
         inputs=[_as_input(pb_utils, k, v) for k, v in inputs.items()], **kwargs)

@@ -28,7 +28,7 @@ import triton_python_backend_utils as pb_utils
 
 from contract import from_json
 
-from .bls import StepError, call_chunked
+from .bls import StepError, call_chunked, traced
 
 DET_OUTPUTS = ("boxes", "scores", "landmarks", "num_detections")
 
@@ -68,7 +68,8 @@ class TritonPythonModel:
                 images = tensors[0]
             else:
                 images = pb_utils.Tensor("images", np.concatenate([t.as_numpy() for t in tensors]))
-            result = self.run(images)
+            with traced(requests):
+                result = self.run(images)
         except StepError as exc:
             err = pb_utils.TritonError(f"{self.name}: {exc}")
             return [pb_utils.InferenceResponse(error=err) for _ in requests]

@@ -8,12 +8,18 @@ does not depend on the cores of the machine that runs the test or the benchmark.
 Outputs are zeros (empty strings for BYTES), so a detector stand-in finds nothing.
 
 Config parameters (strings):
-  batch_ms   time per execution, whatever its batch size (default 0: an instant stub)
-  image_ms   additional time per batch item (default 0)
+  batch_ms       time per execution, whatever its batch size (default 0: an instant stub)
+  image_ms       additional time per batch item (default 0)
+  batch_ms_file  a file (relative: in the model's folder) whose number, when present,
+                 replaces batch_ms; read again every 50 ms while an execution sleeps, so
+                 a test can make a running replica hang (a large number) and recover
+                 (a small one) without restarting it, while Triton's health answers stay
+                 unaffected (as a GPU kernel that hangs would leave them)
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -30,6 +36,8 @@ class TritonPythonModel:
         self.name = config["name"]
         self.batch_s = _param(config, "batch_ms") / 1000.0
         self.image_s = _param(config, "image_ms") / 1000.0
+        path = config.get("parameters", {}).get("batch_ms_file", {}).get("string_value", "")
+        self.batch_file = os.path.join(args["model_repository"], path) if path else None
         self.first_input = config["input"][0]["name"]
         self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"]),
                          [int(d) for d in o["dims"]]) for o in config["output"]]
@@ -37,7 +45,7 @@ class TritonPythonModel:
     def execute(self, requests):
         sizes = [pb_utils.get_input_tensor_by_name(r, self.first_input).as_numpy().shape[0]
                  for r in requests]
-        time.sleep(self.batch_s + self.image_s * sum(sizes))
+        self._sleep(self.image_s * sum(sizes))
         responses = []
         for n in sizes:
             tensors = []
@@ -49,3 +57,21 @@ class TritonPythonModel:
                 tensors.append(pb_utils.Tensor(name, arr))
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
+
+    def _sleep(self, extra_s: float) -> None:
+        if self.batch_file is None:
+            time.sleep(self.batch_s + extra_s)
+            return
+        start = time.monotonic()
+        while True:
+            left = start + self._batch_s() + extra_s - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+
+    def _batch_s(self) -> float:
+        try:
+            with open(self.batch_file) as f:
+                return float(f.read().strip() or 0) / 1000.0
+        except (OSError, ValueError):   # absent or being written: the configured time
+            return self.batch_s

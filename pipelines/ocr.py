@@ -21,7 +21,7 @@ import triton_python_backend_utils as pb_utils
 from contract import ContractError, ModelContract, from_json, parse_config
 
 from . import ocr_postprocess as ocr
-from .bls import StepError, call
+from .bls import StepError, call, traced
 
 CHARSET_FILE = "charset.txt"
 
@@ -90,7 +90,8 @@ class TritonPythonModel:
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         try:
-            result = self._run(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
+            with traced(requests):
+                result = self._run(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
         except (StepError, ocr.OcrError, ocr.OcrInputError) as exc:
             if len(arrays) == 1:
                 return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"ocr: {exc}"))]

@@ -63,12 +63,32 @@ def _parser() -> argparse.ArgumentParser:
                        help="time calls in flight get after that (default 30)")
         s.add_argument("--exit-timeout", type=int, default=30, metavar="S",
                        help="on SIGTERM/SIGINT, how long Triton finishes in-flight work (default 30)")
+        s.add_argument("--trace-otlp", type=_otlp_url, metavar="URL",
+                       default=os.environ.get("VISIONSERVE_TRACE_OTLP") or None,
+                       help="OpenTelemetry traces to this OTLP/HTTP collector (Triton's "
+                       "spans; `run` gives the gateway the same endpoint); default "
+                       "$VISIONSERVE_TRACE_OTLP, off when empty")
+        s.add_argument("--trace-rate", type=_count, default=os.environ.get("VISIONSERVE_TRACE_RATE") or "0",
+                       metavar="N", help="Triton also traces every N-th request that arrives "
+                       "without a traceparent (default 0: only those the gateway traced)")
         if name == "run":
             s.add_argument("--gateway-host", default="127.0.0.1")
             s.add_argument("--gateway-port", type=int, default=defaults.GATEWAY_PORT)
             s.add_argument("--gateway-metrics-port", type=int, default=defaults.GATEWAY_METRICS_PORT,
                            help="the gateway's Prometheus /metrics (never on its API port)")
     return p
+
+
+def _otlp_url(value: str) -> str:
+    defaults.otlp_traces_url(value)   # ValueError (argparse: "invalid value") unless http(s)
+    return value
+
+
+def _count(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError(value)
+    return n
 
 
 def _derive(args) -> profiles.Derived:
@@ -107,7 +127,8 @@ def _serve(args, with_gateway: bool) -> int:
                           log_path=args.log, host=args.host,
                           max_connection_age_s=args.grpc_max_connection_age,
                           max_connection_age_grace_s=args.grpc_max_connection_age_grace,
-                          exit_timeout_s=args.exit_timeout)
+                          exit_timeout_s=args.exit_timeout, trace_otlp=args.trace_otlp,
+                          trace_rate=args.trace_rate)
     gateway = None
     log.info("starting tritonserver (log: %s)", "stdout" if server.log_to_stdout else server.log_path)
     try:
@@ -119,6 +140,8 @@ def _serve(args, with_gateway: bool) -> int:
         if with_gateway:
             # the admin key lets the gateway register shared memory (its default "auto")
             env = dict(os.environ, VISIONSERVE_GATEWAY_TRITON_ADMIN_KEY=server.admin_key)
+            if args.trace_otlp:   # one trace from HTTP into Triton: both send to one collector
+                env.setdefault("VISIONSERVE_GATEWAY_OTLP_ENDPOINT", args.trace_otlp)
             gateway = subprocess.Popen(_gateway_command(args, server), cwd=REPO_ROOT, env=env)
             print(f"Gateway: http://{args.gateway_host}:{args.gateway_port}  metrics "
                   f"http://{args.gateway_host}:{args.gateway_metrics_port}/metrics  "

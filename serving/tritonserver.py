@@ -55,6 +55,23 @@ ADMIN_HEADER = defaults.ADMIN_HEADER
 GRPC_ADMIN_METADATA = defaults.GRPC_ADMIN_METADATA   # the same key over gRPC
 
 
+def trace_args(otlp: str, rate: int = 0, server_id: str | None = None) -> tuple[str, ...]:
+    """Triton's OpenTelemetry trace mode (2.51: `--trace-config`), spans sent as OTLP/HTTP
+    protobuf to `otlp` (a collector's base URL gets /v1/traces). A request carrying a W3C
+    `traceparent` (the gateway's Triton calls, when it traces them) is always traced, as a
+    child of that span; of the others every `rate`-th (0: none). Level TIMESTAMPS: Triton's
+    default level OFF traces nothing."""
+    if rate < 0:
+        raise ValueError(f"the trace rate is a count of requests (0: only those with a "
+                         f"traceparent), got {rate}")
+    args = ("--trace-config=mode=opentelemetry", "--trace-config=level=TIMESTAMPS",
+            f"--trace-config=rate={rate}", "--trace-config=count=-1",
+            f"--trace-config=opentelemetry,url={defaults.otlp_traces_url(otlp)}")
+    if server_id:   # which replica a span came from
+        args += (f"--trace-config=opentelemetry,resource=service.instance.id={server_id}",)
+    return args
+
+
 class TritonServerError(RuntimeError):
     """tritonserver is missing, failed to start, or did not become ready in time."""
 
@@ -179,7 +196,7 @@ class TritonServer:
                  admin_key: str | None = None, backends_dir: Path = BACKENDS_DIR,
                  extra_args: tuple[str, ...] = (), log_verbose: int = 0,
                  max_connection_age_s: float = 60.0, max_connection_age_grace_s: float = 30.0,
-                 exit_timeout_s: int = 30):
+                 exit_timeout_s: int = 30, trace_otlp: str | None = None, trace_rate: int = 0):
         self.repository = Path(repository).resolve()
         self.host = host
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
@@ -193,6 +210,7 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         # what this server answers as its name (server metadata): readiness is ours
         self.server_id = f"visionserve-{host}-{grpc_port}-{secrets.token_hex(4)}"
+        self.trace_args = trace_args(trace_otlp, trace_rate, self.server_id) if trace_otlp else ()
         # A fresh random key unless given: nobody can reach the restricted APIs by accident.
         self.admin_key = admin_key or os.environ.get("VISIONSERVE_TRITON_ADMIN_KEY") or secrets.token_hex(16)
         self.backends_dir = Path(backends_dir)
@@ -239,6 +257,7 @@ class TritonServer:
             "--grpc-keepalive-permit-without-calls=1",
             f"--grpc-http2-min-recv-ping-interval-without-data={MIN_PING_INTERVAL_MS}",
             f"--log-verbose={self.log_verbose}",
+            *self.trace_args,
             *self.extra_args,
         ]
 

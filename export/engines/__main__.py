@@ -10,15 +10,14 @@ import argparse
 import logging
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 from contract import MODEL_REPOSITORY
 
-from . import trt_api, trtexec
 from .build import DEFAULT_CACHE_DIR, Options, Outcome, build_model, engine_models
 from .check import check_repository
-from .errors import EngineError, TensorRTUnavailable
+from .builders import pick_builder
+from .errors import EngineError
 from .gpu import current_gpu, require_supported_tensorrt, tensorrt_version
 from .request import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_MB
 
@@ -56,22 +55,6 @@ def selected(spec: str, repository: Path) -> list[str]:
         raise EngineError(f"no TensorRT plan for {', '.join(wrong)}: plans are built only for models whose "
                           f"config platform is tensorrt_plan: {', '.join(available)}")
     return models
-
-
-def pick_builder(name: str):
-    """(builder function, parity candidate factory or None)."""
-    if name in ("auto", "python") and trt_api.available():
-        from .parity import trt_runner
-
-        return trt_api.build, trt_runner
-    if name == "python":
-        trt_api.import_tensorrt()          # raises TensorRTUnavailable with the reason
-    exe = trtexec.find_trtexec()
-    if exe is None:
-        raise TensorRTUnavailable("cannot build TensorRT plans on this host: `import tensorrt` fails and no "
-                                  "trtexec binary was found ($TRTEXEC, PATH, /usr/src/tensorrt/bin). Build "
-                                  "inside an NGC TensorRT or Triton container, see docs/engines.md")
-    return partial(trtexec.build, exe=exe), None
 
 
 def summary(outcomes: list[Outcome], total_s: float) -> str:

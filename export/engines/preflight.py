@@ -11,7 +11,7 @@
                never overlap: a counter each increments under the lock loses no update, and
                every peer sees the others' writes
 
-Run by `docker/triton_entrypoint.py preflight [--peers N]`, e.g. the storage pre-flight Job
+Run by `python -m deploy preflight [--peers N]`, e.g. the storage pre-flight Job
 (k8s/storage-preflight/) whose N pods land on different nodes. Every check says what
 failed and what to change; nothing here needs a GPU.
 """

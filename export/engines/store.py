@@ -9,6 +9,7 @@ every plan under a key of all of these and never changes a published key:
     <root>/plans/<gpu>/<model>/.<trt>-<digest>.lock             build lock of that key (flock)
     <root>/plans/<gpu>/<model>/.partial-<trt>-<digest>+<host>+<pid>/   a build in progress
     <root>/uses/<gpu>/<model>/<trt>-<digest>                     mtime = last time an image used it
+    <root>/images/<gpu>/<image digest>.json                      the keys an image (by reference) uses
     <root>/timing-cache/<gpu>/                                   TensorRT timing caches
 
 `<gpu>` is the GPU's name and compute capability ("nvidia-a100-sxm4-80gb-sm80"): an A30
@@ -18,7 +19,12 @@ deleted while serving. A build happens under the key's lock into a private folde
 is renamed into place only once plan, sidecar and parity are done, so a reader sees a
 whole key or none, and a builder that crashed leaves only a `.partial-*` folder (cleaned
 by the next builder of that key, or by `gc`). `gc(keep=N)` keeps the N most recently
-used keys per GPU kind and model.
+used keys per GPU kind and model, and every key of the images it is told are still
+deployed (their key lists are recorded when a builder names its image).
+
+A model whose parity check is waived (`waive_parity`) gets a key of its own (the waiver
+is part of the key material): an unchecked plan is never found by an image that asks
+for a checked one, and its sidecar says it was waived.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import re
 import shutil
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -54,11 +60,15 @@ def gpu_slug(gpu: GpuInfo) -> str:
     return f"{name}-{gpu.sm}"
 
 
-def key_material(onnx_sha256: str, build_flags: dict, tensorrt_version: str, gpu: GpuInfo) -> dict:
+def key_material(onnx_sha256: str, build_flags: dict, tensorrt_version: str, gpu: GpuInfo,
+                 parity_waived: bool = False) -> dict:
     """Everything a plan depends on; its hash is the key."""
-    return {"schema": KEY_SCHEMA, "onnx_sha256": onnx_sha256, "build_flags": build_flags,
-            "tensorrt_version": tensorrt_version, "gpu_name": gpu.name,
-            "compute_capability": gpu.compute_capability}
+    material = {"schema": KEY_SCHEMA, "onnx_sha256": onnx_sha256, "build_flags": build_flags,
+                "tensorrt_version": tensorrt_version, "gpu_name": gpu.name,
+                "compute_capability": gpu.compute_capability}
+    if parity_waived:                  # only then: the keys of checked plans stay what they were
+        material["parity"] = "waived"
+    return material
 
 
 @dataclass(frozen=True)
@@ -76,8 +86,9 @@ class PlanKey:
         return f"{self.gpu}/{self.model}/{self.name}"
 
 
-def plan_key(model: str, onnx_sha256: str, build_flags: dict, tensorrt_version: str, gpu: GpuInfo) -> PlanKey:
-    material = key_material(onnx_sha256, build_flags, tensorrt_version, gpu)
+def plan_key(model: str, onnx_sha256: str, build_flags: dict, tensorrt_version: str, gpu: GpuInfo,
+             parity_waived: bool = False) -> PlanKey:
+    material = key_material(onnx_sha256, build_flags, tensorrt_version, gpu, parity_waived)
     digest = hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return PlanKey(model, gpu_slug(gpu), tensorrt_version, digest)
 
@@ -90,9 +101,20 @@ class Stored:
     version: str = "1"              # the model's version folder the plan serves
     seconds: float = 0.0
     parity: str = ""
+    parity_waived: bool = False
 
 
 Log = Callable[[str], None]
+WAIVED = ("WAIVED: not checked against ONNX Runtime (VISIONSERVE_PARITY_WAIVE); its outputs may differ "
+          "from the reference by any amount")
+
+
+class PlanMissing(EngineError):
+    """`ensure(build=False)` found no published plan for the key (the message names it)."""
+
+    def __init__(self, message: str, key: PlanKey):
+        super().__init__(message)
+        self.key = key
 
 
 class PlanStore:
@@ -119,21 +141,30 @@ class PlanStore:
         return plan if sc is not None and sc.plan_key == key.name else None
 
     # -- building ----------------------------------------------------------------------------
+    def key_of(self, model: str, gpu: GpuInfo, tensorrt_version: str, opts: build_mod.Options,
+               waive_parity: bool = False) -> tuple[PlanKey, "build_mod.Plan"]:
+        """This image's key for `model` on `gpu` (cheap: hashes, no TensorRT)."""
+        p = build_mod.prepare(model, gpu, opts)
+        return plan_key(model, p.onnx_sha256, p.flags, tensorrt_version, gpu, waive_parity), p
+
     def ensure(self, model: str, gpu: GpuInfo, tensorrt_version: str, opts: build_mod.Options, *,
                builder: build_mod.Builder, candidate: build_mod.Candidate | None, log: Log,
-               deadline: Deadline | None = None, build: bool = True) -> Stored:
+               deadline: Deadline | None = None, build: bool = True, waive_parity: bool = False) -> Stored:
         """The published plan of `model` for this image, GPU and TensorRT; builds it when
-        missing (unless `build` is False: then a missing key is an EngineError)."""
-        p = build_mod.prepare(model, gpu, opts)
-        key = plan_key(model, p.onnx_sha256, p.flags, tensorrt_version, gpu)
+        missing (unless `build` is False: then a missing key is PlanMissing). `waive_parity`
+        builds without the parity check, under a key of its own, recorded in the sidecar."""
+        key, p = self.key_of(model, gpu, tensorrt_version, opts, waive_parity)
         version = p.onnx.parent.name
         plan = self.published(key)
         if plan is not None:
-            return Stored(key, plan, "reused", version)
+            return Stored(key, plan, "reused", version, parity_waived=waive_parity)
         if not build:
-            raise EngineError(f"{model}: no plan {key} in the plan store {self.root}: nothing built it for "
-                              f"this image on {gpu.name} (TensorRT {tensorrt_version}). Run the plan-build "
-                              "Job for this GPU kind, or the `build` step (init container) before serving")
+            raise PlanMissing(f"{model}: no plan {key} in the plan store {self.root}: nothing built it for "
+                              f"this image on {gpu.name} (TensorRT {tensorrt_version}); build it with the plan-build Job "
+                              "of this GPU kind (or the image's `build` mode) before serving", key)
+        if waive_parity:
+            opts = replace(opts, parity=False)
+            log(f"  {model}: parity check {WAIVED}")
         d = self.key_dir(key)
         d.parent.mkdir(parents=True, exist_ok=True)
         with target_lock(d, on_wait=log, deadline=deadline):
@@ -149,6 +180,8 @@ class PlanStore:
                 out, report, seconds = build_mod.compile_plan(
                     p, gpu, tensorrt_version, opts, builder=builder, candidate=candidate, log=log,
                     workdir=partial)
+                if waive_parity:
+                    report = {"passed": None, "waived": True, "figures": WAIVED}
                 if out.tensorrt_version != tensorrt_version:
                     raise EngineError(f"{model}: the builder used TensorRT {out.tensorrt_version} but this host "
                                       f"reports {tensorrt_version}: the plan would be filed under the wrong key "
@@ -158,7 +191,7 @@ class PlanStore:
                 if partial.exists():
                     _remove_tree(partial)
         self.record_use([key])
-        return Stored(key, d / DEFAULT_PLAN, "built", version, seconds, report.get("figures", ""))
+        return Stored(key, d / DEFAULT_PLAN, "built", version, seconds, report.get("figures", ""), waive_parity)
 
     def _publish(self, partial: Path, dest: Path, p, gpu: GpuInfo, out, report: dict, seconds: float,
                  key: PlanKey) -> None:
@@ -209,19 +242,59 @@ class PlanStore:
                 continue
         return 0.0
 
-    def gc(self, keep: int, log: Log = print, wait_s: float = 600.0) -> list[Path]:
-        """Keep the `keep` most recently used keys per GPU kind and model; remove the others,
-        their use markers, and partial folders no live builder holds. Returns what went.
+    # -- which deployed image uses which keys ---------------------------------------------------
+    def image_record(self, image: str, gpu: str) -> Path:
+        return self.root / "images" / gpu / f"{hashlib.sha256(image.encode()).hexdigest()[:32]}.json"
 
-        Runs alone (exclusive store lock, waiting up to `wait_s` for images that are
-        finding or building their plans)."""
+    def record_image(self, image: str, keys) -> None:
+        """Remember that `image` (its reference as the pods name it, ideally by digest) serves
+        `keys`: gc keeps them for as long as it is told the image is deployed."""
+        by_gpu: dict[str, dict[str, str]] = {}
+        for key in keys:
+            by_gpu.setdefault(key.gpu, {})[key.model] = key.name
+        for gpu, models in sorted(by_gpu.items()):
+            path = self.image_record(image, gpu)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"image": image, "gpu": gpu, "keys": models}, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+
+    def image_keys(self, images) -> tuple[set[tuple[str, str, str]], list[str]]:
+        """(the (gpu, model, name) keys recorded for `images`, the images with no record at all)."""
+        keys, unknown = set(), []
+        for image in sorted(set(images)):
+            records = sorted((self.root / "images").glob(f"*/{self.image_record(image, 'x').name}"))
+            if not records:
+                unknown.append(image)
+            for path in records:
+                rec = json.loads(path.read_text())
+                keys |= {(rec["gpu"], model, name) for model, name in rec["keys"].items()}
+        return keys, unknown
+
+    def gc(self, keep: int, log: Log = print, wait_s: float = 600.0, deployed=None) -> list[Path]:
+        """Keep the `keep` most recently used keys per GPU kind and model and every key of the
+        `deployed` images (references); remove the others, their use markers, and partial
+        folders no live builder holds. Returns what went.
+
+        With `deployed` given, an image among them that has no key record stops gc before it
+        removes anything (EngineError): its keys are unknown, so none may go. Runs alone
+        (exclusive store lock, waiting up to `wait_s` for images that are finding or building
+        their plans)."""
         if keep < 1:
             raise EngineError(f"gc keeps at least the newest key per model; got keep={keep}")
         self.root.mkdir(parents=True, exist_ok=True)
         with target_lock(self.root / STORE_LOCK_TARGET, timeout_s=wait_s, on_wait=log):
-            return self._gc(keep, log)
+            protected: set[tuple[str, str, str]] = set()
+            if deployed is not None:
+                protected, unknown = self.image_keys(deployed)
+                if unknown:
+                    raise EngineError(f"gc removed nothing: deployed image(s) {', '.join(unknown)} have no key record "
+                                      f"in {self.root / 'images'} (built before records existed, or by hand), so "
+                                      "their keys are unknown. Run the plan-build Job for those images, or gc "
+                                      "without the deployed-image check once they are gone")
+            return self._gc(keep, log, protected)
 
-    def _gc(self, keep: int, log: Log) -> list[Path]:
+    def _gc(self, keep: int, log: Log, protected: set[tuple[str, str, str]]) -> list[Path]:
         removed: list[Path] = []
         groups: dict[tuple[str, str], list[str]] = {}
         for gpu, model, name in self.keys():
@@ -229,6 +302,10 @@ class PlanStore:
         for (gpu, model), names in sorted(groups.items()):
             names.sort(key=lambda n: self._last_used(gpu, model, n), reverse=True)
             for name in names[keep:]:
+                if (gpu, model, name) in protected:
+                    log(f"gc: keeping {gpu}/{model}/{name} (older than the {keep} most recently used, but a "
+                        "deployed image uses it)")
+                    continue
                 d = self.root / "plans" / gpu / model / name
                 log(f"gc: removing {gpu}/{model}/{name} (not among the {keep} most recently used)")
                 _remove_tree(d)
@@ -241,6 +318,11 @@ class PlanStore:
                 log(f"gc: removing {partial} (its builder is gone)")
                 _remove_tree(partial)
                 removed.append(partial)
+        live = set(self.keys())
+        for record in sorted((self.root / "images").glob("*/*.json")):
+            rec = json.loads(record.read_text())
+            if not any((rec["gpu"], m, n) in live for m, n in rec["keys"].items()):
+                record.unlink()                 # every key of that image is gone: so is its record
         return removed
 
 
@@ -271,13 +353,18 @@ def _remove_tree(path: Path) -> None:
 
 def ensure_all(store: PlanStore, models: list[str], gpu: GpuInfo, tensorrt_version: str,
                opts: build_mod.Options, *, builder, candidate, log: Log, deadline: Deadline | None = None,
-               build: bool = True) -> dict[str, Stored]:
-    """`ensure` for every model, in order; {model: Stored}."""
+               build: bool = True, waive_parity=()) -> dict[str, Stored]:
+    """`ensure` for every model, in order; {model: Stored}. `waive_parity`: the models whose
+    parity check is waived (each must be one of `models`)."""
+    unknown = sorted(set(waive_parity) - set(models))
+    if unknown:
+        raise EngineError(f"parity waived for {', '.join(unknown)}, which this image builds no plan for "
+                          f"(plan models: {', '.join(models)})")
     t0 = time.perf_counter()
     out = {}
     for i, model in enumerate(models, 1):
         out[model] = store.ensure(model, gpu, tensorrt_version, opts, builder=builder, candidate=candidate,
-                                  log=log, deadline=deadline, build=build)
+                                  log=log, deadline=deadline, build=build, waive_parity=model in waive_parity)
         log(f"[{i}/{len(models)}] {model}: {out[model].status} {out[model].key}")
     log(f"{len(models)} plans ready in {time.perf_counter() - t0:.1f} s")
     return out

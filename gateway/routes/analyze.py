@@ -5,8 +5,8 @@ from fastapi import APIRouter, Request
 from contract.routes import Route, RouteTable
 
 from .. import postprocess
-from .common import (ERRORS, IMAGE_BODY, MaxResults, ServiceDep, Threshold, frames_for, model_query,
-                     result_limit, threshold)
+from .common import (ERRORS, IMAGE_BODY, AnswerDep, EmbeddingFormat, MaxResults, ServiceDep, Threshold,
+                     frames_for, model_query, result_limit, threshold)
 from .lean import LeanRoute
 
 
@@ -16,12 +16,13 @@ def router(route: Route, table: RouteTable, mount: dict | None = None) -> APIRou
 
     @r.post(route.path, openapi_extra=IMAGE_BODY, responses=ERRORS,
             summary="Objects, faces, text and an image embedding")
-    async def analyze(request: Request, svc: ServiceDep,
+    async def analyze(request: Request, svc: ServiceDep, accept: AnswerDep,
                       model: Model = route.default.choice,
                       object_threshold: Threshold = None,
                       face_threshold: Threshold = None,
                       text_threshold: Threshold = None,
-                      max_results: MaxResults = None):
+                      max_results: MaxResults = None,
+                      embedding_format: EmbeddingFormat = "float"):
         name = route.model_for(model)
         info = svc.model(name)
         floor = svc.catalog.score_floor
@@ -34,17 +35,18 @@ def router(route: Route, table: RouteTable, mount: dict | None = None) -> APIRou
         frames = await frames_for(request, svc, info)
         o = await svc.infer_frames(name, frames, info.output_names)
 
-        def build():
+        def build(vectors):
             objs = postprocess.objects(o["object_boxes"], o["object_scores"], o["object_classes"],
                                        o["num_objects"], frames, cuts[0], limit)
             found = postprocess.faces(o["face_boxes"], o["face_scores"], o["face_landmarks"],
-                                      o["face_embeddings"], o["num_faces"], frames, cuts[1], limit)
+                                      o["face_embeddings"], o["num_faces"], frames, cuts[1], limit,
+                                      vectors=vectors)
             lines = postprocess.text_lines(o["texts"], o["text_polygons"], o["text_scores"],
                                            o["num_lines"], frames, cuts[2], limit)
             return {"model": name, "results": [
                 {**size, "objects": ob, "faces": f, "lines": ls, "embedding": e}
                 for size, ob, f, ls, e in zip(postprocess.sizes(frames), objs, found, lines,
-                                              o["image_embedding"].tolist())]}
-        return await svc.render(build, o)
+                                              vectors(o["image_embedding"]))]}
+        return await svc.render(build, o, accept.with_embeddings(embedding_format))
 
     return r

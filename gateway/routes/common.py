@@ -7,11 +7,13 @@ from fastapi import Depends, Query, Request
 
 from contract.routes import Route
 
-from .. import postprocess
+from .. import postprocess, tracing
 from ..admission import reservation_of
 from ..catalog import ModelInfo
-from ..errors import InvalidParameter
+from ..errors import InvalidParameter, NotAcceptable
 from ..inputs import read_images
+from ..negotiation import MSGPACK, OFFERED, negotiate
+from ..responses import JSON_FLOAT, Answer, answer_for
 from ..service import Frames, Service
 
 
@@ -21,6 +23,29 @@ async def get_service(request: Request) -> Service:
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+async def accepted(request: Request) -> Answer:
+    """The encoding the Accept header asks for (gateway/negotiation.py); 406 before the
+    body is read when it excludes them all."""
+    media_type = negotiate(request.headers.get("accept"))
+    if media_type is None:
+        raise NotAcceptable(f"the Accept header allows none of the formats answered: {', '.join(OFFERED)}")
+    return answer_for(media_type)
+
+
+async def accepted_or_json(request: Request) -> Answer:
+    """For the probes: what the Accept header asks for, JSON when it excludes everything
+    (an orchestrator's probe must never fail on a header)."""
+    media_type = negotiate(request.headers.get("accept"))
+    return JSON_FLOAT if media_type is None else answer_for(media_type)
+
+
+AnswerDep = Annotated[Answer, Depends(accepted)]
+EmbeddingFormat = Annotated[Literal["float", "base64"], Query(
+    description="how a JSON answer carries embeddings: `float` numbers, or `base64` of their "
+    "little-endian float32 bytes. A msgpack answer (Accept: application/msgpack) always "
+    "carries them as typed binary arrays")]
 MaxResults = Annotated[int | None, Query(
     ge=1, description="results kept per image (default and most: the model's K, "
     "see GET /v1/models)")]
@@ -64,15 +89,18 @@ def result_limit(value: int | None, info: ModelInfo, output: str, most: int | No
 
 
 async def frames_for(request: Request, svc: Service, info: ModelInfo) -> Frames:
-    """The request's images read, admitted to the model's capacity (svc.admit), and
-    decoded into `info`'s frames. Get `info` with svc.model() first: a model that is
+    """The request's images read, admitted to the capacity of the model and of the models
+    it runs, one place per image (svc.admit), and decoded into `info`'s frames. Get `info` with svc.model() first: a model that is
     not served is a 503 before the body is read."""
     s = svc.settings
     reservation = reservation_of(request)
-    images = await read_images(request, max_bytes=s.max_body_bytes, max_images=s.max_images,
-                               pool=svc.pool, reservation=reservation)
-    svc.admit(info.name, reservation)
-    return await svc.frames(images, info.frame, info.max_batch_size, reservation)
+    with tracing.span("read_body"):
+        images = await read_images(request, max_bytes=s.max_body_bytes, max_images=s.max_images,
+                                   pool=svc.pool, reservation=reservation)
+    with tracing.span("admission", model=info.name):
+        svc.admit(info.name, reservation, len(images))
+    with tracing.span("decode", images=len(images)):
+        return await svc.frames(images, info.frame, info.max_batch_size, reservation)
 
 
 async def scored(request: Request, svc: Service, model: str, score_threshold: float | None,
@@ -115,14 +143,24 @@ IMAGE_BODY = {
     }
 }
 
-ERRORS = {code: {"description": desc, "content": {"application/json": {"example": {
+# The 200 answer's msgpack alternative, for OpenAPI (application/json is FastAPI's default).
+ANSWERS = {200: {"content": {MSGPACK: {"schema": {
+    "type": "object", "description": "With Accept: application/msgpack (or application/x-msgpack, "
+    "application/vnd.msgpack): the JSON answer's content as MessagePack. Every embedding is a "
+    'typed array, a map {"dtype": "<f4", "shape": [512], "data": <bin: the little-endian '
+    "bytes>}; other numbers are msgpack ints and float64s (the JSON answer's values). "
+    "See docs/gateway.md, Answer formats."}}}}}
+
+ERRORS = {**ANSWERS, **{code: {"description": desc, "content": {"application/json": {"example": {
     "error": {"code": ex, "message": "..."}}}}} for code, desc, ex in (
     (400, "empty, corrupt or truncated image; malformed body", "invalid_image"),
     (413, "body, pixel count or image count over the limit", "image_too_large"),
+    (406, "the Accept header allows neither JSON nor msgpack (errors are always JSON)",
+     "not_acceptable"),
     (415, "not a JPEG or PNG", "unsupported_media_type"),
     (422, "invalid parameter or text", "invalid_parameter"),
     (429, "Triton's queue is full (Retry-After)", "triton_overloaded"),
     (503, "Triton down, or the gateway's memory budget or the model's capacity in use "
      "(Retry-After)", "gateway_overloaded"),
     (504, "Triton missed the deadline", "triton_timeout"),
-)}
+)}}

@@ -74,7 +74,8 @@ def _add_queue_probe(repo: Path, contracts) -> str | None:
 
     A slow-per-image model (a detector, ~0.1 s on CPU) so a burst outruns it even on a
     fast machine; any network model otherwise."""
-    nets = [name for name in contracts if contract.load(name).kind == "network"]
+    committed = contract.load_all()      # derived-only models (encoded entry points) are no probe
+    nets = [name for name in contracts if name in committed and committed[name].kind == "network"]
     if not nets:
         return None
     preferred = [m for m in ("yolo", "scrfd", "centerface", "ppocr_det") if m in nets]

@@ -336,14 +336,13 @@ def test_shared_memory_on_with_a_wrong_key_refuses_the_endpoint(served, gateways
 
     def endpoint_state():
         try:
-            body = gw.client.get("/readyz", timeout=2).json()
+            body = gw.readiness()
         except (httpx.TransportError, ValueError):
             return None
         return body.get("endpoints", [{}])[0].get("state")
 
     wait_for(lambda: endpoint_state() not in (None, "connecting"), 60, "the endpoint judged")
-    r = gw.client.get("/readyz")
-    assert r.status_code == 503
-    (endpoint,) = r.json()["endpoints"]
+    assert gw.client.get("/readyz").status_code == 503
+    (endpoint,) = gw.readiness()["endpoints"]   # the admin view, on the metrics port
     assert endpoint["state"] == "refused" and "shared_memory=on" in endpoint["reason"], endpoint
     assert gw.client.get("/healthz").status_code == 200 and gw.alive()

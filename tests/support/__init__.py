@@ -8,4 +8,5 @@
     gateway    the one way to start `python -m gateway` in tests, and its metrics read back
     exports    exported models and their provenance (real or synthetic weights)
     dns        a DNS server on loopback standing for a headless Service
+    otlp       an OTLP/HTTP trace receiver on loopback (protobuf and JSON bodies)
 """

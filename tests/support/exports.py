@@ -60,3 +60,15 @@ def exported_model(model: str, tmp_path_factory, search=None):
         path = runner.export_one(model, search, repo).path
     job = ExportJob(contract.load(model, MODEL_REPOSITORY), path, weights, Path(tmp_path_factory.mktemp("work")))
     return path, job
+
+
+def smallest_exported_network():
+    """The exported network model with the smallest graph (a perf tool's quickest run);
+    skips when none is exported."""
+    import contract
+
+    exported = [c for c in contract.load_all().values()
+                if c.kind == "network" and (c.version_dir() / "model.onnx").is_file()]
+    if not exported:
+        pytest.skip("no network model exported (make export-onnx)")
+    return min(exported, key=lambda c: (c.version_dir() / "model.onnx").stat().st_size)

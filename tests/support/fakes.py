@@ -71,3 +71,19 @@ class ShmFake(FakeBackend):
         self.in_slot += [self.pool.locate(a) is not None for a in inputs.values()
                          if a.dtype == np.uint8]
         return await super().infer(model, inputs, outputs, **kw)
+
+
+class VectorFake(FakeBackend):
+    """The fake Triton with three faces/objects per image and random unit embeddings (the
+    stock fake's one-hot vectors would compare equal however badly they were encoded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.detections = np.array([[10.5, 20.25, 110.0, 220.0], [300.0, 100.0, 400.0, 260.0],
+                                    [50.0, 400.0, 90.0, 470.0]], np.float32)
+
+    def _output(self, spec, n):
+        if "embedding" not in spec.name:
+            return super()._output(spec, n)
+        v = np.random.default_rng(n).standard_normal((n, *spec.dims)).astype(spec.dtype)
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)

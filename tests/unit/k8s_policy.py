@@ -1,20 +1,19 @@
 """Policy assertions over rendered manifests: one function per point, each returning the
-violations it finds as strings (empty = holds). tests/unit/test_deploy_k8s.py applies them to
-every rendered overlay and shows, by breaking a copy of the manifests, that each one fails.
+violations it finds as strings (empty = holds). tests/unit/test_deploy_k8s.py applies them
+to every scenario's render and shows, by breaking a copy of it, that each one fails.
 
-Points: workload security; nothing exposed beyond ClusterIP; Triton's gRPC on a headless
-Service, its metrics on a ClusterIP one scraped once; the gateway's dns:/// target; graceful
-Triton drain and a rollout that fits the GPUs; the plan store (init step builds read-write,
-Triton serves read-only); the plan-build and pre-flight Jobs; the autoscaling signal (KEDA,
-and the prometheus-adapter alternative computing the same); exposure (gateway metrics on
-their own port and Service, docs off, Triton's restricted APIs and admin key); network
-policies (gateway -> Triton gRPC only, DNS that works with NodeLocal DNSCache).
+This module: lookup helpers; workload security; nothing exposed beyond ClusterIP; Triton's
+Services (headless gRPC for the gateways, metrics only otherwise); drain and rollout of
+Triton and the gateway; the plan store (only plan-build Jobs write it); the Triton pools
+and plan-build Jobs, one per configured GPU kind; the storage pre-flight.
 """
 from __future__ import annotations
 
+import re
 
 TRITON_GRPC, TRITON_METRICS = 8001, 8002
 GATEWAY_HTTP, GATEWAY_METRICS = 8080, 8081
+STORE_WRITERS = ("triton-plans", "plan-store-preflight")     # the Jobs that may write the plan store
 
 
 # -- lookup helpers -------------------------------------------------------------------------
@@ -40,17 +39,27 @@ def matches(selector: dict, labels: dict) -> bool:
     return bool(sel) and all(labels.get(k) == v for k, v in sel.items())
 
 
+def apps(objs, name: str) -> list[dict]:
+    """The Deployments whose pods are app.kubernetes.io/name=`name` (every Triton pool)."""
+    return [d for d in find(objs, "Deployment") if pod_labels(d).get("app.kubernetes.io/name") == name]
+
+
 def app(objs, name: str):
-    """The Deployment whose pods are app.kubernetes.io/name=`name`."""
-    for d in find(objs, "Deployment"):
-        if pod_labels(d).get("app.kubernetes.io/name") == name:
-            return d
-    return None
+    hits = apps(objs, name)
+    return hits[0] if hits else None
 
 
-def services_of(objs, deployment) -> list[dict]:
-    labels = pod_labels(deployment)
-    return [s for s in find(objs, "Service") if matches(s["spec"].get("selector", {}), labels)]
+def jobs(objs, name: str) -> list[dict]:
+    return [j for j in find(objs, "Job") if pod_labels(j).get("app.kubernetes.io/name") == name]
+
+
+def pool(obj) -> str | None:
+    return pod_labels(obj).get("visionserve.io/pool")
+
+
+def containers(obj) -> list[dict]:
+    spec = pod_spec(obj)
+    return spec.get("initContainers", []) + spec["containers"]
 
 
 def container(deployment, name: str | None = None) -> dict:
@@ -71,7 +80,32 @@ def resolve_port(service_port: dict, c: dict):
     return port_numbers(c).get(t, t) if isinstance(t, str) else t
 
 
+def affinity_terms(obj) -> list[tuple[str, str, tuple]]:
+    terms = (pod_spec(obj).get("affinity", {}).get("nodeAffinity", {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", []))
+    return [(e["key"], e["operator"], tuple(e.get("values", []))) for t in terms for e in t["matchExpressions"]]
+
+
+def prestop_sleep(c: dict) -> int:
+    pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    return int(pre[1]) if len(pre) == 2 and pre[0] == "sleep" else 0
+
+
+def startup_allowance(c: dict) -> int:
+    probe = c.get("startupProbe", {})
+    return probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+
 # -- workload security ------------------------------------------------------------------------
+def _token_allowed(objs, sa: str) -> bool:
+    """A pod may mount its token only when its ServiceAccount's Roles read ReplicaSets and nothing else."""
+    roles = {b["roleRef"]["name"] for b in find(objs, "RoleBinding")
+             if any(s.get("name") == sa for s in b.get("subjects", []))}
+    rules = [r for role in find(objs, "Role") if role["metadata"]["name"] in roles for r in role.get("rules", [])]
+    return bool(rules) and all(r.get("resources") == ["replicasets"] and set(r.get("verbs", [])) <= {"get", "list"}
+                               for r in rules)
+
+
 def workload_security(objs) -> list[str]:
     bad = []
     for o in workloads(objs):
@@ -81,13 +115,14 @@ def workload_security(objs) -> list[str]:
             bad.append(f"{name}: host namespaces")
         if pod_sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
             bad.append(f"{name}: no RuntimeDefault seccomp")
-        if spec.get("automountServiceAccountToken") is not False:
+        if spec.get("automountServiceAccountToken") is not False and not _token_allowed(
+                objs, spec.get("serviceAccountName", "default")):
             bad.append(f"{name}: service-account token mounted")
         if o["kind"] == "Deployment":
             keys = {t["topologyKey"] for t in spec.get("topologySpreadConstraints", [])}
             if "kubernetes.io/hostname" not in keys:
                 bad.append(f"{name}: not spread across nodes")
-        for c in spec.get("initContainers", []) + spec["containers"]:
+        for c in containers(o):
             cname = f"{name}/{c['name']}"
             res = c.get("resources", {})
             for part in ("requests", "limits"):
@@ -110,7 +145,7 @@ def workload_security(objs) -> list[str]:
                 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                     if probe not in c:
                         bad.append(f"{cname}: no {probe}")
-            if ":" not in c["image"] or c["image"].endswith(":latest"):
+            if not re.search(r"[:@]", c["image"].rsplit("/", 1)[-1]) or c["image"].endswith(":latest"):
                 bad.append(f"{cname}: image {c['image']} not pinned")
     return bad
 
@@ -126,13 +161,14 @@ def nothing_exposed(objs) -> list[str]:
     return bad
 
 
-# -- the fleet: gateways balance over every Triton pod -----------------------------------------
+# -- the fleet: gateways balance over every Triton pod of every pool -------------------------------
 def triton_services(objs) -> list[str]:
-    """gRPC on a headless Service of ready pods; metrics on a ClusterIP one, scraped once."""
+    """gRPC on a headless Service of ready pods of every pool; metrics on one ClusterIP Service,
+    scraped once; no Service offers Triton's gRPC/HTTP to clients the network policies block."""
     from gateway.target import TargetError, parse
 
     bad = []
-    triton, gateway = app(objs, "triton"), app(objs, "gateway")
+    tritons, gateway = apps(objs, "triton"), app(objs, "gateway")
     gw = container(gateway)
     text = str(env(gw).get("VISIONSERVE_GATEWAY_TRITON_GRPC", ""))
     try:
@@ -147,121 +183,124 @@ def triton_services(objs) -> list[str]:
     else:
         if svc["spec"].get("publishNotReadyAddresses"):
             bad.append(f"{target.name} publishes pods that are not ready")
-        if not matches(svc["spec"].get("selector", {}), pod_labels(triton)):
-            bad.append(f"{target.name} does not select the Triton pods")
+        missed = [t["metadata"]["name"] for t in tritons if not matches(svc["spec"].get("selector", {}), pod_labels(t))]
+        if missed:
+            bad.append(f"{target.name} does not select the Triton pods of {missed}")
         if target.port not in {p["port"] for p in svc["spec"]["ports"]}:
             bad.append(f"{target.name} does not carry port {target.port}")
     if "VISIONSERVE_GATEWAY_STARTUP_WAIT_S" in env(gw) or gw.get("readinessProbe", {}).get("httpGet", {}).get(
             "path") != "/readyz":
         bad.append("the gateway may give up on a slow Triton, or takes traffic before /readyz")
     sm = find(objs, "ServiceMonitor", "triton")
-    scraped = [s for s in services_of(objs, triton) if sm and matches(sm["spec"]["selector"], s["metadata"].get("labels", {}))]
+    selecting = [s for s in find(objs, "Service") if tritons and matches(s["spec"].get("selector", {}),
+                                                                          pod_labels(tritons[0]))]
+    scraped = [s for s in selecting if sm and matches(sm["spec"]["selector"], s["metadata"].get("labels", {}))]
     if len(scraped) != 1 or scraped[0]["spec"].get("clusterIP") == "None":
         bad.append(f"the Triton ServiceMonitor selects {[s['metadata']['name'] for s in scraped]}, not one ClusterIP Service")
+    for s in selecting:
+        if s["spec"].get("clusterIP") != "None" and {resolve_port(p, container(tritons[0], "triton"))
+                                                     for p in s["spec"]["ports"]} != {TRITON_METRICS}:
+            bad.append(f"Service {s['metadata']['name']} offers Triton beyond its metrics to clients the network "
+                       "policies block")
     return bad
 
 
-def triton_rollout(objs, exit_timeout_s: int, gpu: bool) -> list[str]:
-    """preStop outlasts DNS re-resolution, the grace period covers preStop + drain, the
-    rollout needs no spare GPU and may not fail while a pod still builds or loads."""
+def triton_drain(objs, exit_timeout_s: int) -> list[str]:
+    """Per pool: preStop outlasts DNS re-resolution, the grace period covers preStop + drain,
+    a GPU pool rolls without a spare GPU."""
     bad = []
-    d = app(objs, "triton")
-    spec, c = pod_spec(d), container(d, "triton")
-    pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
-    wait = int(pre[1]) if len(pre) == 2 and pre[0] == "sleep" else 0
-    if wait < 15 + 5:
-        bad.append(f"Triton's preStop waits {wait} s, under the gateways' 15 s re-resolution + 5 s DNS TTL")
-    if spec.get("terminationGracePeriodSeconds", 30) < wait + exit_timeout_s + 5:
-        bad.append("terminationGracePeriodSeconds does not cover preStop + Triton's drain")
-    probe = c["startupProbe"]
-    startup = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
-    init_wait = max([float(env(i).get("VISIONSERVE_PLAN_WAIT_S") or 0) for i in spec.get("initContainers", [])],
-                    default=0)
-    if d["spec"].get("progressDeadlineSeconds", 600) < startup + init_wait:
-        bad.append(f"progressDeadlineSeconds {d['spec'].get('progressDeadlineSeconds', 600)} < the init step's "
-                   f"plan wait {init_wait:.0f} s + the startup allowance {startup} s")
-    if gpu and d["spec"].get("strategy", {}).get("rollingUpdate") != {"maxSurge": 0, "maxUnavailable": 1}:
-        bad.append("the GPU rollout needs a spare GPU (want maxSurge 0, maxUnavailable 1)")
+    for d in apps(objs, "triton"):
+        name, c = d["metadata"]["name"], container(d, "triton")
+        wait = prestop_sleep(c)
+        if wait < 15 + 5:
+            bad.append(f"{name}: preStop waits {wait} s, under the gateways' 15 s re-resolution + 5 s DNS TTL")
+        if pod_spec(d).get("terminationGracePeriodSeconds", 30) < wait + exit_timeout_s + 5:
+            bad.append(f"{name}: terminationGracePeriodSeconds does not cover preStop + Triton's drain")
+        gpu = "nvidia.com/gpu" in c["resources"].get("limits", {})
+        if gpu and d["spec"].get("strategy", {}).get("rollingUpdate") != {"maxSurge": 0, "maxUnavailable": 1}:
+            bad.append(f"{name}: the GPU rollout needs a spare GPU (want maxSurge 0, maxUnavailable 1)")
     return bad
 
 
-# -- the plan store ---------------------------------------------------------------------------
-def _mount(c: dict, claim_volumes: set[str]) -> dict | None:
-    return next((m for m in c.get("volumeMounts", []) if m["name"] in claim_volumes), None)
+def progress_deadlines(objs) -> list[str]:
+    """A rollout may not fail while a pod loads its models (Triton: its startup allowance plus
+    the init check; the gateways: their /readyz waits for a loaded Triton)."""
+    bad, slowest = [], 0
+    for d in apps(objs, "triton"):
+        allowance = startup_allowance(container(d, "triton")) + (300 if pod_spec(d).get("initContainers") else 0)
+        slowest = max(slowest, allowance)
+        if d["spec"].get("progressDeadlineSeconds", 600) < allowance:
+            bad.append(f"{d['metadata']['name']}: progressDeadlineSeconds {d['spec'].get('progressDeadlineSeconds', 600)}"
+                       f" < its startup allowance {allowance} s")
+    gw = app(objs, "gateway")
+    if gw["spec"].get("progressDeadlineSeconds", 600) < slowest:
+        bad.append(f"gateway: progressDeadlineSeconds {gw['spec'].get('progressDeadlineSeconds', 600)} < Triton's "
+                   f"startup allowance {slowest} s (its readiness waits for a Triton)")
+    return bad
 
 
-def _claim_volumes(spec: dict, claim: str) -> set[str]:
-    return {v["name"] for v in spec.get("volumes", []) if v.get("persistentVolumeClaim", {}).get("claimName") == claim}
+def gateway_drain(objs, graceful_s: int) -> list[str]:
+    """The gateway leaves the Ingress's endpoints before it stops, and finishes in-flight requests."""
+    c = container(app(objs, "gateway"))
+    wait = prestop_sleep(c)
+    bad = []
+    if wait < 10:
+        bad.append(f"the gateway's preStop waits {wait} s: the Ingress still sends it requests after SIGTERM")
+    if pod_spec(app(objs, "gateway")).get("terminationGracePeriodSeconds", 30) < wait + graceful_s + 5:
+        bad.append("the gateway's terminationGracePeriodSeconds does not cover preStop + its graceful shutdown")
+    return bad
+
+
+# -- the plan store -----------------------------------------------------------------------------
+def _claims(spec: dict) -> dict[str, dict]:
+    return {v["name"]: v["persistentVolumeClaim"] for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
 
 
 def plan_store(objs) -> list[str]:
-    """gpu overlay: an RWX claim; the init step builds read-write, Triton serves read-only."""
-    d = app(objs, "triton")
-    spec = pod_spec(d)
-    claims = [v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", []) if "persistentVolumeClaim" in v]
-    if len(claims) != 1:
-        return [f"Triton pods mount {len(claims)} claims, want the one plan store"]
+    """One RWX claim; Triton pods (server and init check) read it only; only the plan-build
+    (and pre-flight) Jobs mount it writable."""
     bad = []
-    pvc = find(objs, "PersistentVolumeClaim", claims[0])
-    if pvc is None or pvc["spec"].get("accessModes") != ["ReadWriteMany"]:
-        bad.append(f"the plan store {claims[0]} is not a ReadWriteMany claim of this overlay")
-    if not spec.get("securityContext", {}).get("fsGroup"):
-        bad.append("no fsGroup: the plan store may not be writable by the image's user")
-    vols = _claim_volumes(spec, claims[0])
-    init = [i for i in spec.get("initContainers", []) if i.get("args", [])[:1] == ["build"]]
-    if len(init) != 1:
-        bad.append("no init step runs `build` (where no plan-build Job ran, nothing builds)")
-    else:
-        m = _mount(init[0], vols)
-        if not m or m.get("readOnly") or m["mountPath"] != env(init[0]).get("VISIONSERVE_PLAN_STORE"):
-            bad.append("the init step does not mount the plan store read-write where VISIONSERVE_PLAN_STORE says")
-        if init[0]["image"] != container(d, "triton")["image"]:
-            bad.append("the init step runs another image than Triton (other keys)")
-    c = container(d, "triton")
-    m = _mount(c, vols)
-    if not m or not m.get("readOnly") or m["mountPath"] != env(c).get("VISIONSERVE_PLAN_STORE"):
-        bad.append("Triton does not mount the plan store read-only where VISIONSERVE_PLAN_STORE says")
-    if env(c).get("VISIONSERVE_PLANS") != "require":
-        bad.append("Triton may build plans (VISIONSERVE_PLANS is not `require`)")
-    return bad
-
-
-def plan_build_job(job_objs, gpu_objs) -> list[str]:
-    """The Job builds what the gpu overlay serves: same image, same claim, same path."""
-    jobs = find(job_objs, "Job")
-    if len(jobs) != 1:
-        return [f"{len(jobs)} Jobs, want one plan-build Job"]
-    job, triton = jobs[0], app(gpu_objs, "triton")
-    spec, c = pod_spec(job), container(jobs[0])
-    bad = []
-    t = container(triton, "triton")
-    if c["image"] != t["image"]:
-        bad.append(f"the Job builds with {c['image']}, Triton serves {t['image']}: other keys")
-    if c.get("args", [])[:1] != ["build"] or "--gc" not in c.get("args", []):
-        bad.append("the Job does not run `build --gc`")
-    t_claims = {v["persistentVolumeClaim"]["claimName"] for v in pod_spec(triton).get("volumes", [])
-                if "persistentVolumeClaim" in v}
-    j_claims = {v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
-    if j_claims != t_claims:
-        bad.append(f"the Job writes {sorted(j_claims)}, Triton reads {sorted(t_claims)}")
-    m = _mount(c, _claim_volumes(spec, next(iter(j_claims), "")))
-    if not m or m.get("readOnly") or m["mountPath"] != env(t).get("VISIONSERVE_PLAN_STORE"):
-        bad.append("the Job does not mount the plan store read-write at Triton's path")
-    if c["resources"]["limits"].get("nvidia.com/gpu") != "1" or "nvidia.com/gpu.product" not in spec.get("nodeSelector", {}):
-        bad.append("the Job does not take one GPU of a named kind (nvidia.com/gpu.product)")
-    if not spec.get("securityContext", {}).get("fsGroup"):
-        bad.append("the Job has no fsGroup")
-    if not job["spec"].get("ttlSecondsAfterFinished") or not job["spec"].get("activeDeadlineSeconds"):
-        bad.append("the Job is not bounded in time or never cleaned up")
+    gpu_pools = [d for d in apps(objs, "triton") if "nvidia.com/gpu" in container(d, "triton")["resources"]["limits"]]
+    for d in gpu_pools:
+        name, spec = d["metadata"]["name"], pod_spec(d)
+        claims = _claims(spec)
+        if len(claims) != 1:
+            bad.append(f"{name} mounts {len(claims)} claims, want the one plan store")
+            continue
+        (vol, claim), = claims.items()
+        pvc = find(objs, "PersistentVolumeClaim", claim["claimName"])
+        if pvc is None or pvc["spec"].get("accessModes") != ["ReadWriteMany"]:
+            bad.append(f"the plan store {claim['claimName']} is not a ReadWriteMany claim")
+        if not claim.get("readOnly"):
+            bad.append(f"{name}: the plan store volume is not read-only")
+        if not spec.get("securityContext", {}).get("fsGroup"):
+            bad.append(f"{name}: no fsGroup: the plan store may not be readable by the image's user")
+        init = [i for i in spec.get("initContainers", []) if i.get("args", [])[:1] == ["check"]]
+        if len(init) != 1 or init[0]["image"] != container(d, "triton")["image"]:
+            bad.append(f"{name}: no init step checks this image's plans (`check`, same image) before serving")
+        for c in init + [container(d, "triton")]:
+            m = next((m for m in c.get("volumeMounts", []) if m["name"] == vol), None)
+            if not m or not m.get("readOnly") or m["mountPath"] != env(c).get("VISIONSERVE_PLAN_STORE"):
+                bad.append(f"{name}/{c['name']} does not mount the plan store read-only where VISIONSERVE_PLAN_STORE says")
+        if env(container(d, "triton")).get("VISIONSERVE_PLANS") != "require":
+            bad.append(f"{name}: Triton may build plans (VISIONSERVE_PLANS is not `require`)")
+    for o in workloads(objs):
+        for vol, claim in _claims(pod_spec(o)).items():
+            for c in containers(o):
+                m = next((m for m in c.get("volumeMounts", []) if m["name"] == vol), None)
+                writer = o["kind"] == "Job" and pod_labels(o).get("app.kubernetes.io/name") in STORE_WRITERS
+                if m and not (m.get("readOnly") or claim.get("readOnly")) and not writer:
+                    bad.append(f"{o['metadata']['name']}/{c['name']} can write the plan store (only the plan-build "
+                               "Jobs may)")
     return bad
 
 
 def preflight_job(objs) -> list[str]:
-    """Two or more pods, on different nodes, one run id, the store's claim, as the image user."""
-    jobs = find(objs, "Job")
-    if len(jobs) != 1:
-        return [f"{len(jobs)} Jobs, want one pre-flight Job"]
-    job, c = jobs[0], container(jobs[0])
+    """Two or more pods, on different GPU nodes, one run id, the store's claim, as the image user."""
+    found = jobs(objs, "plan-store-preflight")
+    if len(found) != 1:
+        return [f"{len(found)} pre-flight Jobs, want one"]
+    job, c = found[0], container(found[0])
     spec = pod_spec(job)
     bad = []
     args = c.get("args", [])
@@ -272,9 +311,29 @@ def preflight_job(objs) -> list[str]:
     if not any(a["topologyKey"] == "kubernetes.io/hostname" and matches(a["labelSelector"], pod_labels(job))
                for a in anti):
         bad.append("the pre-flight pods may share a node (cross-node locking unproven)")
-    run = c.get("env", [])
-    if not any(e["name"] == "VISIONSERVE_PREFLIGHT_RUN" and "controller-uid" in str(e.get("valueFrom")) for e in run):
+    if not any(e["name"] == "VISIONSERVE_PREFLIGHT_RUN" and "controller-uid" in str(e.get("valueFrom"))
+               for e in c.get("env", [])):
         bad.append("the pre-flight pods do not share the Job's uid as their run id")
     if not spec.get("securityContext", {}).get("fsGroup") or spec["securityContext"].get("runAsUser") != 1000:
         bad.append("the pre-flight does not run as the image's user with the pods' fsGroup")
+    if not any(op == "Exists" for _, op, _ in affinity_terms(job)):
+        bad.append("the pre-flight may run on nodes without GPUs (where the store is never mounted)")
+    return bad
+
+
+def disruption_budgets(objs) -> list[str]:
+    """Each Deployment's pods have a budget; a drain never waits on pods that serve nothing
+    (unhealthyPodEvictionPolicy AlwaysAllow); Triton's allows one pod out even with one GPU."""
+    bad = []
+    for d in find(objs, "Deployment"):
+        pdbs = [p for p in find(objs, "PodDisruptionBudget") if matches(p["spec"]["selector"], pod_labels(d))]
+        if len(pdbs) != 1:
+            bad.append(f"{d['metadata']['name']}: {len(pdbs)} PodDisruptionBudgets select its pods, want one")
+    for p in find(objs, "PodDisruptionBudget"):
+        if p["spec"].get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
+            bad.append(f"PodDisruptionBudget {p['metadata']['name']}: unhealthy pods are not always evictable: a "
+                       "drain hangs while its pods are all unready")
+        if p["spec"]["selector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "triton" and \
+                "maxUnavailable" not in p["spec"]:
+            bad.append("Triton's budget is not maxUnavailable: a single-GPU pool could never be drained")
     return bad

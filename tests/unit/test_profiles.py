@@ -117,9 +117,12 @@ def test_derive_builds_a_complete_repository(source, tmp_path, profile):
     d = profiles.derive(profile, dest=tmp_path / profile, source=source)
     assert sorted(d.models) == sorted(COMMITTED) and not d.skipped
     derived = contract.load_all(d.path)
-    assert sorted(derived) == sorted(COMMITTED)
+    # plus the encoded entry points' models (serving/encoded.py; tests/unit/test_encoded_entries.py)
+    assert d.encoded and sorted(derived) == sorted([*COMMITTED, *d.encoded])
     for name, c in derived.items():
-        assert c.version_dir().is_dir(), name        # ensembles need an (empty) version folder
+        assert c.version_dir().is_dir(), name
+        if name in d.encoded:
+            continue        # ensembles need an (empty) version folder
         assert profiles.summary(c.config) == profiles.summary(COMMITTED[name].config)
         if COMMITTED[name].kind == "network":
             assert c.config.parameters["weights_provenance"].string_value == f"weights of {name}"
@@ -133,6 +136,7 @@ def test_derive_builds_a_complete_repository(source, tmp_path, profile):
     (source / "yolo" / "1" / "model.onnx").unlink()
     d2 = profiles.derive(profile, dest=tmp_path / profile, source=source, skip_missing=True)
     assert "yolo" not in d2.models and not (d2.path / "yolo").exists()
+    assert not (d2.path / "yolo_encoded").exists() and "yolo_encoded" not in d2.encoded
 
 
 def test_missing_artifact_names_the_file_and_the_command(source, tmp_path):

@@ -47,3 +47,12 @@ def test_a_smaller_max_batch_keeps_the_config_loadable(tmp_path):
     assert list(got.dynamic_batching.preferred_batch_size) == [4]
     with pytest.raises(contract.ContractError, match="max_batch_size"):
         standins.add_fixed_time(tmp_path, "yolo", batch_ms=1, max_batch_size=17)
+
+
+def test_a_batch_time_file_is_a_parameter_only_when_asked_for(tmp_path):
+    """`batch_ms_file` (a running replica made to hang and recover, tests/integration/
+    test_fleet_outlier_live.py): named in the config, relative to the model's folder."""
+    standins.add_fixed_time(tmp_path, "yolo", batch_ms=20, batch_ms_file="batch_ms")
+    assert contract.load("yolo", tmp_path).parameter("batch_ms_file") == "batch_ms"
+    standins.add_fixed_time(tmp_path, "yolo", batch_ms=20)
+    assert "batch_ms_file" not in contract.load("yolo", tmp_path).config.parameters
