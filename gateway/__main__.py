@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                              detail=admin_view(app))
                if settings.metrics_port else None)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            loop="uvloop", http=bounded_httptools(settings.max_header_bytes),
+                            loop="uvloop", http=bounded_httptools(settings, app.state.metrics),
                             log_level=args.log_level,
                             access_log=False, lifespan="on", timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)

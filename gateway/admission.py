@@ -1,17 +1,23 @@
 """Admission: what the gateway lets in, counted in bytes, and what it counts when done.
 
 `MemoryBudget` is the one limit on memory: bytes of request bodies plus decoded frames
-held by requests in flight. A request's `Reservation` is charged from Content-Length
-before a byte of the body is read, then chunk by chunk while a body without one streams
-in, then for its decoded frames before decoding (Service.frames). Over the budget: 503
-`gateway_overloaded` + Retry-After at once (nothing queued); a request that could never
-fit (over `max_body_bytes`, or more than the whole budget): 413.
+held by requests in flight. A request's `Reservation` is charged as its body ARRIVES,
+chunk by chunk (Content-Length is only a bound: over `max_body_bytes` a 413 at once, over
+what the budget has free now a 503 at once; nothing is held for bytes not yet sent), then
+for its decoded frames before decoding (Service.frames). Over the budget: 503
+`gateway_overloaded` + Retry-After (nothing queued); a request that could never fit (over
+`max_body_bytes`, or more than the whole budget): 413.
 
 `Admission` is the pure ASGI middleware around every route but the probes: the budget,
-the in-flight count cap, request metrics labelled by route TEMPLATE (never the raw path),
-and clients that hang up. A client gone while sending its body, or before its answer,
-is no error of ours: the handler (and with it its Triton call) is cancelled, it is
-logged at info, counted in `client_disconnects_total`, and never as a 5xx.
+the in-flight count cap, the body deadline, request metrics labelled by route TEMPLATE
+(never the raw path), and clients that hang up. The count cap bounds the work in flight
+(parsing, decoding, Triton calls and what they hold beside the budget), so a request
+takes its place when its body is in, not before: a client that announces a body and
+sends it slowly, or never, holds only the bytes it sent, for at most `body_timeout_s`
+(then 408 `body_timeout`; gateway/protocol.py closes the connection). A client gone
+while sending its body, or before its answer, is no error of ours: the handler (and
+with it its Triton call) is cancelled, it is logged at info, counted in
+`client_disconnects_total`, and never as a 5xx.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from typing import Callable
 
 import orjson
 
-from .errors import GatewayError, GatewayOverloaded, PayloadTooLarge
+from .errors import BodyTimeout, GatewayError, GatewayOverloaded, PayloadTooLarge
 from .metrics import UNMATCHED, Metrics
 
 log = logging.getLogger("visionserve.gateway")
@@ -46,8 +52,11 @@ class MemoryBudget:
         if metrics is not None:
             metrics.memory_budget.set(limit)
 
+    def fits(self, n: int, headroom: int = 0) -> bool:
+        return self.in_use + n <= self.limit - headroom
+
     def take(self, n: int, headroom: int = 0) -> bool:
-        if self.in_use + n > self.limit - headroom:
+        if not self.fits(n, headroom):
             return False
         self._move(n)
         return True
@@ -139,17 +148,21 @@ def reservation_of(request) -> Reservation:
 
 
 class Admission:
-    """Pure ASGI middleware: budget, count cap, labels, disconnects, request metrics."""
+    """Pure ASGI middleware: budget, count cap, body deadline, labels, disconnects,
+    request metrics. `clock` (seconds, monotonic) is injectable for tests."""
 
     def __init__(self, app, *, metrics: Metrics, budget: MemoryBudget, limit: int,
                  request_limit: int, retry_after: int, templates: Callable[[], dict],
-                 exempt: frozenset[str] = frozenset()):
+                 exempt: frozenset[str] = frozenset(), body_timeout_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.app, self.metrics, self.budget = app, metrics, budget
         self.exempt = exempt            # the probes' paths: never shed, charged or counted
         self.limit, self.request_limit, self.retry_after = limit, request_limit, retry_after
+        self.body_timeout_s, self.clock = body_timeout_s, clock
         self._templates = templates
         self._known: dict[str, str] | None = None
-        self.in_flight = 0
+        self.in_flight = 0              # requests with their body in (what `limit` caps)
+        self.receiving = 0              # requests whose body is still arriving
 
     def label(self, scope) -> str:
         """The route template: looked up before routing (fixed paths), else the route
@@ -161,6 +174,13 @@ class Admission:
             return getattr(route, "path_format", None) or getattr(route, "path", UNMATCHED)
         return self._known.get(scope["path"], UNMATCHED)
 
+    def full(self) -> GatewayOverloaded | None:
+        """The refusal when the count cap is reached, else None."""
+        if self.in_flight < self.limit:
+            return None
+        return GatewayOverloaded(f"{self.in_flight} requests in flight (limit {self.limit}); "
+                                 "retry later", retry_after=self.retry_after)
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in self.exempt:
             return await self.app(scope, receive, send)
@@ -169,22 +189,23 @@ class Admission:
         declared = _content_length(scope)
         if declared is not None:
             m.bytes_in.labels(self.label(scope)).observe(declared)
-        if self.in_flight >= self.limit:
-            return await self._refuse(scope, send, "in_flight", GatewayOverloaded(
-                f"{self.in_flight} requests in flight (limit {self.limit}); retry later",
-                retry_after=self.retry_after), t0)
+        # refused at once, the body unread: the cap is full of requests whose body is in
+        # (an idle upload holds no place, so it cannot fill it), or the body can never fit
+        if (full := self.full()) is not None:
+            return await self._refuse(scope, send, "in_flight", full, t0)
         if declared is not None and declared > self.request_limit:
             return await self._refuse(scope, send, None, PayloadTooLarge(
                 f"body of {declared} bytes exceeds the limit of {self.request_limit}"), t0)
         reservation = Reservation(self.budget, self.retry_after)
-        try:
-            reservation.charge(declared or 0, "nothing else")
-        except GatewayOverloaded as exc:
-            return await self._refuse(scope, send, "memory", exc, t0)
+        if declared and not self.budget.fits(declared, self.budget.headroom):
+            return await self._refuse(scope, send, "memory", reservation._overloaded(), t0)
         scope[SCOPE_KEY] = reservation
-        self.in_flight += 1
-        m.in_flight.inc()
-        call = _Call(self, scope, receive, send, reservation, declared or 0)
+        call = _Call(self, scope, receive, send, reservation,
+                     self.clock() + self.body_timeout_s)
+        if _has_body(scope, declared):
+            call.receiving(True)
+        else:
+            call.place()
         try:
             status = await call.run()
         except Exception:   # a bug: the app's handler answers 500; count it as such
@@ -192,8 +213,7 @@ class Admission:
             raise
         finally:
             reservation.close()
-            self.in_flight -= 1
-            m.in_flight.dec()
+            call.release()
         route = self.label(scope)
         if status is None:   # the client hung up: not an answer, not our error
             m.disconnects.labels(route, call.gone_stage).inc()
@@ -220,18 +240,44 @@ class Admission:
 
 class _Call:
     """One admitted request: the handler runs as a task, so that a client who hangs up
-    after sending its body can cancel it (and the Triton call it awaits)."""
+    after sending its body can cancel it (and the Triton call it awaits). Its body is
+    charged as it arrives and must be in by `deadline` (Admission.clock)."""
 
     def __init__(self, admission: Admission, scope, receive, send, reservation: Reservation,
-                 declared: int):
+                 deadline: float):
         self.a, self.scope, self._receive, self._send = admission, scope, receive, send
-        self.reservation, self.declared = reservation, declared
+        self.reservation, self.deadline = reservation, deadline
         self.received = 0
+        self.placed = False
+        self.arriving = False
         self.status: int | None = None
         self.answered = False
         self.gone_stage: str | None = None
         self.handler: asyncio.Task | None = None
         self.watcher: asyncio.Task | None = None
+
+    def receiving(self, on: bool) -> None:
+        if on != self.arriving:
+            self.arriving = on
+            self.a.receiving += 1 if on else -1
+            self.a.metrics.receiving.inc(1 if on else -1)
+
+    def place(self) -> None:
+        """Take a place under the count cap (the body is in), or raise 503."""
+        if (full := self.a.full()) is not None:
+            self.a.metrics.shed.labels("in_flight").inc()
+            raise full
+        self.receiving(False)
+        self.placed = True
+        self.a.in_flight += 1
+        self.a.metrics.in_flight.inc()
+
+    def release(self) -> None:
+        self.receiving(False)
+        if self.placed:
+            self.placed = False
+            self.a.in_flight -= 1
+            self.a.metrics.in_flight.dec()
 
     async def run(self) -> int | None:
         """The status answered, or None when the client hung up first."""
@@ -253,7 +299,7 @@ class _Call:
     async def receive(self):
         if self.watcher is not None:   # the body is in: the next message is the hang-up
             return await asyncio.shield(self.watcher)
-        message = await self._receive()
+        message = await self._next()
         if message["type"] == "http.disconnect":
             self.gone_stage = "body"
             return message
@@ -261,12 +307,36 @@ class _Call:
         self.received += chunk
         if self.received > self.a.request_limit:
             raise PayloadTooLarge(f"body exceeds the limit of {self.a.request_limit} bytes")
-        if self.received > self.declared:   # no (or a short) Content-Length: charge as it comes
-            self.reservation.charge(self.received - max(self.declared, self.received - chunk),
-                                    "the streamed body")
+        try:
+            self.reservation.charge(chunk, "the body as it arrives")
+        except GatewayOverloaded:
+            # given back now, not when the handler has unwound: uploads that filled the
+            # budget together would otherwise all be refused together, none completing
+            self.reservation.close()
+            self.a.metrics.shed.labels("memory").inc()
+            raise
         if not message.get("more_body", False):
+            if not self.placed:
+                self.place()
             self.watcher = asyncio.ensure_future(self._watch())
         return message
+
+    async def _next(self):
+        """The server's next message, within the body deadline while the body is owed."""
+        if self.placed:
+            return await self._receive()
+        left = self.deadline - self.a.clock()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(left):
+                return await self._receive()
+        except TimeoutError:
+            self.a.metrics.timeouts.labels("body").inc()
+            log.info("body not in within %g s: %s %s (%d bytes received)", self.a.body_timeout_s,
+                     self.scope["method"], self.scope["path"], self.received)
+            raise BodyTimeout(f"the request body did not arrive within {self.a.body_timeout_s:g} s "
+                              f"({self.received} bytes received)") from None
 
     async def _watch(self):
         """After the body, the server's next message is http.disconnect: when the client
@@ -284,6 +354,13 @@ class _Call:
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
             self.answered = True
         await self._send(message)
+
+
+def _has_body(scope, declared: int | None) -> bool:
+    """Whether the request announces a body (a Content-Length over 0, or chunked)."""
+    if declared is not None:
+        return declared > 0
+    return any(key == b"transfer-encoding" for key, _ in scope["headers"])
 
 
 def _content_length(scope) -> int | None:

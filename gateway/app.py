@@ -83,7 +83,7 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
     app.add_middleware(Admission, metrics=metrics,
                        budget=budget,
                        limit=settings.in_flight_limit, request_limit=settings.request_limit,
-                       retry_after=settings.retry_after_s,
+                       retry_after=settings.retry_after_s, body_timeout_s=settings.body_timeout_s,
                        templates=lambda: _templates(app, (probe_router, *api)),
                        exempt=frozenset(r.path for r in probe_router.routes))
     if settings.api_keys_file is not None:

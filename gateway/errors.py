@@ -79,6 +79,21 @@ class HeaderTooLarge(ClientError):
     status, code = 431, "header_too_large"
 
 
+class HeaderTimeout(ClientError):
+    """The request line and headers did not arrive within header_timeout_s."""
+    status, code = 408, "header_timeout"
+
+
+class BodyTimeout(ClientError):
+    """The body did not arrive within body_timeout_s of the request's head."""
+    status, code = 408, "body_timeout"
+
+
+class TooManyConnections(ClientError):
+    """More open connections from one client address than max_connections_per_client."""
+    status, code = 429, "too_many_connections"
+
+
 class InvalidText(ClientError):
     status, code = 422, "invalid_text"
 

@@ -5,9 +5,10 @@ form-data (every file part is an image, in order) or JSON
 (`{"image": "<base64>"}` / `{"images": [...]}`). The image format itself is judged
 from the magic bytes later, not from the declared type.
 
-The body is read into one buffer (sized from Content-Length up front; the admission
-middleware has charged the memory budget for it and enforces the size while it
-streams). Multipart parts are slices of that buffer, never copies and never spooled to
+The body is read into one buffer that grows as the body arrives (never sized from
+Content-Length up front: a client announcing 32 MiB and sending nothing would hold it);
+the admission middleware charges the memory budget for each chunk as it arrives, bounds
+its size and the time it may take. Multipart parts are slices of that buffer, never copies and never spooled to
 a temporary file (Starlette's parser writes parts over 1 MiB to one: /tmp is a small
 emptyDir in the deployments). Multipart and JSON bodies over `INLINE_BYTES` are parsed
 (and JSON's base64 decoded) in the bounded pool, off the event loop; the multipart
@@ -48,22 +49,13 @@ async def read_body(request: Request, limit: int) -> bytearray:
     """The body in one buffer; over `limit` is a 413 (the middleware also stops it
     while streaming, before the budget is exceeded)."""
     declared = request.headers.get("content-length")
-    size = int(declared) if declared and declared.isdigit() else None
-    if size is not None and size > limit:
-        raise PayloadTooLarge(f"body of {size} bytes exceeds the limit of {limit}")
-    body = bytearray(size) if size else bytearray()
-    pos = 0
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit}")
+    body = bytearray()
     async for chunk in request.stream():
-        end = pos + len(chunk)
-        if end > limit:
+        if len(body) + len(chunk) > limit:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        if size is not None and end <= size:
-            body[pos:end] = chunk
-        else:
-            body += chunk
-        pos = end
-    if size is not None and pos < size:
-        del body[pos:]
+        body += chunk    # amortised growth (realloc/mremap), no copy per chunk
     return body
 
 

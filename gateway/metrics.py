@@ -26,8 +26,16 @@ class Metrics:
         self.latency = Histogram(p + "request_duration_seconds", "HTTP request latency in the "
                                  "gateway (request start to answer), by route and status",
                                  ("route", "status"), buckets=_LATENCY, registry=r)
-        self.in_flight = Gauge(p + "in_flight_requests", "HTTP requests being served",
-                               registry=r)
+        self.in_flight = Gauge(p + "in_flight_requests", "HTTP requests being served "
+                               "(their body in; what max_in_flight caps)", registry=r)
+        self.receiving = Gauge(p + "receiving_requests", "HTTP requests whose body is still "
+                               "arriving (they hold only the bytes received)", registry=r)
+        self.timeouts = Counter(p + "client_timeouts_total", "requests whose client was too "
+                                "slow: its head (stage=head) or body (stage=body), 408",
+                                ("stage",), registry=r)
+        self.connections_refused = Counter(p + "connections_refused_total", "connections "
+                                           "refused before a request was read (429), by "
+                                           "reason: per_client", ("reason",), registry=r)
         self.disconnects = Counter(p + "client_disconnects_total",
                                    "requests whose client hung up: while sending the body "
                                    "(stage=body) or before the answer (stage=response)",

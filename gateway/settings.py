@@ -45,6 +45,18 @@ class GatewaySettings(BaseSettings):
     # The request line and headers together (uvicorn's httptools parser has no limit of
     # its own; gateway/protocol.py): over it, 431 `header_too_large` and the connection closed.
     max_header_bytes: int = Field(32 * 1024, ge=1024)
+    # Slow and idle clients (gateway/protocol.py, gateway/admission.py). A request's head
+    # not complete within header_timeout_s of its first byte (or of the connection being
+    # opened) is a 408 `header_timeout`; its body not complete within body_timeout_s of its
+    # head is a 408 `body_timeout` (at 30 s a 32 MiB body needs ~9 Mbit/s). Either way the
+    # connection is closed. Idle keep-alive connections are uvicorn's: closed after 5 s.
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    # Open connections per client address (the socket's peer), beyond which a new one is
+    # answered 429 `too_many_connections` and closed before its request is read. Unset:
+    # twice the in-flight cap (512), so that a fronting proxy, whose connections all come
+    # from its own address, can always carry the gateway's full load; 0: no limit.
+    max_connections_per_client: int | None = Field(None, ge=0)
 
     # Memory admitted at once: bytes of request bodies plus decoded frames (and decode
     # intermediates) of the requests in flight. Checked from Content-Length before a body
@@ -126,6 +138,13 @@ class GatewaySettings(BaseSettings):
         if self.max_in_flight is not None:
             return self.max_in_flight
         return max(1, self.memory_budget_bytes // self.typical_request_bytes)
+
+    @property
+    def connections_per_client(self) -> int:
+        """The per-address connection limit (0: none)."""
+        if self.max_connections_per_client is not None:
+            return self.max_connections_per_client
+        return 2 * self.in_flight_limit
 
     @property
     def request_limit(self) -> int:

@@ -239,7 +239,8 @@ def test_aborted_uploads_are_not_errors_and_leak_nothing(start_gateway, standin,
         return sampler
 
     sampler = asyncio.run(run())
-    wait_for(lambda: gauge(gw, "in_flight_requests") == 0, 10, "no request in flight")
+    wait_for(lambda: gauge(gw, "in_flight_requests") == 0 and gauge(gw, "receiving_requests") == 0,
+             10, "no request in flight or receiving its body")
     disconnects = gw.series("client_disconnects_total")
     assert disconnects.get(("/v1/detect", "body")) == 100, disconnects
     assert disconnects.get(("/v1/detect", "response")) == 2 * GONE, disconnects
