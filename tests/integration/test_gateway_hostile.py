@@ -193,9 +193,14 @@ def test_big_bodies_stay_within_the_budget_in_memory(start_gateway, tmp_path):
     # 100 ms stand-in when several finish decoding together): a busy answer, not memory
     assert set(codes) <= {200, 429, 503}, [(r.status, r.error) for r in recs
                                            if r.status not in (200, 429, 503)]
-    assert codes.count(200) >= 4 and codes.count(503) >= 1
+    # capacity counts frames: the 100 ms stand-in admits about two 3-frame requests at a time,
+    # and the 64 bodies complete within the same second, so most refusals are "capacity";
+    # the memory budget must still have refused some, and served ones must exist
+    assert codes.count(200) >= 2 and codes.count(503) >= 1
     assert all("retry-after" in r.headers for r in recs if r.status in (429, 503))
-    assert gw.series("shed_total").get(("memory",), 0) >= 1
+    shed = gw.series("shed_total")
+    assert shed.get(("memory",), 0) >= 1, shed
+    assert sum(shed.values()) >= codes.count(503), (shed, codes.count(503))   # each 503 has its reason
     assert sampler.peak_rss <= BUDGET + 200 * MiB
     assert not sampler.seen and not list(tmpdir.iterdir()), "a temporary file was written"
     assert gauge(gw, "memory_in_use_bytes") == 0
