@@ -21,8 +21,10 @@ from tests.support.gateway import GatewayFactory
 pytestmark = pytest.mark.integration
 
 TABLE = route_table()
-# (route path, ?model= choice, model) of every route model with an entry point: from the contract
-CASES = [(r.path, m.choice, m.model) for r in TABLE.routes for m in r.models
+# (route path, ?model= choice, model) of every route model with an entry point: from the contract.
+# Batch routes only: a compare route (Route.pair) runs the same models on a pair of images
+# (tests/integration/test_face_compare_live.py)
+CASES = [(r.path, m.choice, m.model) for r in TABLE.routes if not r.pair for m in r.models
          if encoded.has_entry(contract.load(m.model))]
 GEOMETRY = ("box", "landmarks", "polygon")
 
