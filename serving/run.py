@@ -24,7 +24,8 @@ from pathlib import Path
 from contract import REPO_ROOT, defaults
 
 from . import cpu_machine, profiles
-from .tritonserver import TritonServer, TritonServerError
+from .tritonserver import (DEFAULT_RESPONSE_CACHE_BYTES, RESPONSE_CACHE_ENV, TritonServer, TritonServerError,
+                           response_cache_bytes)
 
 log = logging.getLogger("serving")
 
@@ -63,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="time calls in flight get after that (default 30)")
         s.add_argument("--exit-timeout", type=int, default=30, metavar="S",
                        help="on SIGTERM/SIGINT, how long Triton finishes in-flight work (default 30)")
+        s.add_argument("--response-cache-bytes", type=int, default=None, metavar="N",
+                       help="Triton's response cache, in bytes of this process's memory (LRU); the "
+                       "models whose config enables it (text_embed, the encoded entry points) answer "
+                       f"repeated inputs from it; 0 turns it off (default ${RESPONSE_CACHE_ENV}, else "
+                       f"{DEFAULT_RESPONSE_CACHE_BYTES >> 20} MiB)")
         if name == "run":
             s.add_argument("--gateway-host", default="127.0.0.1")
             s.add_argument("--gateway-port", type=int, default=defaults.GATEWAY_PORT)
@@ -100,6 +106,7 @@ def _serve(args, with_gateway: bool) -> int:
                          f"alone); serve {args.profile!r} with a GPU Triton: `python -m serving derive "
                          f"--profile {args.profile}` then tritonserver --model-repository <that folder>")
     derived = _derive(args)
+    cache_bytes = response_cache_bytes() if args.response_cache_bytes is None else args.response_cache_bytes
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -107,8 +114,10 @@ def _serve(args, with_gateway: bool) -> int:
                           log_path=args.log, host=args.host,
                           max_connection_age_s=args.grpc_max_connection_age,
                           max_connection_age_grace_s=args.grpc_max_connection_age_grace,
-                          exit_timeout_s=args.exit_timeout)
+                          exit_timeout_s=args.exit_timeout, response_cache_bytes=cache_bytes)
     gateway = None
+    log.info("response cache: %s", f"{cache_bytes >> 20} MiB for the models that enable it" if cache_bytes
+             else "off")
     log.info("starting tritonserver (log: %s)", "stdout" if server.log_to_stdout else server.log_path)
     try:
         server.start(args.timeout, progress=log.info)
