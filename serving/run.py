@@ -107,14 +107,14 @@ def _serve(args, with_gateway: bool) -> int:
                          f"--profile {args.profile}` then tritonserver --model-repository <that folder>")
     derived = _derive(args)
     cache_bytes = response_cache_bytes() if args.response_cache_bytes is None else args.response_cache_bytes
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     server = TritonServer(derived.path, args.http_port, args.grpc_port, args.metrics_port,
                           log_path=args.log, host=args.host,
                           max_connection_age_s=args.grpc_max_connection_age,
                           max_connection_age_grace_s=args.grpc_max_connection_age_grace,
                           exit_timeout_s=args.exit_timeout, response_cache_bytes=cache_bytes)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     gateway = None
     log.info("response cache: %s", f"{cache_bytes >> 20} MiB for the models that enable it" if cache_bytes
              else "off")
