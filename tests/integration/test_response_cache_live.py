@@ -125,3 +125,25 @@ def test_with_the_cache_off_nothing_is_looked_up(tmp_path):
         dl = _delta(before, triton_support.stats(server, "text_embed"))
     assert (dl["cache_hit"], dl["cache_miss"], dl["execution_count"]) == (0, 0, 2), dl
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_the_dashboards_cache_metrics_are_the_ones_triton_reports(served):
+    """Every nv_cache_* name perf/grafana/visionserve.json queries is on the served Triton's
+    /metrics, and the per-model hits it charts count the hits above."""
+    import re
+    import urllib.request
+
+    from contract import REPO_ROOT
+
+    served.need("text_embed")
+    caption = f"a lighthouse in fog {RUN}"
+    _text(served, caption)
+    _text(served, caption)
+    dash = (REPO_ROOT / "perf" / "grafana" / "visionserve.json").read_text()
+    wanted = set(re.findall(r"nv_cache_\w+", dash))
+    assert {"nv_cache_num_hits_per_model", "nv_cache_num_misses_per_model", "nv_cache_util"} <= wanted
+    with urllib.request.urlopen(served.server.metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    reported = set(re.findall(r"^(nv_cache_\w+)", text, re.M))
+    assert wanted <= reported, wanted - reported
+    assert served.metrics()[("nv_cache_num_hits_per_model", "text_embed")] >= 1
