@@ -157,3 +157,27 @@ def test_deploy_passes_the_environment_to_the_ngc_server(monkeypatch):
     assert f"--cache-directory={entrypoint.TRITON_HOME / 'caches'}" in cmd
     monkeypatch.setenv("VISIONSERVE_RESPONSE_CACHE_BYTES", "0")
     assert not [a for a in entrypoint.triton_command(Path("/r"), "k", []) if a.startswith("--cache")]
+
+
+# -- make bench-cache's pieces (its live run starts two Tritons: docs/testing.md) ---------------
+def test_the_replay_repeats_the_asked_share_of_inputs_already_sent():
+    from perf.bench_cache import replay_sequence
+
+    seq = replay_sequence(2000, 0.3, first=100)
+    repeats = sum(1 for k, i in enumerate(seq) if i in seq[:k])
+    assert abs(repeats / len(seq) - 0.3) < 0.03
+    assert seq[0] == 100 and set(seq) == set(range(100, 100 + len(set(seq))))   # new inputs numbered in order
+    assert replay_sequence(50, 0.3, first=1) == replay_sequence(50, 0.3, first=1)  # both servers get the same
+
+
+def test_the_report_refuses_a_cache_off_server_that_looked_up():
+    from perf.bench_cache import BenchError, report
+
+    r = {"m": {"miss": [0.1, 0.2], "hit": [0.001, 0.002],
+               "on": {"lat": [0.1, 0.001], "hits": 1, "misses": 1, "rate": 0.5},
+               "off": {"lat": [0.1, 0.1], "hits": 0, "misses": 0, "rate": float("nan")}}}
+    text = report(r, 2, 2, 0.3)
+    assert "| m | 50% (1 of 2) |" in text and "| m | 150.0 |" in text
+    r["m"]["off"]["hits"] = 1
+    with pytest.raises(BenchError, match="cache-off server"):
+        report(r, 2, 2, 0.3)
