@@ -51,14 +51,17 @@ def triton_command(repository: Path, admin_key: str | None, extra: list[str],
                    trace_otlp: str | None = None, trace_rate: int = 0) -> list[str]:
     """The NGC tritonserver with the embedded default's hardened flags, bound to 0.0.0.0;
     OpenTelemetry traces to `trace_otlp` when set (serving.tritonserver.trace_args)."""
-    from serving.tritonserver import TritonInstall, TritonServer
+    from serving.tritonserver import TritonInstall, TritonServer, response_cache_bytes
 
     install = TritonInstall(binary=TRITON_HOME / "bin" / "tritonserver", libs=TRITON_HOME / "lib",
                             python_backend=TRITON_HOME / "backends" / "python",
-                            stub=TRITON_HOME / "backends" / "python" / "triton_python_backend_stub")
+                            stub=TRITON_HOME / "backends" / "python" / "triton_python_backend_stub",
+                            caches=TRITON_HOME / "caches")
+    # the response cache's size: VISIONSERVE_RESPONSE_CACHE_BYTES (k8s values, compose), as `python -m serving`
     server = TritonServer(repository, host="0.0.0.0", admin_key=admin_key,
                           backends_dir=TRITON_HOME / "backends", extra_args=tuple(extra),
-                          trace_otlp=trace_otlp or None, trace_rate=trace_rate)
+                          trace_otlp=trace_otlp or None, trace_rate=trace_rate,
+                          response_cache_bytes=response_cache_bytes())
     return server.command(install)
 
 
@@ -137,10 +140,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s deploy %(levelname)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     from export.engines.errors import EngineError
+    from serving.tritonserver import TritonServerError     # a bad response cache size
 
     try:
         cmd = _run(args)
-    except (StartupError, EngineError) as exc:
+    except (StartupError, EngineError, TritonServerError) as exc:
         log.error("%s", exc)
         return 2
     if cmd is None:

@@ -16,7 +16,7 @@ SLA_P95_MS ?= 500
 # every model of the contract: one config folder each
 PERF_MODELS := $(sort $(patsubst model_repository/%/config.pbtxt,%,$(wildcard model_repository/*/config.pbtxt)))
 
-.PHONY: perf-setup perf bench-models bench-pipelines bench-ocr tune $(addprefix bench-,$(filter-out ocr,$(PERF_MODELS)))
+.PHONY: perf-setup perf bench-cache bench-models bench-pipelines bench-ocr tune $(addprefix bench-,$(filter-out ocr,$(PERF_MODELS)))
 
 # libb64-0d is a Debian package: installed with apt when root, else we say what to run.
 perf-setup: setup  ## install what perf_analyzer needs (libb64-0d via apt, libcudart from PyPI); idempotent
@@ -30,6 +30,9 @@ perf: perf-setup  ## perf_analyzer, memory-capped: make perf MODEL=yolo [BATCH=1
 	@test -n "$(MODEL)" || { echo "usage: make perf MODEL=<model> [BATCH=..] [CONCURRENCY=s:e:step] [MEM=4G]" >&2; exit 2; }
 	$(PY) -m perf.analyzer --model $(MODEL) --batch $(BATCH) --concurrency $(CONCURRENCY) \
 	  $(call opt,--url,$(TRITON_GRPC)) $(call opt,--metrics-url,$(TRITON_METRICS)) --stability $(STABILITY) $(if $(MEM),--mem $(MEM))
+
+bench-cache: setup export-onnx  ## Triton's response cache: hit vs miss p50/p95 (caption, photo), 30%-repeat replay with the cache on vs off, one run
+	$(PY) -m perf.bench_cache
 
 bench-models: setup  ## async gRPC sweep of BENCH_MODELS (batch x concurrency) against a running Triton
 	$(PY) -m perf.bench_models $(call opt,--models,$(BENCH_MODELS)) --batch $(BENCH_BATCH) \

@@ -8,6 +8,13 @@ For each model contract/encoded.py selects, `<model>_encoded` is an ensemble:
   gpu (the production repository, DALI decode):
       image --> encoded_check --encoded--> letterbox_<W>x<H> (DALI) --images--> <model> --> remap
 
+Each entry point is two ensembles: `<model>_encoded`, what clients call, has one step,
+`<model>_encoded_cached`, the chain above with Triton's response cache enabled (keyed on the
+file's bytes: identical bytes, the same answer). Triton 2.51's cache key ignores which
+outputs a request names and stores only those (contract/cache.py): the outer ensemble
+always asks the inner one for every output, so every cached answer is whole, and the outer
+one hands each client the outputs it named. A hit skips decode, model and remap.
+
 One decode model per frame size serves every entry point of that size, so its dynamic
 batcher batches frames across entry points (yolo_encoded and faces_encoded share
 encoded_decode_640x640), as the DALI model does on the GPU. Non-geometric outputs leave the
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import contract
-from contract import MODEL_REPOSITORY, defaults, encoded, mc
+from contract import MODEL_REPOSITORY, cache, defaults, encoded, mc
 from contract.facts import facts
 from pipelines import ENTRY_FILE, entry_source
 
@@ -37,6 +44,7 @@ DECODE_PREFIX = "encoded_decode_"
 CHECK = "encoded_check"           # gpu: header + limits only, bytes on to DALI
 DALI_PREFIX = "letterbox_"        # pipelines/dali_letterbox.py's default name
 REMAP_SUFFIX = "_encoded_remap"
+CACHED_SUFFIX = "_encoded_cached"  # the inner, cached ensemble
 PROFILES = ("cpu", "openvino", "onnx-gpu", "gpu")
 # The decoder's batch: the frames of a few requests in one execution; the python step
 # decodes them on its own threads, DALI in one GPU batch.
@@ -65,6 +73,10 @@ class Entry:
     @property
     def remap(self) -> str:
         return self.model + REMAP_SUFFIX
+
+    @property
+    def cached(self) -> str:
+        return self.model + CACHED_SUFFIX
 
 
 def entries(contracts: dict[str, contract.ModelContract]) -> list[Entry]:
@@ -116,12 +128,31 @@ def remap_config(e: Entry, c: contract.ModelContract) -> mc.ModelConfig:
     return cfg
 
 
-def ensemble_config(e: Entry, c: contract.ModelContract, dali: bool) -> mc.ModelConfig:
-    cfg = mc.ModelConfig(name=e.name, platform="ensemble", max_batch_size=c.max_batch_size)
+def _entry_interface(name: str, c: contract.ModelContract) -> mc.ModelConfig:
+    cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=c.max_batch_size)
     cfg.input.add(name=encoded.INPUT, data_type=mc.TYPE_STRING, dims=[1])
     for o in c.config.output:
         cfg.output.add().CopyFrom(o)
     cfg.output.add(name=encoded.ORIGINAL_SIZE, data_type=mc.TYPE_INT32, dims=[2])
+    return cfg
+
+
+def ensemble_config(e: Entry, c: contract.ModelContract) -> mc.ModelConfig:
+    """`<model>_encoded`: what clients call; one step, the cached chain, every output mapped."""
+    cfg = _entry_interface(e.name, c)
+    step = cfg.ensemble_scheduling.step.add(model_name=e.cached, model_version=-1)
+    step.input_map[encoded.INPUT] = encoded.INPUT
+    for o in cfg.output:
+        step.output_map[o.name] = o.name
+    cfg.parameters["encoded_entry_of"].string_value = e.model
+    return cfg
+
+
+def cached_config(e: Entry, c: contract.ModelContract, dali: bool) -> mc.ModelConfig:
+    """`<model>_encoded_cached`: decode -> model -> remap, with Triton's response cache."""
+    cfg = _entry_interface(e.cached, c)
+    cfg.response_cache.enable = True
+    cfg.parameters[cache.CALLED_BY].string_value = e.name
     steps = cfg.ensemble_scheduling.step
     if dali:
         check = steps.add(model_name=CHECK, model_version=-1)
@@ -145,7 +176,6 @@ def ensemble_config(e: Entry, c: contract.ModelContract, dali: bool) -> mc.Model
         remap.input_map[g] = "_" + g
         remap.output_map[g] = g
     remap.output_map[encoded.ORIGINAL_SIZE] = encoded.ORIGINAL_SIZE
-    cfg.parameters["encoded_entry_of"].string_value = e.model
     return cfg
 
 
@@ -163,7 +193,8 @@ def configs(contracts: dict[str, contract.ModelContract], profile: str,
     for e in es:
         by_frame[e.frame] = max(by_frame.get(e.frame, 0), contracts[e.model].max_batch_size)
         out[e.remap] = (remap_config(e, contracts[e.model]), "encoded_remap")
-        out[e.name] = (ensemble_config(e, contracts[e.model], dali=profile == "gpu"), None)
+        out[e.name] = (ensemble_config(e, contracts[e.model]), None)
+        out[e.cached] = (cached_config(e, contracts[e.model], dali=profile == "gpu"), None)
     for frame, batch in sorted(by_frame.items()):
         e = next(e for e in es if e.frame == frame)
         if profile == "gpu":

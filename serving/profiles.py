@@ -37,7 +37,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 import contract
-from contract import MODEL_REPOSITORY, REPO_ROOT
+from contract import MODEL_REPOSITORY, REPO_ROOT, cache
 from contract.facts import facts
 from contract.shapes import shape_ranges
 from pipelines import ENTRY_FILE, entry_source
@@ -250,6 +250,10 @@ def derive(profile: str, dest: Path | None = None, source: Path = MODEL_REPOSITO
     source = Path(source)
     dest = Path(dest) if dest else DERIVED_ROOT / profile
     contracts = contract.load_all(source)
+    try:
+        cache.check(contracts)      # a response cache Triton cannot honour stops the derivation
+    except cache.CacheError as exc:
+        raise ProfileError(str(exc)) from exc
     wanted = _closure(models or list(contracts), contracts)
 
     problems = {m: _missing(contracts[m]) for m in wanted}

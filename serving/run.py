@@ -24,7 +24,8 @@ from pathlib import Path
 from contract import REPO_ROOT, defaults
 
 from . import cpu_machine, profiles
-from .tritonserver import TritonServer, TritonServerError
+from .tritonserver import (DEFAULT_RESPONSE_CACHE_BYTES, RESPONSE_CACHE_ENV, TritonServer, TritonServerError,
+                           response_cache_bytes)
 
 log = logging.getLogger("serving")
 
@@ -71,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--trace-rate", type=_count, default=os.environ.get("VISIONSERVE_TRACE_RATE") or "0",
                        metavar="N", help="Triton also traces every N-th request that arrives "
                        "without a traceparent (default 0: only those the gateway traced)")
+        s.add_argument("--response-cache-bytes", type=int, default=None, metavar="N",
+                       help="Triton's response cache, in bytes of this process's memory (LRU); the "
+                       "models whose config enables it (text_embed, the encoded entry points) answer "
+                       f"repeated inputs from it; 0 turns it off (default ${RESPONSE_CACHE_ENV}, else "
+                       f"{DEFAULT_RESPONSE_CACHE_BYTES >> 20} MiB)")
         if name == "run":
             s.add_argument("--gateway-host", default="127.0.0.1")
             s.add_argument("--gateway-port", type=int, default=defaults.GATEWAY_PORT)
@@ -123,13 +129,16 @@ def _serve(args, with_gateway: bool) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    cache_bytes = response_cache_bytes() if args.response_cache_bytes is None else args.response_cache_bytes
     server = TritonServer(derived.path, args.http_port, args.grpc_port, args.metrics_port,
                           log_path=args.log, host=args.host,
                           max_connection_age_s=args.grpc_max_connection_age,
                           max_connection_age_grace_s=args.grpc_max_connection_age_grace,
                           exit_timeout_s=args.exit_timeout, trace_otlp=args.trace_otlp,
-                          trace_rate=args.trace_rate)
+                          trace_rate=args.trace_rate, response_cache_bytes=cache_bytes)
     gateway = None
+    log.info("response cache: %s", f"{cache_bytes >> 20} MiB for the models that enable it" if cache_bytes
+             else "off")
     log.info("starting tritonserver (log: %s)", "stdout" if server.log_to_stdout else server.log_path)
     try:
         server.start(args.timeout, progress=log.info)

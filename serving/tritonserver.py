@@ -53,6 +53,14 @@ RESTRICTED_APIS = ("model-repository", "shared-memory", "statistics", "trace", "
 MIN_PING_INTERVAL_MS = 5000
 ADMIN_HEADER = defaults.ADMIN_HEADER
 GRPC_ADMIN_METADATA = defaults.GRPC_ADMIN_METADATA   # the same key over gRPC
+# Triton's `local` cache fails to initialise below about 1 KiB, and a cache smaller than one
+# face answer (faces_encoded: ~130 KiB per image) caches nothing useful.
+MIN_RESPONSE_CACHE_BYTES = 1 << 20
+# 256 MiB: ~120,000 caption embeddings (2 KiB each) or ~2,000 faces_encoded answers (~130 KiB
+# per image: 64 x 512 float32 embeddings); filled as answers come, evicted least recently
+# used first. Small beside what a Triton holds (weights, the python backend's shared memory).
+DEFAULT_RESPONSE_CACHE_BYTES = 256 << 20
+RESPONSE_CACHE_ENV = "VISIONSERVE_RESPONSE_CACHE_BYTES"    # containers set it (compose, k8s values)
 
 
 def trace_args(otlp: str, rate: int = 0, server_id: str | None = None) -> tuple[str, ...]:
@@ -84,6 +92,7 @@ class TritonInstall:
     libs: Path
     python_backend: Path
     stub: Path
+    caches: Path | None = None     # cache implementations (caches/local/libtritoncache_local.so)
 
     @classmethod
     def locate(cls, site_packages: Path | None = None) -> "TritonInstall":
@@ -93,7 +102,8 @@ class TritonInstall:
         inst = cls(binary=root / "bin" / "tritonserver",
                    libs=sp / "nvidia_pytriton.libs",
                    python_backend=root / "backends" / "python",
-                   stub=root / "python_backend_stubs" / py / "triton_python_backend_stub")
+                   stub=root / "python_backend_stubs" / py / "triton_python_backend_stub",
+                   caches=root / "caches")
         missing = [p for p in (inst.binary, inst.libs, inst.python_backend, inst.stub) if not p.exists()]
         if missing:
             raise TritonServerError(
@@ -126,6 +136,17 @@ class TritonInstall:
         except OSError:       # someone else just placed it
             shutil.rmtree(tmp, ignore_errors=True)
         return Path(dest)
+
+
+def response_cache_bytes(environ=os.environ) -> int:
+    """The response cache size a container asks for ($VISIONSERVE_RESPONSE_CACHE_BYTES), else the default."""
+    raw = environ.get(RESPONSE_CACHE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RESPONSE_CACHE_BYTES
+    try:
+        return int(raw)
+    except ValueError:
+        raise TritonServerError(f"{RESPONSE_CACHE_ENV}={raw!r}: expected a number of bytes (0 = off)") from None
 
 
 def _die_with_parent() -> None:
@@ -196,7 +217,8 @@ class TritonServer:
                  admin_key: str | None = None, backends_dir: Path = BACKENDS_DIR,
                  extra_args: tuple[str, ...] = (), log_verbose: int = 0,
                  max_connection_age_s: float = 60.0, max_connection_age_grace_s: float = 30.0,
-                 exit_timeout_s: int = 30, trace_otlp: str | None = None, trace_rate: int = 0):
+                 exit_timeout_s: int = 30, trace_otlp: str | None = None, trace_rate: int = 0,
+                 response_cache_bytes: int = 0):
         self.repository = Path(repository).resolve()
         self.host = host
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
@@ -208,6 +230,14 @@ class TritonServer:
         self.max_connection_age_s = max_connection_age_s
         self.max_connection_age_grace_s = max_connection_age_grace_s
         self.exit_timeout_s = exit_timeout_s
+        # Triton's response cache (its `local` implementation, in this process's memory, LRU):
+        # 0 = none. Used by the models whose config enables it (contract/cache.py).
+        if response_cache_bytes < 0:
+            raise TritonServerError(f"response cache size {response_cache_bytes}: must be 0 (off) or positive")
+        if response_cache_bytes and response_cache_bytes < MIN_RESPONSE_CACHE_BYTES:
+            raise TritonServerError(f"a response cache of {response_cache_bytes} bytes is too small: 0 turns it "
+                                    f"off, else at least {MIN_RESPONSE_CACHE_BYTES} (1 MiB)")
+        self.response_cache_bytes = int(response_cache_bytes)
         # what this server answers as its name (server metadata): readiness is ours
         self.server_id = f"visionserve-{host}-{grpc_port}-{secrets.token_hex(4)}"
         self.trace_args = trace_args(trace_otlp, trace_rate, self.server_id) if trace_otlp else ()
@@ -258,8 +288,17 @@ class TritonServer:
             f"--grpc-http2-min-recv-ping-interval-without-data={MIN_PING_INTERVAL_MS}",
             f"--log-verbose={self.log_verbose}",
             *self.trace_args,
+            *self.cache_args(install),
             *self.extra_args,
         ]
+
+    def cache_args(self, install: TritonInstall) -> list[str]:
+        """The response cache's flags; its library from the install's caches folder (the
+        wheel's; Triton's default /opt/tritonserver/caches when the install names none)."""
+        if not self.response_cache_bytes:
+            return []
+        where = [f"--cache-directory={install.caches}"] if install.caches else []
+        return [*where, f"--cache-config=local,size={self.response_cache_bytes}"]
 
     def start(self, timeout_s: float = 300.0, progress=None) -> "TritonServer":
         """Start and wait until the server and all its models are ready."""

@@ -26,6 +26,7 @@ from tests.support.gateway import GatewayFactory
 from tests.support.triton import QUEUE_PROBE
 
 START_TIMEOUT_S = 600
+SERVED_CACHE_BYTES = 64 << 20
 
 
 @dataclass
@@ -105,7 +106,9 @@ def served(tmp_path_factory) -> Served:
     contracts = contract.load_all(derived.path)
     probe_source = _add_queue_probe(derived.path, contracts)
     contracts = contract.load_all(derived.path)          # with the probe
-    with triton_support.running(derived.path, root / "triton.log", START_TIMEOUT_S) as server:
+    # with a response cache, as `python -m serving` runs by default (tests/integration/test_response_cache_live.py)
+    with triton_support.running(derived.path, root / "triton.log", START_TIMEOUT_S,
+                                response_cache_bytes=SERVED_CACHE_BYTES) as server:
         yield Served(server, derived, contracts, probe_source)
 
 

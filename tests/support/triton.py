@@ -45,7 +45,8 @@ def running(repo: Path, log: Path, timeout_s: float = 300, **server_kw) -> Itera
 # -- what Triton says about itself -------------------------------------------------------
 def stats(server: TritonServer, model: str) -> dict[str, int]:
     """Triton's own statistics of `model` (restricted: sent with the admin key):
-    inference_count, execution_count, success, fail, queue (requests that were queued)."""
+    inference_count, execution_count, success, fail, queue (requests that were queued),
+    cache_hit, cache_miss (Triton's response cache lookups)."""
     req = urllib.request.Request(f"http://{server.http_url}/v2/models/{model}/stats",
                                  headers=server.admin_headers)
     with urllib.request.urlopen(req, timeout=10) as r:
@@ -53,7 +54,8 @@ def stats(server: TritonServer, model: str) -> dict[str, int]:
     inf = s["inference_stats"]
     return {"inference_count": int(s["inference_count"]), "execution_count": int(s["execution_count"]),
             "success": int(inf["success"]["count"]), "fail": int(inf["fail"]["count"]),
-            "queue": int(inf["queue"]["count"])}
+            "queue": int(inf["queue"]["count"]), "cache_hit": int(inf["cache_hit"]["count"]),
+            "cache_miss": int(inf["cache_miss"]["count"])}
 
 
 def metrics(url: str) -> dict[tuple[str, str], float]:

@@ -128,6 +128,11 @@ BREAKS = [
     ("API open to every namespace", "cpu", lambda o: _np(o, "gateway")["spec"]["ingress"][0].pop("from"),
      "open beyond the"),
     # the rest of the policy points
+    ("cache size not from the values", "cpu", lambda o: [e.update(value="0") for e in _tc(o, "cpu")["env"]
+                                                          if e["name"] == "VISIONSERVE_RESPONSE_CACHE_BYTES"],
+     "the values say"),
+    ("cache bigger than the pod", "gpu", lambda o: _tc(o)["resources"]["limits"].update(memory="512Mi"),
+     "over a quarter of its memory limit"),
     ("security", "gpu", lambda o: _tc(o)["securityContext"].update(privileged=True), "privileged"),
     ("limits", "cpu", lambda o: _gw(o)["resources"].pop("limits"), "limits lack"),
     ("probes", "gpu", lambda o: _tc(o).pop("readinessProbe"), "no readinessProbe"),

@@ -3,7 +3,8 @@ kind) decides, over a scenario's render (see tests/unit/k8s_policy.py): one Trit
 one plan-build Job per configured GPU kind and none for another, on that kind's nodes, with
 its sizing, replica cap and parity waivers; every pod's ServiceAccount pulls with the pull
 secret; the plan store's class; images by the configured reference (digests where given);
-Guaranteed QoS for Triton; Prometheus wired where the values say.
+Guaranteed QoS for Triton; Prometheus wired where the values say; every Triton pool's
+response cache at the one configured size, inside its memory limit.
 """
 from __future__ import annotations
 
@@ -123,4 +124,38 @@ def prometheus_wiring(objs, values: dict) -> list[str]:
             if t["type"] == "prometheus" and t["metadata"].get("serverAddress") != prom["url"]:
                 bad.append(f"ScaledObject {so['metadata']['name']} asks {t['metadata'].get('serverAddress')}, "
                            f"the values say {prom['url']}")
+    return bad
+
+
+CACHE_ENV = "VISIONSERVE_RESPONSE_CACHE_BYTES"
+_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "K": 10**3, "M": 10**6, "G": 10**9}
+
+
+def _bytes(quantity: str) -> int:
+    for suffix, mult in _UNITS.items():
+        if str(quantity).endswith(suffix):
+            return int(float(str(quantity)[: -len(suffix)]) * mult)
+    return int(quantity)
+
+
+def response_cache(objs, values: dict) -> list[str]:
+    """Every Triton pool (cpu and each GPU kind) runs the response cache the values set, and
+    it fits its pod: at most a quarter of the container's memory limit (the cache is Triton's
+    own memory, beside the models and the python backend's shared memory)."""
+    from serving.tritonserver import MIN_RESPONSE_CACHE_BYTES
+
+    want, bad = str(values["tritonResponseCacheBytes"]), []
+    for d in apps(objs, "triton"):
+        c = container(d, "triton")
+        have = env(c).get(CACHE_ENV)
+        name = d["metadata"]["name"]
+        if have != want:
+            bad.append(f"{name}: {CACHE_ENV}={have!r}, the values say {want!r}")
+            continue
+        size = int(have)
+        if 0 < size < MIN_RESPONSE_CACHE_BYTES:
+            bad.append(f"{name}: a response cache of {size} bytes is refused at start (0, or >= 1 MiB)")
+        limit = c.get("resources", {}).get("limits", {}).get("memory")
+        if size and limit and size > _bytes(limit) // 4:
+            bad.append(f"{name}: a response cache of {size} bytes is over a quarter of its memory limit {limit}")
     return bad

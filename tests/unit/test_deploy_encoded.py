@@ -104,7 +104,9 @@ def test_every_entry_has_its_files(image_repository):
     for name in entries:
         target = models[name].config.parameters["encoded_entry_of"].string_value
         h, w, _ = [t for t in committed[target].inputs if t.name == "images"][0].dims
-        steps = [s.model_name for s in models[name].config.ensemble_scheduling.step]
+        (outer,) = [s.model_name for s in models[name].config.ensemble_scheduling.step]
+        assert outer == f"{name}_cached"     # the chain behind Triton's response cache (contract/cache.py)
+        steps = [s.model_name for s in models[outer].config.ensemble_scheduling.step]
         assert steps == ["encoded_check", f"letterbox_{w}x{h}", target, f"{target}_encoded_remap"]
         assert all(s in models for s in steps)
         frames.add((w, h))

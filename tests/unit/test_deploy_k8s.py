@@ -58,7 +58,7 @@ def every_policy(name: str, objs: list[dict], k8s: Path = K8S) -> list[str]:
            + policy.triton_drain(objs, exit_timeout_s()) + policy.progress_deadlines(objs)
            + policy.gateway_drain(objs, graceful_shutdown_s()) + policy.disruption_budgets(objs)
            + config.pull_secrets(objs, v) + config.images(objs, v) + config.guaranteed_qos(objs)
-           + config.prometheus_wiring(objs, v)
+           + config.prometheus_wiring(objs, v) + config.response_cache(objs, v)
            + scaling.replica_ownership(objs) + scaling.triton_scaling(objs, kinds if gpu else {}, v)
            + scaling.recorded_signals(objs) + scaling.adapter_rules(ADAPTER_RULES)
            + scaling.alerts_scoped(objs, "visionserve")

@@ -26,6 +26,7 @@ SECOND = {
     "ingress": {"controllerNamespace": "edge", "className": "nginx-public", "host": "api.acme.example",
                 "tlsSecret": "acme-tls"},
     "tritonCpu": {"cpu": "14", "memory": "28Gi", "maxReplicas": 5},
+    "tritonResponseCacheBytes": "536870912",
     "quotaGpus": "9",
 }
 # Other GPU kinds: H100 nodes on GKE (its accelerator label, no GPU feature discovery) and T4s.

@@ -121,15 +121,20 @@ def test_generated_models(profile):
     models = {n: cfg for n, (cfg, _) in made.items()}
     models.update({n: c.config for n, c in CONTRACTS.items()})
     for e in ENTRIES:
-        ens = models[e.name]
         c = CONTRACTS[e.model]
-        assert ens.platform == "ensemble"
-        ins, outs = _io(ens)
-        assert ins == {"image": (mc.TYPE_STRING, (1,))}
-        assert outs == {**_io(c.config)[1], "original_size": (mc.TYPE_INT32, (2,))}
-        assert list(outs)[:-1] == [o.name for o in c.outputs]
-        assert ens.max_batch_size == c.max_batch_size
-        order = _check_wiring(ens, models)
+        for ens in (models[e.name], models[e.cached]):
+            assert ens.platform == "ensemble"
+            ins, outs = _io(ens)
+            assert ins == {"image": (mc.TYPE_STRING, (1,))}
+            assert outs == {**_io(c.config)[1], "original_size": (mc.TYPE_INT32, (2,))}
+            assert list(outs)[:-1] == [o.name for o in c.outputs]
+            assert ens.max_batch_size == c.max_batch_size
+        # what clients call: the cached chain, asked for every output (Triton caches only those asked)
+        assert _check_wiring(models[e.name], models) == [e.cached]
+        (only,) = models[e.name].ensemble_scheduling.step
+        assert dict(only.output_map) == {o: o for o in outs}
+        assert not models[e.name].response_cache.enable and models[e.cached].response_cache.enable
+        order = _check_wiring(models[e.cached], models)
         w, h = e.frame[1], e.frame[0]
         front = [gen.CHECK, f"letterbox_{w}x{h}"] if profile == "gpu" else [f"encoded_decode_{w}x{h}"]
         assert order == front + [e.model, e.model + "_encoded_remap"]
@@ -166,7 +171,8 @@ def test_derived_cpu_repository_has_them(tmp_path):
     expected = gen.entries({m: derived[m] for m in d.models})
     assert expected and set(d.encoded) >= {e.name for e in expected}
     for e in expected:
-        assert derived[e.name].steps == (e.decoder, e.model, e.remap)
+        assert derived[e.name].steps == (e.cached,)
+        assert derived[e.cached].steps == (e.decoder, e.model, e.remap)
         assert (d.path / e.remap / "1" / "model.py").read_text() == gen.entry_source("encoded_remap")
     # the gateway's route table is unchanged by them (they state no route)
     assert from_contracts(derived).models == from_contracts({m: derived[m] for m in d.models}).models

@@ -40,16 +40,15 @@ def test_the_gateways_expected_entry_tensors_are_what_the_generator_writes():
     contracts = contract.load_all()
     es = generator.entries(contracts)
     assert es
-    for profile in ("cpu", "gpu"):
-        for e in es:
-            want = encoded.entry_contract(contracts[e.model])
-            got = generator.ensemble_config(e, contracts[e.model], dali=profile == "gpu")
-            assert got.name == want.name == e.name
-            assert got.max_batch_size == want.max_batch_size
-            assert [(t.name, t.data_type, list(t.dims)) for t in got.input] == \
-                [(t.name, t.data_type, list(t.dims)) for t in want.config.input]
-            assert [(t.name, t.data_type, list(t.dims)) for t in got.output] == \
-                [(t.name, t.data_type, list(t.dims)) for t in want.config.output]
+    for e in es:   # the entry is the same in every profile: its cached chain differs
+        want = encoded.entry_contract(contracts[e.model])
+        got = generator.ensemble_config(e, contracts[e.model])
+        assert got.name == want.name == e.name
+        assert got.max_batch_size == want.max_batch_size
+        assert [(t.name, t.data_type, list(t.dims)) for t in got.input] == \
+            [(t.name, t.data_type, list(t.dims)) for t in want.config.input]
+        assert [(t.name, t.data_type, list(t.dims)) for t in got.output] == \
+            [(t.name, t.data_type, list(t.dims)) for t in want.config.output]
 
 
 # -- the decision, per endpoint -------------------------------------------------------------
