@@ -123,7 +123,7 @@ class StepPoint:
 
 
 def drive(server, model: str, inputs: dict[str, np.ndarray], dtype: dict[str, str], seconds: float,
-          streams: int, watch: dict[str, int], min_calls: int = 2) -> tuple[int, float, dict[str, float]]:
+          streams: int, watch: dict[str, list[int]], min_calls: int = 2) -> tuple[int, float, dict[str, float]]:
     """`streams` threads each calling `model` with `inputs` back to back for `seconds`
     (at least `min_calls` each) -> (calls, wall s, CPU s of each watched pid)."""
     import tritonclient.grpc as grpcclient
@@ -141,7 +141,7 @@ def drive(server, model: str, inputs: dict[str, np.ndarray], dtype: dict[str, st
         for c in clients:
             c.infer(model, request(), client_timeout=120)          # warm
         calls, errors = [0] * streams, []
-        cpu0 = {k: procstat.cpu_seconds(p) for k, p in watch.items()}
+        cpu0 = {k: procstat.cpu_of(p) for k, p in watch.items()}
         t0 = time.perf_counter()
         stop = t0 + seconds
 
@@ -158,7 +158,7 @@ def drive(server, model: str, inputs: dict[str, np.ndarray], dtype: dict[str, st
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
-        cpu = {k: procstat.cpu_seconds(p) - cpu0[k] for k, p in watch.items()}
+        cpu = {k: procstat.cpu_of(p) - cpu0[k] for k, p in watch.items()}
     finally:
         for c in clients:
             c.close()
@@ -169,9 +169,9 @@ def drive(server, model: str, inputs: dict[str, np.ndarray], dtype: dict[str, st
 
 def decode_step(server, repo: Path, photos: dict[str, bytes], batches, seconds: float) -> list[StepPoint]:
     """The decode step alone: batches of one photo, two callers (so the step never waits
-    for the client), CPU of its stub."""
+    for the client), CPU of its stubs (every instance)."""
     name = decoder_of(repo)
-    pid = procstat.stub_of(server.process.pid, name)
+    pid = procstat.stubs_of(server.process.pid, name)
     points = []
     for size, data in photos.items():
         for b in batches:
@@ -189,7 +189,8 @@ def orchestration(server, repo: Path, frame: np.ndarray, batches, seconds: float
     points = []
     for pipeline in PIPELINES:
         c = contracts[pipeline]
-        watch = {"pipeline": procstat.stub_of(server.process.pid, pipeline), "tritonserver": server.process.pid}
+        watch = {"pipeline": procstat.stubs_of(server.process.pid, pipeline),
+                 "tritonserver": [server.process.pid]}
         for b in batches:
             per = min(b, c.max_batch_size)
             streams = -(-b // per)

@@ -46,14 +46,18 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def stub_of(pgid: int, model: str) -> int:
-    """The pid of the python-backend stub serving `model` (its cmdline names the model's
-    folder: .../<model>/1/model.py)."""
+def stubs_of(pgid: int, model: str) -> list[int]:
+    """The pids of the python-backend stubs serving `model`, one per instance (a stub's
+    cmdline names the model's folder: .../<model>/1/model.py)."""
     needle = f"/{model}/1/model.py"
     pids = [p for p in group_cpu(pgid) if needle in cmdline(p)]
-    if len(pids) != 1:
-        raise LookupError(f"{len(pids)} stub processes serve {model} in group {pgid}")
-    return pids[0]
+    if not pids:
+        raise LookupError(f"no stub process serves {model} in group {pgid}")
+    return pids
+
+
+def cpu_of(pids: list[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
 
 
 @dataclass(frozen=True)

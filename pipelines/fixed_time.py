@@ -5,8 +5,8 @@ outputs come from the committed contract, see serving/standins.py) and spends
 `batch_ms + image_ms x batch` sleeping, which uses no CPU. It stands for a GPU-bound
 model: a replica's capacity is then known (instances x max_batch / time per batch) and
 does not depend on the cores of the machine that runs the test or the benchmark.
-Outputs are zeros (empty strings for BYTES; an output's variable dims follow the first
-input's, divided by the contract's `variable_dim_output_divisor`), so a detector stand-in finds nothing, unless
+Outputs are zeros (empty strings for BYTES; an output's variable dims take the inputs'
+variable dims in order, divided by the contract's `variable_dim_output_divisor`), so a detector stand-in finds nothing, unless
 `outputs_file` names canned ones (a pipeline's later steps then run, as on real images).
 
 Config parameters (strings):
@@ -43,7 +43,8 @@ class TritonPythonModel:
         path = config.get("parameters", {}).get("batch_ms_file", {}).get("string_value", "")
         self.batch_file = os.path.join(args["model_repository"], path) if path else None
         self.first_input = config["input"][0]["name"]
-        self.input_variable = [i for i, d in enumerate(config["input"][0]["dims"]) if int(d) < 0]
+        self.variable = {i["name"]: [k for k, d in enumerate(i["dims"]) if int(d) < 0]
+                         for i in config["input"] if any(int(d) < 0 for d in i["dims"])}
         self.divisor = int(_param(config, "variable_dim_output_divisor") or 1)
         self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"]),
                          [int(d) for d in o["dims"]]) for o in config["output"]]
@@ -55,12 +56,13 @@ class TritonPythonModel:
                                for name, dtype, dims in self.outputs if name in f}
 
     def execute(self, requests):
-        shapes = [pb_utils.get_input_tensor_by_name(r, self.first_input).as_numpy().shape
-                  for r in requests]
-        self._sleep(self.image_s * sum(s[0] for s in shapes))
+        sizes = [pb_utils.get_input_tensor_by_name(r, self.first_input).as_numpy().shape[0]
+                 for r in requests]
+        self._sleep(self.image_s * sum(sizes))
         responses = []
-        for shape in shapes:
-            n, steps = shape[0], [shape[1 + i] // self.divisor for i in self.input_variable]
+        for n, r in zip(sizes, requests):
+            steps = [pb_utils.get_input_tensor_by_name(r, name).as_numpy().shape[1 + k] // self.divisor
+                     for name, dims in self.variable.items() for k in dims]
             tensors = []
             for name, dtype, dims in self.outputs:
                 left = iter(steps)
