@@ -29,6 +29,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,14 +129,17 @@ def run(args) -> dict:
     model, bf16 = cpu_model()
     print(f"CPU: {model}, avx512_bf16 {'yes' if bf16 else 'no'}, {len(os.sched_getaffinity(0))} usable cores")
     derived = bench_steps.build_repository(work)
-    photos = decode_images.bench_photos()
+    photos = {k: decode_images.scaled_photo(*decode_images.BENCH_SIZES[k]) for k in args.sizes}
     print("photos (zidane.jpg scaled to size, q90; the 4032x3024 one upscaled + sigma-2 noise): "
           + ", ".join(f"{k} {len(v):,} B" for k, v in photos.items()), flush=True)
     server = TritonServer(derived.path, free_port(), free_port(), free_port(), log_path=work / "triton.log")
     gateways: dict[str, Gateway] = {}
     t_start = time.monotonic()
+    stage = lambda what: print(f"[{time.monotonic() - t_start:5.1f} s] {what}", flush=True)  # noqa: E731
     try:
+        stage("starting tritonserver (stand-ins, decode step, pipelines)")
         server.start(600)
+        stage("starting the three gateways")
         for mode, settings in MODES.items():
             extra = {"triton_admin_key": server.admin_key} if settings["shared_memory"] == "on" else {}
             gateways[mode] = Gateway(server.grpc_url, work / f"gateway-{mode}.log", triton_timeout_s=300,
@@ -143,6 +147,7 @@ def run(args) -> dict:
         for gw in gateways.values():
             gw.wait_ready()
         small = photos["1280x720"]
+        stage("measuring: bytes, load through the gateways, decode step, orchestration")
         for gw in gateways.values():      # warm connections, shm regions, the decode step
             asyncio.run(http_load(gw.url + ROUTE, small, 2, 0.0, warmup=4))
         paths = {m: sorted({k[1] for k in gw.series("triton_input_path_total")}) for m, gw in gateways.items()}
@@ -153,12 +158,16 @@ def run(args) -> dict:
         loads = [measure_load(gateways[m], m, server, small, c, args.seconds)
                  for c in args.concurrency for m in MODES]
         frame, _ = imaging.letterbox(small, 640, 640, max_pixels=1 << 26, max_side=1 << 14)
+        stage("decode step and orchestration")
         decode = bench_steps.decode_step(server, derived.path, photos, args.decode_batch, args.step_seconds)
+        stage("orchestration")
         orchestration = bench_steps.orchestration(server, derived.path, frame, args.bls_batch, args.step_seconds)
+        stage("stopping")
     finally:
-        for gw in gateways.values():
-            gw.stop()
+        with ThreadPoolExecutor(len(MODES)) as pool:     # each drains on SIGINT: together
+            list(pool.map(Gateway.stop, gateways.values()))
         server.stop()
+        stage("stopped")
     result = {"cpu": model, "avx512_bf16": bf16, "bytes": [asdict(b) for b in by_bytes],
               "load": [asdict(p) for p in loads],
               "decode": [dict(asdict(p), per_core=p.per_core("stub")) for p in decode],
@@ -261,9 +270,14 @@ def main(argv=None) -> int:
     p.add_argument("--step-seconds", type=float, default=3.0, help="window per decode / orchestration point")
     p.add_argument("--decode-batch", type=_ints, default=[1, 8])
     p.add_argument("--bls-batch", type=_ints, default=[1, 8, 32])
+    p.add_argument("--sizes", type=lambda t: t.split(","), default=list(decode_images.BENCH_SIZES),
+                   help="photos for the bytes and decode points (1280x720 always serves the load points)")
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--out", type=Path, default=None, help="JSON report (default <work>/report.json)")
     args = p.parse_args(argv)
+    unknown = set(args.sizes) - set(decode_images.BENCH_SIZES)
+    if unknown or "1280x720" not in args.sizes:
+        p.error(f"--sizes: from {', '.join(decode_images.BENCH_SIZES)}, 1280x720 included")
     t0 = time.monotonic()
     try:
         result = run(args)

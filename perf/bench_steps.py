@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 import contract
-from contract import MODEL_REPOSITORY
 from contract import encoded as rule
 from serving import encoded, profiles, standins
 
