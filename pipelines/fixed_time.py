@@ -5,7 +5,9 @@ outputs come from the committed contract, see serving/standins.py) and spends
 `batch_ms + image_ms x batch` sleeping, which uses no CPU. It stands for a GPU-bound
 model: a replica's capacity is then known (instances x max_batch / time per batch) and
 does not depend on the cores of the machine that runs the test or the benchmark.
-Outputs are zeros (empty strings for BYTES), so a detector stand-in finds nothing.
+Outputs are zeros (empty strings for BYTES; an output's variable dims take the inputs'
+variable dims in order, divided by the contract's `variable_dim_output_divisor`), so a detector stand-in finds nothing, unless
+`outputs_file` names canned ones (a pipeline's later steps then run, as on real images).
 
 Config parameters (strings):
   batch_ms       time per execution, whatever its batch size (default 0: an instant stub)
@@ -15,6 +17,8 @@ Config parameters (strings):
                  a test can make a running replica hang (a large number) and recover
                  (a small one) without restarting it, while Triton's health answers stay
                  unaffected (as a GPU kernel that hangs would leave them)
+  outputs_file   an .npz (relative: in the model's folder) holding, per output name, ONE
+                 item's answer; every item of every batch gets it (outputs it lacks: zeros)
 """
 from __future__ import annotations
 
@@ -39,18 +43,33 @@ class TritonPythonModel:
         path = config.get("parameters", {}).get("batch_ms_file", {}).get("string_value", "")
         self.batch_file = os.path.join(args["model_repository"], path) if path else None
         self.first_input = config["input"][0]["name"]
+        self.variable = {i["name"]: [k for k, d in enumerate(i["dims"]) if int(d) < 0]
+                         for i in config["input"] if any(int(d) < 0 for d in i["dims"])}
+        self.divisor = int(_param(config, "variable_dim_output_divisor") or 1)
         self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"]),
                          [int(d) for d in o["dims"]]) for o in config["output"]]
+        canned = config.get("parameters", {}).get("outputs_file", {}).get("string_value", "")
+        self.canned = {}
+        if canned:
+            with np.load(os.path.join(args["model_repository"], canned)) as f:
+                self.canned = {name: f[name].astype(dtype).reshape(dims)
+                               for name, dtype, dims in self.outputs if name in f}
 
     def execute(self, requests):
         sizes = [pb_utils.get_input_tensor_by_name(r, self.first_input).as_numpy().shape[0]
                  for r in requests]
         self._sleep(self.image_s * sum(sizes))
         responses = []
-        for n in sizes:
+        for n, r in zip(sizes, requests):
+            steps = [pb_utils.get_input_tensor_by_name(r, name).as_numpy().shape[1 + k] // self.divisor
+                     for name, dims in self.variable.items() for k in dims]
             tensors = []
             for name, dtype, dims in self.outputs:
-                if dtype == np.object_:
+                left = iter(steps)
+                dims = [next(left, 1) if d < 0 else d for d in dims]
+                if name in self.canned:
+                    arr = np.broadcast_to(self.canned[name], (n, *self.canned[name].shape)).copy()
+                elif dtype == np.object_:
                     arr = np.full([n, *dims], b"", dtype=np.object_)
                 else:
                     arr = np.zeros([n, *dims], dtype)

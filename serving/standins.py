@@ -27,13 +27,16 @@ FIXED_TIME_MODEL = entry_source("fixed_time")   # pipelines/fixed_time.py
 def fixed_time_config(source: contract.ModelContract, batch_ms: float, image_ms: float = 0.0,
                       instances: int = 1, queue_timeout_us: int | None = None,
                       max_batch_size: int | None = None,
-                      batch_ms_file: str | None = None) -> mc.ModelConfig:
+                      batch_ms_file: str | None = None,
+                      outputs_file: str | None = None) -> mc.ModelConfig:
     """The stand-in's config: `source`'s interface and batching on the python backend.
     `queue_timeout_us` replaces the queue policy's default timeout (0: none) and
     `max_batch_size` the batch limit (preferred sizes above it dropped), for tests that
     need a queue that does not shed, or one request per execution. `batch_ms_file`: a
     file (relative to the model's folder) whose number replaces batch_ms while present,
-    read during executions (pipelines/fixed_time.py): a replica made to hang and recover."""
+    read during executions (pipelines/fixed_time.py): a replica made to hang and recover.
+    `outputs_file`: an .npz of one item's outputs answered instead of zeros (a detector
+    stand-in that finds something, so a pipeline's later steps run)."""
     if source.max_batch_size < 1:
         raise contract.ContractError(f"{source.name}: a stand-in needs a batching model")
     if max_batch_size is not None and not 1 <= max_batch_size <= source.max_batch_size:
@@ -59,6 +62,8 @@ def fixed_time_config(source: contract.ModelContract, batch_ms: float, image_ms:
     cfg.parameters["image_ms"].string_value = f"{image_ms:g}"
     if batch_ms_file:
         cfg.parameters["batch_ms_file"].string_value = batch_ms_file
+    if outputs_file:
+        cfg.parameters["outputs_file"].string_value = outputs_file
     cfg.parameters["weights_provenance"].string_value = (
         f"FIXED-TIME STAND-IN ({batch_ms:g} ms per batch + {image_ms:g} ms per image, zeros out)")
     return cfg
@@ -67,7 +72,8 @@ def fixed_time_config(source: contract.ModelContract, batch_ms: float, image_ms:
 def add_fixed_time(repository: Path, model: str, batch_ms: float, image_ms: float = 0.0,
                    instances: int = 1, source: Path = MODEL_REPOSITORY, **config) -> Path:
     """Put a stand-in for `model` into `repository` (replacing what was there);
-    `config`: fixed_time_config's queue_timeout_us / max_batch_size / batch_ms_file."""
+    `config`: fixed_time_config's queue_timeout_us / max_batch_size / batch_ms_file /
+    outputs_file."""
     cfg = fixed_time_config(contract.load(model, source), batch_ms, image_ms, instances, **config)
     folder = Path(repository) / model
     if folder.is_symlink() or folder.is_file():
