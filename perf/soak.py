@@ -109,10 +109,12 @@ def _print(line: str) -> None:
 
 
 def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=_print,
-        warmup_s: float = WARMUP_S) -> dict:
+        warmup_s: float = WARMUP_S, queue_timeout_us: int | None = None) -> dict:
+    """`queue_timeout_us`: the stand-in's queue deadline instead of yolo's (0: none)."""
     work.mkdir(parents=True, exist_ok=True)
     repo = standins.write_fixed_time_repository(work / "repo", {})
-    standins.add_fixed_time(repo, "yolo", batch_ms=BATCH_MS, max_batch_size=MAX_BATCH)
+    standins.add_fixed_time(repo, "yolo", batch_ms=BATCH_MS, max_batch_size=MAX_BATCH,
+                            queue_timeout_us=queue_timeout_us)
     server = TritonServer(repo, free_port(), free_port(), free_port(), log_path=work / "triton.log")
     rate = fraction * CAPACITY
     body = small_jpeg()

@@ -23,8 +23,14 @@ def test_a_soak_holds(tmp_path):
     require_triton()
     from perf import soak
 
-    # a short warm-up: the pool reaches its working size in a second at 0.7 x C
-    result = soak.run(SECONDS, work=tmp_path, warmup_s=min(soak.WARMUP_S, SECONDS / 4))
+    # a short warm-up: the pool reaches its working size in a second at 0.7 x C. No queue
+    # deadline on the stand-in: in the suite, other processes on the same 2 cores delay its
+    # executions by 150+ ms now and then, and yolo's 200 ms queue timeout then refuses a few
+    # requests (CI: 3 of 1,120, 429) whatever the gateway does; StealWatch sees only the
+    # hypervisor's steal. What this run judges is the gateway: no error of its own, nothing
+    # leaked. `make soak` keeps yolo's queue policy and judges the whole path.
+    result = soak.run(SECONDS, work=tmp_path, warmup_s=min(soak.WARMUP_S, SECONDS / 4),
+                      queue_timeout_us=0)
     assert result["requests"] >= 0.9 * soak.CAPACITY * 0.7 * SECONDS
     assert result["rss_growth"] < soak.RSS_GROWTH, result
     assert result["end"]["fds"] == result["start"]["fds"], result

@@ -167,6 +167,16 @@ class Receiver:
         with self._lock:
             return [s for s in self.spans if s.trace_id == trace_id]
 
+    def describe(self) -> str:
+        """What arrived, for a failure message: posts, content types, errors, and the spans
+        per trace as service:name."""
+        with self._lock:
+            by_trace: dict[str, list[str]] = {}
+            for s in self.spans:
+                by_trace.setdefault(s.trace_id, []).append(f"{s.service}:{s.name}")
+            return (f"{self.posts} posts {self.content_types}, errors {self.errors}, spans "
+                    + "; ".join(f"{t}: {sorted(n)}" for t, n in by_trace.items()))
+
     def __enter__(self) -> "Receiver":
         self._thread.start()
         return self
