@@ -13,7 +13,9 @@ INT32 [2] (width, height). serving/encoded.py builds them into every derived rep
 """
 from __future__ import annotations
 
-from . import ModelContract, mc
+from pathlib import Path
+
+from . import MODEL_REPOSITORY, ContractError, ModelContract, load, mc
 from .facts import facts
 
 SUFFIX = "_encoded"
@@ -57,3 +59,19 @@ def entry_contract(c: ModelContract) -> ModelContract:
         cfg.output.add(name=o.name, data_type=o.data_type, dims=o.dims)
     cfg.output.add(name=ORIGINAL_SIZE, data_type=mc.TYPE_INT32, dims=[2])
     return ModelContract(cfg.name, c.path, cfg)
+
+
+def load_any(name: str, repository: Path = MODEL_REPOSITORY) -> ModelContract:
+    """`name`'s contract from `repository`; `<model>_encoded`, which only derived
+    repositories hold, as entry_contract of its model's (the tools that take a model name,
+    e.g. perf.analyzer, read the committed repository)."""
+    try:
+        return load(name, repository)
+    except ContractError:
+        base = name.removesuffix(SUFFIX)
+        if base == name:
+            raise
+        c = load(base, repository)
+        if not has_entry(c):
+            raise ContractError(f"{base} has no encoded entry point (contract/encoded.py's rule)") from None
+        return entry_contract(c)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.encoded import INPUT as ENCODED_INPUT
+
 SCENE_SIZE = 640
 SCENE_LINES = ("VISIONSERVE 2026", "Triton Inference Server", "faces, objects and text", "Lorem ipsum 12345")
 CAPTIONS = ("a photo of an astronaut", "a cat sleeping on a sofa", "a cup of coffee on a table",
@@ -127,6 +129,24 @@ def scene_jpeg(height: int = 720, width: int = 1280, quality: int = 90) -> bytes
     return buf.tobytes()
 
 
+def scene_jpegs(n: int, height: int = 720, width: int = 1280, quality: int = 90) -> list[bytes]:
+    """`n` JPEGs of the scene that differ in their bytes (item i's number drawn as a gray
+    8x8 block in the top-left corner), for encoded entry points: a replay of the same
+    bytes would measure Triton's response cache, not the decode and the model."""
+    import cv2
+
+    base = np.ascontiguousarray(scene(height, width)[..., ::-1])
+    out = []
+    for i in range(n):
+        frame = base.copy()
+        frame[:8, :8 * 4] = np.repeat([(i >> (8 * k)) & 255 for k in range(4)], 8)[None, :, None]
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise SceneError("OpenCV could not encode the scene as JPEG")
+        out.append(buf.tobytes())
+    return out
+
+
 def face_landmarks(k: int) -> np.ndarray:
     """[k, 5, 2] landmarks for face_align at the scene's 640x640 size: the ArcFace template
     placed on the astronaut's face in slot 0, the rest spread over the frame."""
@@ -148,11 +168,14 @@ def tokens(n: int, context: int = 77) -> np.ndarray:
 
 def inputs_for(specs, batch: int) -> dict[str, np.ndarray]:
     """A feed for any model from its contract's input specs (contract.TensorSpec):
-    the scene for images, captions for text, token ids, face landmarks."""
+    the scene for images (as frames, or as distinct 1280x720 JPEGs for an encoded entry
+    point's `image`), captions for text, token ids, face landmarks."""
     out = {}
     for s in specs:
         shape = (batch, *s.dims)
-        if s.dtype == np.object_:
+        if s.dtype == np.object_ and s.name == ENCODED_INPUT:    # `<model>_encoded`: JPEG files
+            out[s.name] = np.array(scene_jpegs(batch), dtype=object).reshape(shape)
+        elif s.dtype == np.object_:
             out[s.name] = np.array([c.encode() for c in CAPTIONS] * batch, dtype=object)[:batch].reshape(shape)
         elif s.dtype == np.uint8 and len(s.dims) == 3 and s.dims[2] == 3:
             out[s.name] = np.broadcast_to(_scene(s.dims[0], s.dims[1]), shape).copy()

@@ -15,7 +15,7 @@ PYTEST := $(PY) -m pytest -ra --durations=25 $(PYTEST_ARGS)
 # The full length of each load phase (seconds); `make test` runs the short defaults that
 # tests/integration/load_budget.py states with the defect each one still catches.
 LOAD_ENV := VISIONSERVE_OVERLOAD_S=60 VISIONSERVE_SLOT_POOL_S=120 VISIONSERVE_SOAK_TEST_S=60 \
-	VISIONSERVE_FLEET_DISCOVERY_S=15
+	VISIONSERVE_FLEET_DISCOVERY_S=15 VISIONSERVE_ROLLING_RESTARTS=3
 
 .PHONY: test test-unit test-integration test-load
 

@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     import time
 
     import contract
+    from contract import encoded
     from export import scene
 
     from . import report
@@ -298,8 +299,13 @@ def main(argv: list[str] | None = None) -> int:
                          "$VISIONSERVE_TRITON_ADMIN_KEY); sent as the admin-key header over HTTP, as "
                          "triton-grpc-protocol-admin-key metadata over gRPC")
     ap.add_argument("--input-data", default="scene",
-                    help="scene (default: export.scene's real frame, captions and landmarks as a JSON), "
+                    help="scene (default: export.scene's real frame, captions and landmarks as a JSON; "
+                         "an encoded entry point gets distinct 1280x720 JPEG files), "
                          "zero, random, a directory or a JSON file")
+    ap.add_argument("--images", type=int, default=16,
+                    help="with --input-data scene on an encoded entry point (<model>_encoded): how "
+                         "many distinct JPEGs perf_analyzer cycles through (with Triton's response "
+                         "cache on, each one is a miss only on its first pass)")
     ap.add_argument("--max-threads", type=int, default=None)
     ap.add_argument("--request-count", type=int, default=50, help="requests per count window")
     ap.add_argument("--stability", type=int, default=10,
@@ -313,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cap = parse_bytes(a.mem) if a.mem else default_cap()
         require_loopback(a.url)
-        model_contract = contract.load(a.model, a.repository)
+        model_contract = encoded.load_any(a.model, a.repository)
         load = est.TensorLoad.from_contract(model_contract)
         opts = Options(model=a.model, url=a.url, protocol=a.protocol, batch=a.batch, input_data=a.input_data,
                        extra=variable_shapes(model_contract),
@@ -328,8 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         out = report.new_dir(f"perf-{a.model}-b{a.batch}", a.reports)
         if a.input_data == "scene":   # every pipeline branch runs (a face, objects, text), not black frames
             # variable dims at the range's max, as --shape says (variable_shapes)
-            path = scene.perf_analyzer_json(model_contract.with_variable_dims("max").inputs, out / "input_data.json",
-                                            steps=a.batch)
+            specs = model_contract.with_variable_dims("max").inputs
+            jpegs = any(t.name == encoded.INPUT and t.dtype == object for t in specs)
+            path = scene.perf_analyzer_json(specs, out / "input_data.json",
+                                            steps=max(a.batch, a.images) if jpegs else a.batch)
             opts = dataclasses.replace(opts, input_data=str(path))
         res = run(opts, load, cap, out, timeout_s=a.timeout)
     except contract.ContractError as exc:

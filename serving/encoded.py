@@ -45,6 +45,10 @@ CHECK = "encoded_check"           # gpu: header + limits only, bytes on to DALI
 DALI_PREFIX = "letterbox_"        # pipelines/dali_letterbox.py's default name
 REMAP_SUFFIX = "_encoded_remap"
 CACHED_SUFFIX = "_encoded_cached"  # the inner, cached ensemble
+# Steps name the version every derived repository holds (`1/`), not -1 ("latest"):
+# perf_analyzer 2.50 cannot read the statistics of an ensemble inside an ensemble whose
+# steps say -1 ("failed to find the requested model version"), measured on yolo_encoded.
+STEP_VERSION = 1
 PROFILES = ("cpu", "openvino", "onnx-gpu", "gpu")
 # The decoder's batch: the frames of a few requests in one execution; the python step
 # decodes them on its own threads, DALI in one GPU batch.
@@ -140,7 +144,7 @@ def _entry_interface(name: str, c: contract.ModelContract) -> mc.ModelConfig:
 def ensemble_config(e: Entry, c: contract.ModelContract) -> mc.ModelConfig:
     """`<model>_encoded`: what clients call; one step, the cached chain, every output mapped."""
     cfg = _entry_interface(e.name, c)
-    step = cfg.ensemble_scheduling.step.add(model_name=e.cached, model_version=-1)
+    step = cfg.ensemble_scheduling.step.add(model_name=e.cached, model_version=STEP_VERSION)
     step.input_map[encoded.INPUT] = encoded.INPUT
     for o in cfg.output:
         step.output_map[o.name] = o.name
@@ -155,21 +159,21 @@ def cached_config(e: Entry, c: contract.ModelContract, dali: bool) -> mc.ModelCo
     cfg.parameters[cache.CALLED_BY].string_value = e.name
     steps = cfg.ensemble_scheduling.step
     if dali:
-        check = steps.add(model_name=CHECK, model_version=-1)
+        check = steps.add(model_name=CHECK, model_version=STEP_VERSION)
         check.input_map[encoded.INPUT] = encoded.INPUT
         check.output_map["encoded"] = "_encoded"
-        decode = steps.add(model_name=e.dali, model_version=-1)
+        decode = steps.add(model_name=e.dali, model_version=STEP_VERSION)
         decode.input_map[encoded.INPUT] = "_encoded"      # DALI's input: the bytes as uint8 [-1]
     else:
-        decode = steps.add(model_name=e.decoder, model_version=-1)
+        decode = steps.add(model_name=e.decoder, model_version=STEP_VERSION)
         decode.input_map[encoded.INPUT] = encoded.INPUT
     for t in ("images", "size", "scale"):
         decode.output_map[t] = "_" + t
-    model = steps.add(model_name=e.model, model_version=-1)
+    model = steps.add(model_name=e.model, model_version=STEP_VERSION)
     model.input_map[encoded.FRAMES] = "_images"
     for o in c.outputs:
         model.output_map[o.name] = "_" + o.name if o.name in e.geometry else o.name
-    remap = steps.add(model_name=e.remap, model_version=-1)
+    remap = steps.add(model_name=e.remap, model_version=STEP_VERSION)
     remap.input_map["size"] = "_size"
     remap.input_map["scale"] = "_scale"
     for g in e.geometry:

@@ -1,4 +1,4 @@
-"""Batching never mixes requests up: 12 DIFFERENT real inputs per model, sent 6 at a time
+"""Batching never mixes requests up: 8 DIFFERENT real inputs per model, sent 4 at a time
 (so the dynamic batcher forms batches of different images) and one by one; every concurrent
 response equals the sequential response to its own input, and a model with its own dynamic
 batcher really batched them (Triton's own counts: fewer executions than requests)."""
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 COMMITTED = contract.load_all()
 # every model and pipeline with a batch axis (ensembles batch through the models they call)
 BATCHED = sorted(m for m, c in COMMITTED.items() if c.max_batch_size > 0)
-N, CONCURRENCY = 12, 6
+N, CONCURRENCY = 8, 4
 # analyze runs yolo, faces, ocr and MobileCLIP per request: on 2 shared CPU cores, 12 in flight
 # (measured before 6 were enough to batch)
 # wait past its steps' queue deadline (10 s in the CPU profile) and are refused UNAVAILABLE, as

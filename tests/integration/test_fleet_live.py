@@ -29,6 +29,11 @@ pytestmark = pytest.mark.integration
 # the default 15 s in make test-load (VISIONSERVE_FLEET_DISCOVERY_S). A replica joins and
 # leaves within two periods (plus its probe) either way.
 DISCOVERY_S = float(os.environ.get("VISIONSERVE_FLEET_DISCOVERY_S", 1))
+# How many replicas the rolling restart takes down in turn: one in make test (~17 s: its
+# drain, start-up and rejoin, under load), all three in make test-load
+# (VISIONSERVE_ROLLING_RESTARTS). Each restart is the same sequence; the second and third
+# add time, not a new defect.
+ROLLING_RESTARTS = int(os.environ.get("VISIONSERVE_ROLLING_RESTARTS", 1))
 
 MODEL, ROUTE = "mobileclip_image", "/v1/embed/image"
 NAME = "triton.fleet.test"
@@ -204,10 +209,10 @@ def test_failover_when_a_replica_is_killed(fleet):
 
 
 def test_rolling_restart_has_no_5xx(fleet):
-    """Each replica in turn: SIGTERM (Triton finishes what it runs, refuses new work,
-    exits), then started again; both gateways keep answering."""
+    """ROLLING_RESTARTS replicas in turn: SIGTERM (Triton finishes what it runs, refuses
+    new work, exits), then started again; both gateways keep answering."""
     with Load(fleet.gateways) as load:
-        for host in list(fleet.members):
+        for host in list(fleet.members)[:ROLLING_RESTARTS]:
             server = fleet.replicas.servers[host]
             server.terminate()
             server.stop()                            # waits for the drain and the exit

@@ -96,3 +96,30 @@ def test_perf_analyzer_feeds_the_real_scene_through_grpc_shared_memory(served, t
     assert run.records and run.records[0].throughput > 0
     assert "--shared-memory" in run.command and str(data) in run.command
     assert served.metrics().get(("nv_inference_count", "arcface"), 0.0) > before   # a face was embedded
+
+
+@pytest.mark.integration
+def test_perf_analyzer_sends_real_jpegs_to_an_encoded_entry(served, tmp_path, capsys):
+    """`python -m perf.analyzer --model yolo_encoded`: perf_analyzer's input JSON holds
+    distinct JPEG files of the scene (base64 BYTES), Triton decodes every one of them (no
+    failed request) and yolo runs on the frames."""
+    import json
+
+    from tests.support import triton as triton_support
+
+    served.need("yolo_encoded")
+    _perf_analyzer_ready()
+    before = triton_support.stats(served.server, "yolo_encoded")
+    rc = analyzer.main(["--model", "yolo_encoded", "--url", served.server.grpc_url,
+                        "--metrics-url", served.server.metrics_url, "--admin-key", served.server.admin_key,
+                        "--concurrency", "1:1:1", "--request-count", "4", "--stability", "1000",
+                        "--images", "4",      # the committed repository: the entry derived from yolo's
+                        "--reports", str(tmp_path), "--mem", "1G", "--timeout", "300"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    after = triton_support.stats(served.server, "yolo_encoded")
+    assert after["fail"] == before["fail"], "perf_analyzer's JPEGs failed to decode in Triton"
+    assert after["success"] - before["success"] >= 4
+    (data,) = tmp_path.glob("*-perf-yolo_encoded-b1/input_data.json")
+    items = [d["image"]["content"]["b64"] for d in json.loads(data.read_text())["data"]]
+    assert len(set(items)) == 4

@@ -134,6 +134,9 @@ def test_generated_models(profile):
         (only,) = models[e.name].ensemble_scheduling.step
         assert dict(only.output_map) == {o: o for o in outs}
         assert not models[e.name].response_cache.enable and models[e.cached].response_cache.enable
+        # every step names version 1 (perf_analyzer 2.50 fails on a nested ensemble's -1)
+        for ens in (models[e.name], models[e.cached]):
+            assert {st.model_version for st in ens.ensemble_scheduling.step} == {gen.STEP_VERSION} == {1}
         order = _check_wiring(models[e.cached], models)
         w, h = e.frame[1], e.frame[0]
         front = [gen.CHECK, f"letterbox_{w}x{h}"] if profile == "gpu" else [f"encoded_decode_{w}x{h}"]
@@ -158,6 +161,19 @@ def test_generated_models(profile):
                          "pad_value": str(defaults.PAD_VALUE), "decode_threads": "3"}
     modules = {n: m for n, (_, m) in made.items() if m}
     assert set(modules.values()) == {"encoded_decode", "encoded_remap"}
+
+
+def test_a_tool_reads_an_entry_from_the_committed_repository():
+    """`<model>_encoded` is derived only; encoded.load_any gives its interface from the
+    model's contract (what perf.analyzer estimates and feeds), and refuses a model the rule
+    gives no entry."""
+    got = encoded.load_any("yolo_encoded")
+    assert got.name == "yolo_encoded" and _io(got.config) == _io(encoded.entry_contract(CONTRACTS["yolo"]).config)
+    assert encoded.load_any("yolo").config == CONTRACTS["yolo"].config
+    with pytest.raises(ContractError, match="no encoded entry point"):
+        encoded.load_any("scrfd_encoded")
+    with pytest.raises(ContractError, match="no config"):
+        encoded.load_any("nothing_encoded")
 
 
 def test_no_entries_without_frame_models():

@@ -105,3 +105,28 @@ def test_the_scene_reaches_face_and_text_recognition(tmp_path_factory):
                       s=ocr.OcrSettings.for_recogniser(contract.load("ppocr_rec")))
     texts = [t.decode() for t in out.texts[0, :out.num_lines[0, 0]]]
     assert texts == list(scene.SCENE_LINES)
+
+
+def test_an_encoded_entry_gets_distinct_jpegs_of_the_scene(tmp_path):
+    """`<model>_encoded`'s `image`: real JPEG files of the 1280x720 scene, each one's bytes
+    different (perf_analyzer cycles through them; Triton's response cache would answer a
+    repeat), in perf_analyzer's BYTES wire format (length-prefixed)."""
+    import cv2
+
+    from contract import encoded
+
+    specs = encoded.entry_contract(COMMITTED["yolo"]).inputs
+    feed = scene.inputs_for(specs, 3)["image"]
+    assert feed.shape == (3, 1) and feed.dtype == np.object_
+    files = [bytes(v) for v in feed.reshape(-1)]
+    assert len(set(files)) == 3 and all(f[:3] == b"\xff\xd8\xff" for f in files)
+    want = scene.scene(720, 1280).astype(np.int16)
+    for f in files:
+        got = cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].astype(np.int16)
+        assert got.shape == want.shape
+        assert np.abs(got[16:] - want[16:]).mean() < 3       # the scene, JPEG q90 apart
+    path = scene.perf_analyzer_json(specs, tmp_path / "data.json", steps=2)
+    data = json.loads(path.read_text())["data"]
+    raw = base64.b64decode(data[1]["image"]["content"]["b64"])
+    (n,) = struct.unpack("<I", raw[:4])
+    assert raw[4:] == files[1] and n == len(files[1]) and data[1]["image"]["shape"] == [1]
