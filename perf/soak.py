@@ -86,6 +86,23 @@ async def _drive(gw: Gateway, rate: float, seconds: float, body: bytes, progress
     return records
 
 
+def settled_holdings(gw: Gateway, quiet_s: float = 0.5, timeout_s: float = 5.0) -> dict:
+    """holdings() once its fds and slots held still for `quiet_s` (the last answers' slots given
+    back, the load's connections closed on both sides): the start and the end of a run are
+    read alike, so a connection still closing at one of them is not a leak."""
+    last, since, t0 = holdings(gw), time.monotonic(), time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        time.sleep(0.1)
+        now = holdings(gw)
+        if {k: now[k] for k in ("fds", "shm_files", "shm_slots")} != \
+                {k: last[k] for k in ("fds", "shm_files", "shm_slots")}:
+            since = time.monotonic()
+        last = now
+        if time.monotonic() - since >= quiet_s:
+            break
+    return last
+
+
 def slots_flat(end: dict) -> bool:
     """No slot leaked: every one free again (none in use, none retired) and an open slot
     file for each (the pool may have grown to its working size, within its byte bound)."""
@@ -126,7 +143,7 @@ def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=_print,
         log(f"soak: {seconds:.0f} s at {rate:.1f} req/s ({fraction:g} x C, C = {CAPACITY:.0f} "
             f"req/s: yolo stand-in, {BATCH_MS} ms per batch of {MAX_BATCH}); gateway pid {gw.pid}")
         asyncio.run(_drive(gw, rate, warmup_s, body))
-        start = holdings(gw)
+        start = settled_holdings(gw)
         t0 = time.monotonic()
 
         def progress(done, records):
@@ -137,8 +154,7 @@ def run(seconds: float, fraction: float = 0.7, work: Path = WORK, log=_print,
         with openloop.StealWatch() as watch:
             records = asyncio.run(_drive(gw, rate, seconds, body, progress))
         elapsed = time.monotonic() - t0
-        time.sleep(1.0)          # the last answers' slots given back, connections closed
-        end = holdings(gw)
+        end = settled_holdings(gw)
         statuses = gw.series("requests_total")
     finally:
         if gw is not None:

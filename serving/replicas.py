@@ -98,8 +98,11 @@ class Replicas:
         self.servers[host].stop()
 
     def stop_all(self) -> None:
-        for server in self.servers.values():
-            server.stop()
+        """Every replica at once (each drains on its own; one after another took ~2 s each)."""
+        servers = list(self.servers.values())
+        if servers:
+            with ThreadPoolExecutor(len(servers)) as pool:
+                list(pool.map(lambda server: server.stop(), servers))
 
     def success(self, host: str, model: str) -> float:
         """Triton's own count of successful requests for `model` on that replica."""
