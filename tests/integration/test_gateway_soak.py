@@ -2,7 +2,7 @@
 gateway and a Triton of fixed-time stand-ins at 0.7 x C, then no error but in seconds when
 the hypervisor took >= 10% of the VM's CPU (measured, printed; others <= 0.1% of the
 requests, see perf/soak.py; a run mostly under such steal is skipped as not judged), RSS
-grown under 5%, fds back where they started, every shared-memory slot free again. The short
+grown under 5%, fds not above where they started, every shared-memory slot free again. The short
 run still catches what leaks per request (a slot, an fd, a buffer: ~560 requests) and a
 gateway that errs under steady load."""
 from __future__ import annotations
@@ -33,7 +33,9 @@ def test_a_soak_holds(tmp_path):
                       queue_timeout_us=0)
     assert result["requests"] >= 0.9 * soak.CAPACITY * 0.7 * SECONDS
     assert result["rss_growth"] < soak.RSS_GROWTH, result
-    assert result["end"]["fds"] == result["start"]["fds"], result
+    # a leak grows them; one fewer at the end is a start-up connection closed during a short
+    # run (CI: 23 -> 22 after a 2.5 s warm-up, each read settled)
+    assert result["end"]["fds"] <= result["start"]["fds"], result
     assert soak.slots_flat(result["end"]), result
     if not result["judged"]:
         pytest.skip(f"not judged: {result['steal']} (perf.openloop.StealWatch); the "
