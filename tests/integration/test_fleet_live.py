@@ -20,6 +20,7 @@ from serving.replicas import Replicas, loopback_hosts
 from tests.support import triton as triton_support
 from tests.support.gateway import GatewayFactory
 from tests.support.images import flat_jpeg
+from tests.support.load import ClosedLoop
 from tests.support.polling import settled, wait_for
 
 httpx = pytest.importorskip("httpx")
@@ -47,40 +48,9 @@ def small_jpeg() -> bytes:
     return flat_jpeg(96, 64, 120)
 
 
-class Load:
-    """Closed-loop clients posting one image through the gateways until stopped;
-    every request's (start, end, status) is kept."""
-
-    def __init__(self, gateways, workers=WORKERS):
-        self.body = small_jpeg()
-        self.stop_flag = threading.Event()
-        self.results: list[tuple[float, float, int]] = []
-        self.threads = [threading.Thread(target=self._run, args=(gw,), daemon=True)
-                        for gw in gateways for _ in range(workers)]
-
-    def _run(self, gw):
-        with httpx.Client(base_url=gw.url, timeout=httpx.Timeout(30.0, connect=5.0)) as c:
-            while not self.stop_flag.is_set():
-                t0 = time.monotonic()
-                try:
-                    status = c.post(ROUTE, content=self.body,
-                                    headers={"content-type": "image/jpeg"}).status_code
-                except httpx.TransportError:
-                    status = 0
-                self.results.append((t0, time.monotonic(), status))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_flag.set()
-        for t in self.threads:
-            t.join(40)
-
-    def failures(self, since: float = 0.0) -> list[tuple]:
-        return [r for r in self.results if r[2] != 200 and r[0] >= since]
+def closed_loop(gateways) -> ClosedLoop:
+    """WORKERS closed-loop clients per gateway posting one small image until stopped."""
+    return ClosedLoop([gw.url for gw in gateways], ROUTE, small_jpeg(), WORKERS)
 
 
 class Fleet:
@@ -127,7 +97,7 @@ def fleet(tmp_path_factory):
 
 def test_spread_over_replicas_from_two_gateways(fleet):
     before = fleet.served()
-    with Load(fleet.gateways) as load:
+    with closed_loop(fleet.gateways) as load:
         wait_for(lambda: len(load.results) >= 300, 30, "300 requests answered")
     after = fleet.served()
     served = {h: after[h] - before[h] for h in fleet.members}
@@ -146,7 +116,7 @@ def test_grpc_own_balancers_over_a_static_list(fleet, gateways, balancer):
     target = "ipv4:" + ",".join(fleet.replicas.address(h) for h in fleet.members)
     gw = gateways.start(target, balancer=balancer)
     before = fleet.served()
-    with Load([gw]) as load:
+    with closed_loop([gw]) as load:
         wait_for(lambda: len(load.results) >= 120, 30, "120 requests answered")
     assert not load.failures(), load.failures()[:5]
     got = {h: fleet.replicas.success(h, MODEL) - before[h] for h in fleet.members}
@@ -167,7 +137,7 @@ def test_discovery_adds_and_drops_replicas(fleet):
     new, gone = loopback_hosts(4)[3], fleet.members[0]
     bound = 2 * DISCOVERY_S + 15
     fleet.replicas.start(new)
-    with Load(fleet.gateways) as load:
+    with closed_loop(fleet.gateways) as load:
         before = fleet.replicas.success(new, MODEL)
         fleet.publish(fleet.members + [new])
         joined = wait_for(lambda: fleet.replicas.success(new, MODEL) > before, bound,
@@ -190,7 +160,7 @@ def test_discovery_adds_and_drops_replicas(fleet):
 
 def test_failover_when_a_replica_is_killed(fleet):
     victim = fleet.members[0]
-    with Load(fleet.gateways) as load:
+    with closed_loop(fleet.gateways) as load:
         wait_for(lambda: len(load.results) >= 50, 30, "50 requests answered before the kill")
         killed_at = time.monotonic()
         fleet.replicas.kill(victim)                  # SIGKILL: a crash
@@ -211,7 +181,7 @@ def test_failover_when_a_replica_is_killed(fleet):
 def test_rolling_restart_has_no_5xx(fleet):
     """ROLLING_RESTARTS replicas in turn: SIGTERM (Triton finishes what it runs, refuses
     new work, exits), then started again; both gateways keep answering."""
-    with Load(fleet.gateways) as load:
+    with closed_loop(fleet.gateways) as load:
         for host in list(fleet.members)[:ROLLING_RESTARTS]:
             server = fleet.replicas.servers[host]
             server.terminate()

@@ -15,7 +15,6 @@ hang lasted.
 """
 from __future__ import annotations
 
-import threading
 import time
 import urllib.request
 
@@ -25,6 +24,7 @@ from serving.replicas import Replicas, loopback_hosts
 from tests.support import triton as triton_support
 from tests.support.gateway import gauge
 from tests.support.images import flat_jpeg
+from tests.support.load import ClosedLoop
 from tests.support.polling import wait_for
 
 httpx = pytest.importorskip("httpx")
@@ -37,42 +37,8 @@ STANDIN = {MODEL: {"batch_ms": 20, "queue_timeout_us": 0, "batch_ms_file": "batc
 WORKERS = 4
 
 
-class Load:
-    """Closed-loop clients posting one small JPEG until stopped; (start, end, status) kept."""
-
-    def __init__(self, url, workers=WORKERS):
-        self.url, self.body = url, flat_jpeg(96, 64, 120)
-        self.stop_flag = threading.Event()
-        self.results: list[tuple[float, float, int]] = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
-
-    def _run(self):
-        with httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, connect=5.0)) as c:
-            while not self.stop_flag.is_set():
-                t0 = time.monotonic()
-                try:
-                    status = c.post(ROUTE, content=self.body,
-                                    headers={"content-type": "image/jpeg"}).status_code
-                except httpx.TransportError:
-                    status = 0
-                self.results.append((t0, time.monotonic(), status))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_flag.set()
-        for t in self.threads:
-            t.join(40)
-
-    def count(self, since=0.0, status=None) -> int:
-        return sum(1 for r in list(self.results)
-                   if r[0] >= since and (status is None or r[2] == status))
-
-    def failures(self, since=0.0) -> list[tuple]:
-        return [r for r in list(self.results) if r[2] != 200 and r[0] >= since]
+def closed_loop(url: str) -> ClosedLoop:
+    return ClosedLoop([url], ROUTE, flat_jpeg(96, 64, 120), WORKERS)
 
 
 def model_ready(server) -> bool:
@@ -99,7 +65,7 @@ def test_a_hung_but_healthy_replica_is_ejected_and_probed_back(tmp_path, gateway
         gw = gateways.start(target, ready_s=60, log_level="info", triton_timeout_s=DEADLINE_S,
                             health_interval_s=0.2, probe_backoff_max_s=0.5)
         address = replicas.address(hung)
-        with Load(gw.url) as load:
+        with closed_loop(gw.url) as load:
             wait_for(lambda: load.count(status=200) >= 40, 30, "40 requests answered")
             assert not load.failures(), load.failures()[:5]
             served_before = replicas.success(hung, MODEL)

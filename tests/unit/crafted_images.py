@@ -58,15 +58,16 @@ def jpeg_fill_bomb(total: int, tail: bytes) -> bytes:
     return b"\xff\xd8" + b"\xff" * (total - 2 - len(body)) + body
 
 
-def multipart(parts: list[tuple[str, str | None, bytes]],
-              boundary: str = "craftedboundary") -> tuple[bytes, str]:
+def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "craftedboundary",
+              file_type: str = "application/octet-stream") -> tuple[bytes, str]:
+    """A multipart/form-data body of (name, filename or None for a field, data) parts."""
     out = bytearray()
     for name, filename, data in parts:
         out += f"--{boundary}\r\n".encode()
         disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
         out += f"Content-Disposition: {disp}\r\n".encode()
         if filename:
-            out += b"Content-Type: application/octet-stream\r\n"
+            out += f"Content-Type: {file_type}\r\n".encode()
         out += b"\r\n" + data + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return bytes(out), f"multipart/form-data; boundary={boundary}"

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gateway import inputs
+from tests.unit.crafted_images import multipart
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.testing import FakeBackend
@@ -85,17 +86,7 @@ def test_too_many_parts_is_413():
 
 
 def _multipart(parts):
-    boundary = "visionserveboundary"
-    out = bytearray()
-    for name, filename, data in parts:
-        out += f"--{boundary}\r\n".encode()
-        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        out += f"Content-Disposition: {disp}\r\n".encode()
-        if filename:
-            out += b"Content-Type: image/jpeg\r\n"
-        out += b"\r\n" + data + b"\r\n"
-    out += f"--{boundary}--\r\n".encode()
-    return bytes(out), f"multipart/form-data; boundary={boundary}"
+    return multipart(parts, boundary="visionserveboundary", file_type="image/jpeg")
 
 
 def test_big_json_bodies_are_parsed_off_the_event_loop(monkeypatch):
