@@ -90,7 +90,7 @@ def test_perf_analyzer_feeds_the_real_scene_through_grpc_shared_memory(served, t
     before = served.metrics().get(("nv_inference_count", "arcface"), 0.0)
     opts = analyzer.Options(model="faces", url=served.server.grpc_url, batch=1, concurrency=(1, 1, 1),
                             shared_memory="system", input_data=str(data), measurement_request_count=4,
-                            max_trials=4, stability_percentage=1000,
+                            max_trials=10, stability_percentage=1000,
                             admin_key=served.server.admin_key)
     run = analyzer.run(opts, est.TensorLoad.from_contract(c), CAP, tmp_path, timeout_s=300)
     assert run.records and run.records[0].throughput > 0
