@@ -100,10 +100,21 @@ def _die_with_parent() -> None:
         pass
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free now that this process has not handed out before: the kernel may give the
+    same ephemeral port to two calls in a row (one Triton was once given it for HTTP and
+    gRPC, and refused to start)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise OSError("no free port that was not handed out already in 100 tries")
 
 
 def port_taken(host: str, port: int) -> bool:

@@ -194,3 +194,32 @@ def test_cli_derive_and_refusals(source, tmp_path, capsys):
     (source / "arcface" / "1" / "model.onnx").unlink()
     assert main(["derive", "--source", str(source), "--dest", str(tmp_path / "c")]) == 2
     assert "make export-onnx MODELS=arcface" in capsys.readouterr().err
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch):
+    """The kernel may give the same ephemeral port to two binds in a row; Triton refuses
+    HTTP and gRPC on one port (CI once drew it for both). Here the kernel is a fake that
+    answers 41001, 41001, 41002."""
+    from serving import tritonserver
+
+    answers = iter([41001, 41001, 41002])
+
+    class Kernel:
+        def __init__(self, *a):
+            self.port = next(answers)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def bind(self, address):
+            pass
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(tritonserver.socket, "socket", Kernel)
+    monkeypatch.setattr(tritonserver, "_HANDED_OUT", set())
+    assert [tritonserver.free_port(), tritonserver.free_port()] == [41001, 41002]
