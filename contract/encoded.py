@@ -28,6 +28,11 @@ def entry_name(model: str) -> str:
     return model + SUFFIX
 
 
+def takes_files(spec) -> bool:
+    """Whether an input spec (contract.TensorSpec) is an entry point's `image`: JPEG/PNG files."""
+    return spec.name == INPUT and spec.triton_dtype in ("BYTES", "STRING")
+
+
 def frame(c: ModelContract) -> tuple[int, int] | None:
     """(height, width) of the model's only input when it is a letterboxed uint8 frame."""
     if len(c.inputs) != 1:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.encoded import INPUT as ENCODED_INPUT
+from contract.encoded import takes_files
 
 SCENE_SIZE = 640
 SCENE_LINES = ("VISIONSERVE 2026", "Triton Inference Server", "faces, objects and text", "Lorem ipsum 12345")
@@ -173,7 +173,7 @@ def inputs_for(specs, batch: int) -> dict[str, np.ndarray]:
     out = {}
     for s in specs:
         shape = (batch, *s.dims)
-        if s.dtype == np.object_ and s.name == ENCODED_INPUT:    # `<model>_encoded`: JPEG files
+        if takes_files(s):                                      # `<model>_encoded`: JPEG files
             out[s.name] = np.array(scene_jpegs(batch), dtype=object).reshape(shape)
         elif s.dtype == np.object_:
             out[s.name] = np.array([c.encode() for c in CAPTIONS] * batch, dtype=object)[:batch].reshape(shape)

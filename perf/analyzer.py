@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.input_data == "scene":   # every pipeline branch runs (a face, objects, text), not black frames
             # variable dims at the range's max, as --shape says (variable_shapes)
             specs = model_contract.with_variable_dims("max").inputs
-            jpegs = any(t.name == encoded.INPUT and t.dtype == object for t in specs)
+            jpegs = any(encoded.takes_files(t) for t in specs)
             path = scene.perf_analyzer_json(specs, out / "input_data.json",
                                             steps=max(a.batch, a.images) if jpegs else a.batch)
             opts = dataclasses.replace(opts, input_data=str(path))
