@@ -106,6 +106,7 @@ def test_perf_analyzer_sends_real_jpegs_to_an_encoded_entry(served, tmp_path, ca
     import json
 
     from tests.support import triton as triton_support
+    from tests.support.polling import settled
 
     served.need("yolo_encoded")
     _perf_analyzer_ready()
@@ -117,7 +118,8 @@ def test_perf_analyzer_sends_real_jpegs_to_an_encoded_entry(served, tmp_path, ca
                         "--reports", str(tmp_path), "--mem", "1G", "--timeout", "300"])
     out = capsys.readouterr()
     assert rc == 0, out.err
-    after = triton_support.stats(served.server, "yolo_encoded")
+    # Triton counts a request just after answering it: read once the counts hold still
+    after = settled(lambda: triton_support.stats(served.server, "yolo_encoded"), quiet_s=0.3)
     assert after["fail"] == before["fail"], "perf_analyzer's JPEGs failed to decode in Triton"
     assert after["success"] - before["success"] >= 4
     (data,) = tmp_path.glob("*-perf-yolo_encoded-b1/input_data.json")

@@ -19,6 +19,7 @@ from serving import encoded as gen
 from serving import profiles
 from tests.support import images as test_images
 from tests.support import triton as triton_support
+from tests.support.polling import settled
 
 RUN = uuid.uuid4().hex[:12]
 
@@ -52,20 +53,26 @@ def _delta(before: dict, after: dict) -> dict[str, int]:
     return {k: after[k] - before[k] for k in ("cache_hit", "cache_miss", "execution_count")}
 
 
+def _counted(server, model: str, before: dict) -> dict[str, int]:
+    """_delta once Triton's counts hold still: it records an execution just after sending
+    its answer (a clean-clone run read 1 of 2 executions right after the second answer)."""
+    return settled(lambda: _delta(before, triton_support.stats(server, model)), quiet_s=0.3)
+
+
 def test_a_repeated_caption_is_a_hit_with_the_same_answer(served):
     served.need("text_embed")
     caption = f"a red bicycle leaning on a wall {RUN}"
     before = triton_support.stats(served.server, "text_embed")
     first = _text(served, caption)
     second = _text(served, caption)
-    d = _delta(before, triton_support.stats(served.server, "text_embed"))
+    d = _counted(served.server, "text_embed", before)
     assert (d["cache_miss"], d["cache_hit"]) == (1, 1), d
     assert d["execution_count"] == 1, d            # the hit ran neither tokenizer nor encoder
     np.testing.assert_array_equal(second, first)
     assert np.linalg.norm(first) == pytest.approx(1.0, abs=1e-3)   # a real embedding, not zeros
 
     other = _text(served, caption + " at night")
-    d = _delta(before, triton_support.stats(served.server, "text_embed"))
+    d = _counted(served.server, "text_embed", before)
     assert (d["cache_miss"], d["cache_hit"]) == (2, 1), d
     assert not np.allclose(other, first, atol=1e-3)
 
@@ -82,11 +89,11 @@ def test_a_repeated_photo_is_a_hit_and_a_partial_request_leaves_no_partial_answe
     rest = [n for n in names if n != encoded.ORIGINAL_SIZE]
     again = _encoded(served, e, photo, rest)                    # a hit, asking for the other outputs
     full = _encoded(served, e, photo)                           # and again, everything
-    d = _delta(before, triton_support.stats(served.server, e.cached))
+    d = _counted(served.server, e.cached, before)
     assert (d["cache_miss"], d["cache_hit"]) == (1, 2), d
     assert d["execution_count"] == 1, d
     fresh = _encoded(served, e, _photo(f"b-{RUN}"))             # the same picture, other bytes: computed
-    d = _delta(before, triton_support.stats(served.server, e.cached))
+    d = _counted(served.server, e.cached, before)
     assert (d["cache_miss"], d["cache_hit"]) == (2, 2), d
     for n in rest:
         np.testing.assert_array_equal(again[n], full[n], err_msg=n)
@@ -102,7 +109,7 @@ def test_a_failed_request_is_not_cached(served):
     for _ in range(2):
         with pytest.raises(Exception, match="(?i)invalid|decode|corrupt|format"):
             _encoded(served, e, bad)
-    after = triton_support.stats(served.server, e.cached)
+    after = settled(lambda: triton_support.stats(served.server, e.cached), quiet_s=0.3)
     # both ran (and failed) in the chain; Triton counts a miss only when it stores an answer
     assert after["fail"] - before["fail"] >= 2, (before, after)     # Triton counts an ensemble failure per failing step too
     assert after["cache_hit"] == before["cache_hit"] and after["cache_miss"] == before["cache_miss"], (before, after)
@@ -122,7 +129,7 @@ def test_with_the_cache_off_nothing_is_looked_up(tmp_path):
         before = triton_support.stats(server, "text_embed")
         a = triton_support.infer(server.grpc_url, c, "grpc", {"text": caption})["embeddings"]
         b = triton_support.infer(server.grpc_url, c, "grpc", {"text": caption})["embeddings"]
-        dl = _delta(before, triton_support.stats(server, "text_embed"))
+        dl = _counted(server, "text_embed", before)
     assert (dl["cache_hit"], dl["cache_miss"], dl["execution_count"]) == (0, 0, 2), dl
     np.testing.assert_allclose(a, b, atol=1e-5)
 
