@@ -12,6 +12,10 @@ PYTEST_ARGS ?=
 # (measured side by side: 189 s at 2 workers, 226 s at 1; docs/testing.md).
 PYTEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -ra --durations=25 $(PYTEST_ARGS)
+# each stage's command once, run by its own target and by `test` (whose prerequisites
+# already did setup and the export check: a sub-make would run the check again, ~5 s)
+UNIT_TESTS = $(PYTEST) $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS)) tests/unit
+INTEGRATION_TESTS = $(PYTEST) tests/integration tests/gpu
 # The full length of each load phase (seconds); `make test` runs the short defaults that
 # tests/integration/load_budget.py states with the defect each one still catches.
 LOAD_ENV := VISIONSERVE_OVERLOAD_S=60 VISIONSERVE_SLOT_POOL_S=120 VISIONSERVE_SOAK_TEST_S=60 \
@@ -23,15 +27,15 @@ test: setup export-onnx  ## lint, unit tests, verify, integration tests (what CI
 	@# perf_analyzer's Debian library needs root; without it those tests skip and say why.
 	-@$(MAKE) --no-print-directory perf-setup
 	@if $(MAKE) -n lint >/dev/null 2>&1; then $(MAKE) --no-print-directory lint; fi
-	$(MAKE) --no-print-directory test-unit
+	$(UNIT_TESTS)
 	$(PY) -m export.verify --models '$(MODELS)'
-	$(MAKE) --no-print-directory test-integration
+	$(INTEGRATION_TESTS)
 
 test-unit: setup  ## only the fast pure tests (tests/unit), PYTEST_WORKERS in parallel
-	$(PYTEST) $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS)) tests/unit
+	$(UNIT_TESTS)
 
 test-integration: setup export-onnx  ## real tritonserver/gateway processes on loopback (+ tests/gpu)
-	$(PYTEST) tests/integration tests/gpu
+	$(INTEGRATION_TESTS)
 
 test-load: setup export-onnx  ## the load phases at full length (~8 min): overload, slot pool, soak, fleet discovery
 	$(LOAD_ENV) $(PYTEST) -m load tests/integration
