@@ -15,6 +15,27 @@ def _drained(signum, frame):
     raise SystemExit(0)
 
 
+MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3     # glibc's mallopt parameter
+
+
+def fixed_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Allocate every buffer from `threshold` up with its own mmap, for good (glibc only;
+    False elsewhere). glibc's default raises the threshold to the size of the last large
+    block freed (up to 32 MiB) and keeps up to twice that of freed heap untrimmed: after a
+    burst of 31 MB uploads the gateway held 55-80 MiB more than before it, all requests
+    done (docs/gateway.md, "Admission"), memory the budget had already given back."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gateway", description=__doc__.splitlines()[0])
     p.add_argument("--triton-grpc", help="Triton endpoint(s): host:port (default 127.0.0.1:8001), "
@@ -29,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="what crosses the wire for image routes (default auto; docs/gateway.md)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
+    fixed_mmap_threshold()       # before any thread or big buffer
 
     import uvicorn
 
