@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -ra --durations=25 $(PYTEST_ARGS)
 # each stage's command once, run by its own target and by `test` (whose prerequisites
-# already did setup and the export check: a sub-make would run the check again, ~5 s)
+# already did setup and the export check: a sub-make would run the check again)
 UNIT_TESTS = $(PYTEST) $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS)) tests/unit
 INTEGRATION_TESTS = $(PYTEST) tests/integration tests/gpu
 # The full length of each load phase (seconds); `make test` runs the short defaults that
