@@ -23,7 +23,7 @@ LOAD_ENV := VISIONSERVE_OVERLOAD_S=60 VISIONSERVE_SLOT_POOL_S=120 VISIONSERVE_SO
 
 .PHONY: test test-unit test-integration test-load
 
-test: setup export-onnx  ## lint, unit tests, verify, integration tests (what CI runs; ~11 min on 2 cores, docs/testing.md)
+test: setup export-onnx  ## lint, unit tests, verify, integration tests (what CI runs; ~10 min on 2 cores, docs/testing.md)
 	@# perf_analyzer's Debian library needs root; without it those tests skip and say why.
 	-@$(MAKE) --no-print-directory perf-setup
 	@if $(MAKE) -n lint >/dev/null 2>&1; then $(MAKE) --no-print-directory lint; fi
