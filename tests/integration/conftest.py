@@ -138,3 +138,9 @@ def gateways(tmp_path):
         yield factory
     finally:
         factory.stop_all()
+
+
+@pytest.fixture
+def start_gateway(standin, gateways):
+    """start_gateway(**settings): a gateway on the shared stand-in Triton, with these settings."""
+    return lambda **settings: gateways.start(standin.grpc_url, **settings)

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from perf import openloop
+from tests.support.gateway import send
 from tests.unit import crafted_images as crafted
 
 httpx = pytest.importorskip("httpx")
@@ -43,8 +44,7 @@ def gateway(served, tmp_path_factory):
 
 def post(gw: Gateway, body: bytes, ctype: str = "image/jpeg", path: str = "/v1/detect",
          timeout_s: float = 120):
-    return openloop.request("127.0.0.1", gw.port, path, body, headers={"Content-Type": ctype},
-                            keep_alive=True, timeout_s=timeout_s)
+    return send(gw, path, body, ctype, keep_alive=True, timeout_s=timeout_s)
 
 
 def counter(gw: Gateway, name: str) -> float:

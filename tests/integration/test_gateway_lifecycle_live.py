@@ -10,8 +10,7 @@ import signal
 
 import pytest
 
-from perf import openloop
-from tests.support.gateway import gauge
+from tests.support.gateway import gauge, send
 from tests.support.images import noise_jpeg
 from tests.support.polling import eventually, wait_for
 
@@ -22,8 +21,7 @@ BODY = noise_jpeg()
 
 
 def _post(gw, path=SLOW):
-    return openloop.request("127.0.0.1", gw.port, path, BODY, headers={"Content-Type": "image/jpeg"},
-                            timeout_s=30)
+    return send(gw, path, BODY, timeout_s=30)
 
 
 def _shm_files(pid: int) -> list[str]:

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import re
 from pathlib import Path
 
+from perf import openloop
 from perf.gatewayproc import Gateway
 
 
@@ -34,6 +35,14 @@ class GatewayFactory:
             with ThreadPoolExecutor(len(self.started)) as pool:
                 list(pool.map(lambda gw: gw.stop(), self.started))
         self.started.clear()
+
+
+def send(gw: Gateway, path: str, body: bytes, content_type: str = "image/jpeg", **kw):
+    """One request to `gw` by the raw client (perf.openloop.request: a coroutine giving a
+    Record, whatever the gateway answers or does to the connection); `kw` as request's
+    (headers added to the Content-Type, keep_alive, timeout_s, declared, cut_after...)."""
+    headers = {"Content-Type": content_type, **kw.pop("headers", {})}
+    return openloop.request("127.0.0.1", gw.port, path, body, headers=headers, **kw)
 
 
 def statuses(gw: Gateway) -> dict[str, float]:
